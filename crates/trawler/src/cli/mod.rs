@@ -1,0 +1,31 @@
+//! The command line: one subcommand per job a user runs.
+
+pub mod mockstagram;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::LogFormat;
+
+/// trawler keeps the time series of millions of things up to date: it polls
+/// JSON HTTP APIs on a schedule, stores what it sees compactly, keeps live
+/// rankings and aggregates, and serves it all over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "trawler", version, about, long_about = None)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the built-in Mockstagram simulator (the API trawler is measured against).
+    Mockstagram(mockstagram::Args),
+    /// Run a benchmark and print its figures.
+    #[command(subcommand)]
+    Bench(crate::bench::Bench),
+}

@@ -1,0 +1,20 @@
+//! `trawler`: keeps the time series of millions of things up to date.
+//!
+//! This binary is a thin shell over the library crates: it parses the
+//! command line, sets up logging, and hands each subcommand to its module.
+//! Only the binary uses `anyhow`; the libraries return typed errors.
+
+mod bench;
+mod cli;
+mod logging;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let args = cli::Cli::parse();
+    logging::init(args.log_format);
+    match args.command {
+        cli::Command::Mockstagram(a) => cli::mockstagram::run(a),
+        cli::Command::Bench(b) => bench::run(b),
+    }
+}
