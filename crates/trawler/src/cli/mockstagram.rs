@@ -113,6 +113,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "suspicious when followerCount/followingCount <= threshold (10th percentile of initial ratios)"
         );
         tracing::info!(%addr, "mockstagram simulator listening");
+        // One machine-readable line on stdout, for scripts and tests that
+        // asked for port 0.
+        println!("listening on http://{addr}");
         sim.serve(listener, shutdown_signal()).await.context("serving")?;
         tracing::info!("simulator stopped");
         Ok(())
