@@ -1,0 +1,156 @@
+//! The public API's contracts: ids survive restarts, kinds are checked,
+//! concurrent appends share fsyncs, latest values are scanned per job.
+
+use std::sync::Arc;
+
+use trawler_store::{Error, Sample, SeriesKey, StoreConfig, SyncPolicy, Value, ValueKind};
+
+fn key(entity: u64, metric: &str) -> SeriesKey<'_> {
+    SeriesKey {
+        job: "j",
+        entity,
+        metric,
+    }
+}
+
+#[test]
+fn ids_survive_restart_and_kinds_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path());
+    c.background = false;
+    let store = c.clone().open().unwrap();
+    let a = store.series(key(1, "count"), ValueKind::Int).unwrap();
+    let b = store.series(key(2, "ratio"), ValueKind::Float).unwrap();
+    assert_ne!(a, b);
+    let err = store.series(key(1, "count"), ValueKind::Float).unwrap_err();
+    assert!(matches!(err, Error::KindMismatch { .. }), "{err}");
+    let err = store
+        .append(&[Sample {
+            series: a,
+            ts_ms: 1,
+            value: Value::Float(1.0),
+        }])
+        .unwrap_err();
+    assert!(err.to_string().contains("j/1/count"), "{err}");
+    let err = store
+        .append(&[Sample {
+            series: trawler_store::SeriesId(99),
+            ts_ms: 1,
+            value: Value::Int(1),
+        }])
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownSeries(99)));
+    drop(store);
+    let store = c.open().unwrap();
+    assert_eq!(store.series(key(2, "ratio"), ValueKind::Float).unwrap(), b);
+    assert_eq!(store.series(key(1, "count"), ValueKind::Int).unwrap(), a);
+    let listed = store.list_series("j");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        (listed[1].entity, listed[1].metric.as_str(), listed[1].kind),
+        (2, "ratio", ValueKind::Float)
+    );
+    assert!(store.list_series("other").is_empty());
+    store.close().unwrap();
+}
+
+#[test]
+fn concurrent_appends_with_sync_always_are_all_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path());
+    c.sync = SyncPolicy::Always;
+    let store = Arc::new(c.clone().open().unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let id = store.series(key(t, "m"), ValueKind::Int).unwrap();
+                for k in 0..50i64 {
+                    let got = store
+                        .append(&[Sample {
+                            series: id,
+                            ts_ms: k * 60_000,
+                            value: Value::Int(k),
+                        }])
+                        .unwrap();
+                    assert_eq!(got.accepted, 1);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let store = Arc::into_inner(store).unwrap();
+    drop(store); // no flush: the WAL alone must hold everything
+    let store = c.open().unwrap();
+    let mut seen = 0;
+    store
+        .for_each_latest("j", |e| {
+            assert_eq!(e.point.value, Value::Int(49));
+            assert_eq!(e.metric, "m");
+            seen += 1;
+        })
+        .unwrap();
+    assert_eq!(seen, 8);
+    assert_eq!(store.stats().samples, 400);
+}
+
+#[test]
+fn closed_stores_refuse_appends_and_invalid_configs_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path());
+    c.compaction_fanin = 1;
+    let err = c.open().unwrap_err();
+    assert!(err.to_string().contains("compaction_fanin"), "{err}");
+    let store = StoreConfig::new(dir.path()).open().unwrap();
+    let id = store.series(key(1, "m"), ValueKind::Int).unwrap();
+    store
+        .append(&[Sample {
+            series: id,
+            ts_ms: 0,
+            value: Value::Int(5),
+        }])
+        .unwrap();
+    let stats = store.stats();
+    assert_eq!((stats.series, stats.samples, stats.head_samples), (1, 1, 1));
+    assert!(stats.memory_bytes > 0 && stats.wal_bytes > 0);
+    store.close().unwrap();
+    let store = StoreConfig::new(dir.path()).open().unwrap();
+    let stats = store.stats();
+    assert_eq!((stats.blocks, stats.head_samples, stats.samples), (1, 0, 1));
+    assert_eq!(store.latest(id).unwrap().unwrap().value, Value::Int(5));
+}
+
+#[test]
+fn a_head_over_its_limit_is_flushed_by_the_appender() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path());
+    c.background = false;
+    c.head_max_bytes = 64 << 10;
+    let store = c.open().unwrap();
+    let ids: Vec<_> = (0..100)
+        .map(|e| store.series(key(e, "m"), ValueKind::Int).unwrap())
+        .collect();
+    for k in 0..200i64 {
+        let batch: Vec<Sample> = ids
+            .iter()
+            .map(|&id| Sample {
+                series: id,
+                ts_ms: k * 60_000,
+                value: Value::Int(k),
+            })
+            .collect();
+        store.append(&batch).unwrap();
+        let s = store.stats();
+        assert!(
+            s.memory_bytes < (64 << 10) + (64 << 10),
+            "head grew to {} bytes",
+            s.memory_bytes
+        );
+    }
+    let s = store.stats();
+    assert!(s.flushes > 0 && s.blocks > 0);
+    assert_eq!(s.samples, 20_000);
+    assert_eq!(store.range(ids[7], 0, i64::MAX).unwrap().len(), 200);
+}
