@@ -1,0 +1,641 @@
+//! The running crawl: one dispatcher task sweeping the schedule, one short
+//! task per slot, and the handle that changes tracking, reads metrics and
+//! shuts down.
+//!
+//! ```text
+//!  Wheel ──advance(now)──► dispatcher ──permit──► slot task ──Fetch::get──► target
+//!  (ids by phase)          (one task)   (Limiter)  (attempts, retries)
+//!                                                     │
+//!                     Event::{Observation, Gap, Invalid} ──► bounded mpsc ──► caller
+//! ```
+//!
+//! # The rules that keep series honest
+//!
+//! * **One slot, one read.** Each `(id, slot)` leaves the wheel once (see
+//!   [`schedule`](crate::schedule)); at most one request per id is in flight;
+//!   a slot whose previous request for the same id is still running is
+//!   *missed*, never doubled.
+//! * **Retry only what certainly was not served.** A connection failure
+//!   before the request was written, a `5xx` or a `429` is retried with
+//!   exponential backoff (jittered) while the slot lasts, i.e. until the id's
+//!   next slot. An attempt always gets the full request timeout, even when
+//!   it starts late in its slot: cutting it short would throw away a read
+//!   the target may already have made. If it is still running at the next
+//!   slot, that slot is missed. A timeout or a connection failure after the request was
+//!   written is *not* retried: the target may have served it, and a second
+//!   read would move the account twice (Mockstagram changes an account on
+//!   every read). Such a slot becomes a gap. A malformed answer is not
+//!   retried either: the read happened.
+//! * **A gap is recorded, never invented.** Every slot ends in exactly one
+//!   event: an [`Observation`] stamped with the *slot*
+//!   time, a [`Gap`] saying why not, or
+//!   [`Event::Invalid`] when the target does not
+//!   know the id (which is then no longer polled).
+//! * **Missed slots, bounded memory.** When the target (or the consumer of
+//!   events) is slower than the schedule, the dispatcher waits for a permit
+//!   and the cursor falls behind; there is no queue of due slots. A slot
+//!   that cannot start before the next slot of its id is reported as
+//!   [`GapReason::Missed`]. Memory is the wheel,
+//!   one batch of at most 1,024 due slots, the tasks in flight (at most the
+//!   concurrency limit) and the event channel.
+//! * **Backpressure.** Events go through the caller's bounded channel with
+//!   `send().await`: a slow consumer holds slot tasks, which hold permits,
+//!   which slows dispatch, which shows up as missed slots — not as memory.
+//!
+//! Time: unix time is read once at start and then advanced with tokio's
+//! monotonic clock, so the grid never jumps with wall-clock adjustments and
+//! tests can run the whole crawl under paused time.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::event::{Event, Gap, GapReason, Observation};
+use crate::fetch::{Fetch, HttpFetcher, Response, TransportError};
+use crate::ids::IdSet;
+use crate::job::Job;
+use crate::limit::{Limiter, Permit};
+use crate::metrics::{ErrorKind, Gauges, Metrics, MetricsSnapshot};
+use crate::schedule::{Due, Wheel};
+
+/// How often the dispatcher looks for due slots when it has caught up. The
+/// bound on how late a slot starts when the crawler is keeping up.
+const TICK: Duration = Duration::from_millis(2);
+/// Most due slots taken from the wheel at once.
+const BATCH: usize = 1_024;
+
+/// Where the crawl is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Running,
+    /// No new slots; requests in flight may finish.
+    Draining,
+    /// Requests in flight stop at once.
+    Abandon,
+}
+
+/// Unix time from tokio's clock.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    start: Instant,
+    start_unix_us: i64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let unix_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        Self {
+            start: Instant::now(),
+            start_unix_us: unix_us,
+        }
+    }
+
+    fn unix_us(&self, at: Instant) -> i64 {
+        self.start_unix_us + at.duration_since(self.start).as_micros() as i64
+    }
+
+    fn unix_ms(&self, at: Instant) -> i64 {
+        self.unix_us(at).div_euclid(1_000)
+    }
+
+    fn instant_of_ms(&self, unix_ms: i64) -> Instant {
+        let offset_us = unix_ms * 1_000 - self.start_unix_us;
+        if offset_us >= 0 {
+            self.start + Duration::from_micros(offset_us as u64)
+        } else {
+            self.start
+                .checked_sub(Duration::from_micros(offset_us.unsigned_abs()))
+                .unwrap_or(self.start)
+        }
+    }
+}
+
+/// At most a few warnings per second per crawl: a target that answers
+/// garbage to every request must not flood the log; the counters have
+/// every occurrence.
+#[derive(Debug, Default)]
+struct LogBudget {
+    second: AtomicU64,
+    used: AtomicU64,
+}
+
+impl LogBudget {
+    const PER_SECOND: u64 = 10;
+
+    fn allow(&self, now_ms: i64) -> bool {
+        let second = (now_ms / 1_000) as u64;
+        if self.second.swap(second, Ordering::Relaxed) != second {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        self.used.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND
+    }
+}
+
+/// State shared by the dispatcher, the slot tasks and the handle.
+#[derive(Debug)]
+struct Shared {
+    job: Job,
+    interval_ms: i64,
+    clock: Clock,
+    wheel: Mutex<Wheel>,
+    /// Ids with a request in flight: the "at most one per id" rule.
+    in_flight: Mutex<HashSet<u64>>,
+    invalid: Mutex<BTreeSet<u64>>,
+    limiter: Arc<Limiter>,
+    metrics: Metrics,
+    log_budget: LogBudget,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent data (each
+    // critical section is a single insert/remove), so poisoning is ignored.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            tracked: lock(&self.wheel).len() as u64,
+            invalid: lock(&self.invalid).len() as u64,
+            in_flight: self.limiter.in_flight() as u64,
+            concurrency_limit: self.limiter.limit() as u64,
+        }
+    }
+}
+
+struct Context<F> {
+    shared: Arc<Shared>,
+    fetcher: F,
+    events: mpsc::Sender<Event>,
+}
+
+/// A slot's claim: its permit and its id's place in the in-flight set,
+/// released together when the slot task ends, however it ends.
+struct Claim {
+    shared: Arc<Shared>,
+    id: u64,
+    _permit: Permit,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&self.shared.in_flight).remove(&self.id);
+    }
+}
+
+/// What a shutdown did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShutdownReport {
+    /// Requests in flight when scheduling stopped.
+    pub in_flight: u64,
+    /// Of those, requests abandoned when the grace period ended.
+    pub abandoned: u64,
+    /// The final metrics.
+    pub metrics: MetricsSnapshot,
+}
+
+/// A running crawl: change tracking, read metrics, shut down.
+///
+/// Dropping the handle without [`CrawlHandle::shutdown`] abandons the crawl
+/// at once.
+#[derive(Debug)]
+pub struct CrawlHandle {
+    shared: Arc<Shared>,
+    stage: watch::Sender<Stage>,
+    /// Taken by the first [`CrawlHandle::shutdown`].
+    dispatcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Starts crawling `job` with the real HTTP fetcher; see [`start`].
+pub fn start_http(
+    job: Job,
+    events: mpsc::Sender<Event>,
+) -> Result<CrawlHandle, crate::fetch::BuildError> {
+    let fetcher = HttpFetcher::new(&job)?;
+    Ok(start(job, fetcher, events))
+}
+
+/// Starts crawling `job`'s ids through `fetcher`, sending every slot's
+/// outcome to `events`. Must be called inside a tokio runtime.
+///
+/// The first slot of each id is its first phase after now. The channel's
+/// capacity is the consumer's slack: when it is full the crawl slows down
+/// (see the module docs), so give it a few seconds' worth of events.
+pub fn start<F: Fetch>(job: Job, fetcher: F, events: mpsc::Sender<Event>) -> CrawlHandle {
+    let clock = Clock::new();
+    let interval_ms = job.interval().as_millis() as i64;
+    let mut wheel = Wheel::new(interval_ms as u64, clock.unix_ms(clock.start));
+    wheel.insert_many(job.ids().iter());
+    let http = job.http();
+    let shared = Arc::new(Shared {
+        limiter: Limiter::new(
+            http.initial_in_flight,
+            http.min_in_flight,
+            http.max_in_flight,
+        ),
+        interval_ms,
+        clock,
+        wheel: Mutex::new(wheel),
+        in_flight: Mutex::new(HashSet::new()),
+        invalid: Mutex::new(BTreeSet::new()),
+        metrics: Metrics::default(),
+        log_budget: LogBudget::default(),
+        job,
+    });
+    tracing::info!(
+        job = shared.job.name(),
+        ids = lock(&shared.wheel).len(),
+        interval_ms,
+        "crawl started"
+    );
+    let (stage, stage_rx) = watch::channel(Stage::Running);
+    let context = Arc::new(Context {
+        shared: shared.clone(),
+        fetcher,
+        events,
+    });
+    let dispatcher = tokio::spawn(dispatch(context, stage_rx));
+    CrawlHandle {
+        shared,
+        stage,
+        dispatcher: Mutex::new(Some(dispatcher)),
+    }
+}
+
+impl CrawlHandle {
+    /// The job being crawled.
+    pub fn job(&self) -> &Job {
+        &self.shared.job
+    }
+
+    /// Starts polling `ids` from their next slot; returns how many were not
+    /// tracked before. An id once reported invalid is tried again.
+    pub fn track(&self, ids: impl IntoIterator<Item = u64>) -> usize {
+        let ids: Vec<u64> = ids.into_iter().collect();
+        {
+            let mut invalid = lock(&self.shared.invalid);
+            if !invalid.is_empty() {
+                for id in &ids {
+                    invalid.remove(id);
+                }
+            }
+        }
+        let added = lock(&self.shared.wheel).insert_many(ids.into_iter());
+        tracing::debug!(job = self.shared.job.name(), added, "tracked");
+        added
+    }
+
+    /// Stops polling `id` (a request in flight still completes and reports);
+    /// false if it was not tracked.
+    pub fn untrack(&self, id: u64) -> bool {
+        lock(&self.shared.wheel).remove(id)
+    }
+
+    /// Whether `id` is polled.
+    pub fn is_tracked(&self, id: u64) -> bool {
+        lock(&self.shared.wheel).contains(id)
+    }
+
+    /// Number of ids polled.
+    pub fn tracked_count(&self) -> usize {
+        lock(&self.shared.wheel).len()
+    }
+
+    /// Every id polled, e.g. to persist the tracked set.
+    pub fn tracked_ids(&self) -> IdSet {
+        let ids = lock(&self.shared.wheel).ids();
+        ids.into_iter().collect()
+    }
+
+    /// Ids the target answered "not found" for, ascending; they are no
+    /// longer polled.
+    pub fn invalid_ids(&self) -> Vec<u64> {
+        lock(&self.shared.invalid).iter().copied().collect()
+    }
+
+    /// Every metric now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot(self.shared.gauges())
+    }
+
+    /// Stops scheduling, lets requests in flight finish for up to `grace`,
+    /// then abandons the rest (their slots get no event: the read may or may
+    /// not have happened; they are counted as `abandoned`). Takes `&self` so
+    /// that a handle shared with readers (an API) can stop the crawl; a
+    /// second call only waits for requests in flight.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.stage.send_replace(Stage::Draining);
+        // The dispatcher only stops between awaits; it holds no request.
+        let dispatcher = lock(&self.dispatcher).take();
+        if let Some(dispatcher) = dispatcher {
+            let _ = dispatcher.await;
+        }
+        let in_flight = self.shared.limiter.in_flight() as u64;
+        let before = self.shared.metrics.abandoned.load(Ordering::Relaxed);
+        if tokio::time::timeout(grace, self.shared.limiter.idle())
+            .await
+            .is_err()
+        {
+            self.stage.send_replace(Stage::Abandon);
+            self.shared.limiter.idle().await;
+        }
+        let abandoned = self.shared.metrics.abandoned.load(Ordering::Relaxed) - before;
+        tracing::info!(
+            job = self.shared.job.name(),
+            in_flight,
+            abandoned,
+            "crawl stopped"
+        );
+        ShutdownReport {
+            in_flight,
+            abandoned,
+            metrics: self.metrics(),
+        }
+    }
+}
+
+impl Drop for CrawlHandle {
+    fn drop(&mut self) {
+        self.stage.send_replace(Stage::Abandon);
+    }
+}
+
+/// Completes when the crawl must stop what it is doing: `Abandon` for slot
+/// tasks, anything but `Running` for the dispatcher.
+async fn stage_leaves(stage: &mut watch::Receiver<Stage>, keep: fn(Stage) -> bool) {
+    // An Err means the handle is gone: stop.
+    let _ = stage.wait_for(|s| !keep(*s)).await;
+}
+
+fn running(s: Stage) -> bool {
+    s == Stage::Running
+}
+
+fn not_abandoned(s: Stage) -> bool {
+    s != Stage::Abandon
+}
+
+async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Stage>) {
+    let shared = &ctx.shared;
+    let interval = shared.interval_ms;
+    let mut batch: Vec<Due> = Vec::with_capacity(BATCH);
+    loop {
+        if !running(*stage.borrow()) || ctx.events.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        shared.metrics.tick(now);
+        let now_ms = shared.clock.unix_ms(now);
+        batch.clear();
+        {
+            let mut wheel = lock(&shared.wheel);
+            if now_ms - wheel.cursor_ms() > 2 * interval {
+                // More than two intervals behind (the process was stopped,
+                // or the consumer blocked for that long): jump, counting the
+                // skipped slots, rather than walk them one by one.
+                let skipped = wheel.skip_to(now_ms - interval);
+                Metrics::add(&shared.metrics.missed, skipped);
+                Metrics::add(&shared.metrics.gaps, skipped);
+                tracing::warn!(
+                    job = shared.job.name(),
+                    skipped,
+                    "crawl fell more than two intervals behind; skipped slots"
+                );
+            }
+            wheel.advance(now_ms, BATCH, &mut batch);
+        }
+        if batch.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = stage_leaves(&mut stage, running) => return,
+            }
+            continue;
+        }
+        for due in batch.drain(..) {
+            let permit = tokio::select! {
+                permit = shared.limiter.acquire() => permit,
+                _ = stage_leaves(&mut stage, running) => return,
+            };
+            let now_ms = shared.clock.unix_ms(Instant::now());
+            let claimed = now_ms < due.slot_ms + interval && lock(&shared.in_flight).insert(due.id);
+            if !claimed {
+                drop(permit);
+                Metrics::add(&shared.metrics.missed, 1);
+                let gap = Event::Gap(Gap {
+                    id: due.id,
+                    slot_ms: due.slot_ms,
+                    reason: GapReason::Missed,
+                });
+                Metrics::add(&shared.metrics.gaps, 1);
+                tokio::select! {
+                    _ = ctx.events.send(gap) => {}
+                    _ = stage_leaves(&mut stage, running) => return,
+                }
+                continue;
+            }
+            let claim = Claim {
+                shared: shared.clone(),
+                id: due.id,
+                _permit: permit,
+            };
+            tokio::spawn(run_slot(ctx.clone(), due, claim, stage.clone()));
+        }
+    }
+}
+
+/// What one attempt came to.
+enum Outcome {
+    Read(Box<[f64]>),
+    NotFound,
+    Failed {
+        kind: ErrorKind,
+        overload: bool,
+        detail: String,
+    },
+}
+
+fn classify(
+    job: &Job,
+    result: Result<Result<Response, TransportError>, tokio::time::error::Elapsed>,
+) -> Outcome {
+    match result {
+        Err(_) => Outcome::Failed {
+            kind: ErrorKind::Timeout,
+            overload: true,
+            detail: "timed out".into(),
+        },
+        Ok(Err(e)) => Outcome::Failed {
+            kind: if e.maybe_sent {
+                ErrorKind::Transport
+            } else {
+                ErrorKind::Connect
+            },
+            overload: !e.maybe_sent,
+            detail: e.message,
+        },
+        Ok(Ok(response)) => {
+            let status = response.status;
+            if job.not_found().matches(status, &response.body) {
+                Outcome::NotFound
+            } else if (200..300).contains(&status) {
+                match job.extract(&response.body) {
+                    Ok(values) => Outcome::Read(values),
+                    Err(e) => Outcome::Failed {
+                        kind: ErrorKind::Malformed,
+                        overload: false,
+                        detail: e.to_string(),
+                    },
+                }
+            } else if status >= 500 || status == 429 {
+                Outcome::Failed {
+                    kind: ErrorKind::Status5xx,
+                    overload: status == 429,
+                    detail: format!("status {status}"),
+                }
+            } else {
+                Outcome::Failed {
+                    kind: ErrorKind::Status,
+                    overload: false,
+                    detail: format!("status {status}"),
+                }
+            }
+        }
+    }
+}
+
+/// Jittered exponential backoff: `base · 2^attempt · [0.5, 1.5)`, the jitter
+/// a hash of id and attempt so that retries of many ids do not align.
+fn backoff(base: Duration, attempt: u32, id: u64) -> Duration {
+    let jitter = 0.5
+        + (crate::schedule::phase(id ^ (u64::from(attempt) << 56), 1 << 20) as f64)
+            / f64::from(1 << 20);
+    base.mul_f64(f64::from(1u32 << attempt.min(16)) * jitter)
+}
+
+async fn run_slot<F: Fetch>(
+    ctx: Arc<Context<F>>,
+    due: Due,
+    claim: Claim,
+    mut stage: watch::Receiver<Stage>,
+) {
+    let shared = &ctx.shared;
+    let job = &shared.job;
+    let metrics = &shared.metrics;
+    let deadline = shared.clock.instant_of_ms(due.slot_ms + shared.interval_ms);
+    let mut attempt = 0u32;
+    let event = loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = tokio::time::timeout(job.http().request_timeout, ctx.fetcher.get(due.id)) => result,
+            _ = stage_leaves(&mut stage, not_abandoned) => {
+                Metrics::add(&metrics.abandoned, 1);
+                return;
+            }
+        };
+        let finished = Instant::now();
+        let outcome = classify(job, result);
+        let overload = matches!(outcome, Outcome::Failed { overload: true, .. });
+        shared.limiter.record(finished - started, overload);
+        match outcome {
+            Outcome::Read(values) => {
+                Metrics::add(&metrics.polls_ok, 1);
+                let lag_us = shared.clock.unix_us(finished) - due.slot_ms * 1_000;
+                metrics.lag.record(lag_us.max(0) as u64);
+                break Event::Observation(Observation {
+                    id: due.id,
+                    slot_ms: due.slot_ms,
+                    values,
+                });
+            }
+            Outcome::NotFound => {
+                metrics.error(ErrorKind::NotFound);
+                lock(&shared.wheel).remove(due.id);
+                lock(&shared.invalid).insert(due.id);
+                tracing::info!(
+                    job = job.name(),
+                    id = due.id,
+                    "id not found by the target; no longer polled"
+                );
+                break Event::Invalid { id: due.id };
+            }
+            Outcome::Failed { kind, detail, .. } => {
+                metrics.error(kind);
+                let attempts = attempt + 1;
+                let wait = backoff(job.http().backoff, attempt, due.id);
+                let retry = kind.retryable()
+                    && attempt < job.http().retries
+                    && Instant::now() + wait < deadline;
+                if shared.log_budget.allow(shared.clock.unix_ms(finished)) {
+                    let level_warn = kind == ErrorKind::Malformed || !retry;
+                    if level_warn {
+                        tracing::warn!(job = job.name(), id = due.id, slot_ms = due.slot_ms, kind = kind.label(), attempts, retry, error = %detail, "poll failed");
+                    } else {
+                        tracing::debug!(job = job.name(), id = due.id, slot_ms = due.slot_ms, kind = kind.label(), attempts, retry, error = %detail, "poll failed");
+                    }
+                }
+                if !retry {
+                    Metrics::add(&metrics.gaps, 1);
+                    break Event::Gap(Gap {
+                        id: due.id,
+                        slot_ms: due.slot_ms,
+                        reason: GapReason::Failed { kind, attempts },
+                    });
+                }
+                Metrics::add(&metrics.retries, 1);
+                attempt += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stage_leaves(&mut stage, not_abandoned) => {
+                        Metrics::add(&metrics.abandoned, 1);
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    // The claim is released only after the event is handed over, so that a
+    // consumer that falls behind slows the crawl instead of growing memory.
+    tokio::select! {
+        _ = ctx.events.send(event) => {}
+        _ = stage_leaves(&mut stage, not_abandoned) => {}
+    }
+    drop(claim);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter() {
+        let base = Duration::from_millis(100);
+        for id in 0..1_000 {
+            for attempt in 0..4 {
+                let wait = backoff(base, attempt, id).as_secs_f64();
+                let nominal = 0.1 * f64::from(1u32 << attempt);
+                assert!(
+                    wait >= nominal * 0.5 && wait < nominal * 1.5,
+                    "{id} {attempt} {wait}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clock_round_trips() {
+        let clock = Clock::new();
+        let later = clock.start + Duration::from_millis(1_500);
+        assert_eq!(
+            clock.instant_of_ms(clock.unix_ms(later)),
+            later - Duration::from_micros((clock.start_unix_us % 1_000) as u64)
+        );
+    }
+}

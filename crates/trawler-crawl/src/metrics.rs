@@ -1,0 +1,480 @@
+//! Crawl metrics: cheap atomic counters updated on the request path, read as
+//! a [`MetricsSnapshot`] and rendered as Prometheus text for `/metrics`.
+//!
+//! The lag histogram has log-spaced buckets (8 per doubling, ≤ 9 % error)
+//! over microseconds, up to days: 300-odd atomics, no allocation per
+//! sample. Rates and recent quantiles come from a ring of per-second
+//! snapshots, so `polls/s` and `lag p99` describe the last few seconds, not
+//! the whole run.
+
+use std::collections::VecDeque;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Why an attempt failed. Also the label of `trawler_crawl_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The connection failed before the request was written (refused,
+    /// reset, connect timeout). Certainly not served: retried.
+    Connect,
+    /// The connection failed after the request was written. It may have
+    /// been served: not retried.
+    Transport,
+    /// No answer within the request timeout (or before the slot's end). It
+    /// may have been served: not retried.
+    Timeout,
+    /// A `5xx` or `429` answer: refused by the target, retried.
+    Status5xx,
+    /// Another non-success status (`4xx`): not retried.
+    Status,
+    /// A success answer whose body is not the expected JSON: the read did
+    /// happen, so it is not retried.
+    Malformed,
+    /// The target's not-found answer: the id is marked invalid.
+    NotFound,
+}
+
+impl ErrorKind {
+    /// Every kind, in label order.
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Connect,
+        ErrorKind::Transport,
+        ErrorKind::Timeout,
+        ErrorKind::Status5xx,
+        ErrorKind::Status,
+        ErrorKind::Malformed,
+        ErrorKind::NotFound,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Transport => "transport",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Status5xx => "5xx",
+            ErrorKind::Status => "status",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::NotFound => "not_found",
+        }
+    }
+
+    /// Whether a retry within the slot is safe: only when the target
+    /// certainly did not read the account.
+    pub fn retryable(self) -> bool {
+        matches!(self, ErrorKind::Connect | ErrorKind::Status5xx)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const SUB_BITS: u32 = 3;
+const SUB: u64 = 1 << SUB_BITS;
+/// Values below this have a bucket each.
+const LINEAR: u64 = 2 * SUB;
+const BUCKETS: usize = (LINEAR + (64 - SUB_BITS as u64 - 1) * SUB) as usize;
+
+fn bucket_of(v: u64) -> usize {
+    if v < LINEAR {
+        return v as usize;
+    }
+    let e = 63 - v.leading_zeros() as u64; // ≥ SUB_BITS + 1
+    let sub = (v >> (e - SUB_BITS as u64)) & (SUB - 1);
+    (LINEAR + (e - SUB_BITS as u64 - 1) * SUB + sub) as usize
+}
+
+/// The largest value of a bucket, reported as its quantile value so that
+/// quantiles err on the high side.
+fn bucket_high(b: usize) -> u64 {
+    let b = b as u64;
+    if b < LINEAR {
+        return b;
+    }
+    let e = (b - LINEAR) / SUB + SUB_BITS as u64 + 1;
+    let sub = (b - LINEAR) % SUB;
+    let low = (1u64 << e) | (sub << (e - SUB_BITS as u64));
+    low + ((1u64 << (e - SUB_BITS as u64)) - 1)
+}
+
+/// A log-bucketed histogram of microseconds.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Histogram {
+    /// Adds one value.
+    pub fn record(&self, micros: u64) {
+        self.buckets[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// Bucket counts of a [`Histogram`] at one moment (or between two).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistogramCounts(Vec<u64>);
+
+impl HistogramCounts {
+    /// Number of values.
+    pub fn count(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The `q`-quantile (0–1), microseconds, rounded up to its bucket's top;
+    /// `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (b, &n) in self.0.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(bucket_high(b));
+            }
+        }
+        None
+    }
+
+    fn since(&self, earlier: &HistogramCounts) -> HistogramCounts {
+        HistogramCounts(
+            self.0
+                .iter()
+                .zip(&earlier.0)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+        )
+    }
+}
+
+/// The crawl's live counters. Shared by the dispatcher, every request and
+/// the handle; every update is one relaxed atomic add.
+#[derive(Debug)]
+pub struct Metrics {
+    pub(crate) polls_ok: AtomicU64,
+    errors: [AtomicU64; 7],
+    pub(crate) retries: AtomicU64,
+    pub(crate) gaps: AtomicU64,
+    pub(crate) missed: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+    pub(crate) lag: Histogram,
+    /// One sample per second: polls so far and the lag histogram, for rates
+    /// and recent quantiles.
+    ring: Mutex<VecDeque<(Instant, u64, HistogramCounts)>>,
+}
+
+/// How far back "recent" figures look.
+const RECENT: Duration = Duration::from_secs(10);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            polls_ok: AtomicU64::new(0),
+            errors: Default::default(),
+            retries: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            lag: Histogram::default(),
+            ring: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn error(&self, kind: ErrorKind) {
+        self.errors[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records a ring sample if a second has passed; called by the dispatcher.
+    pub(crate) fn tick(&self, now: Instant) {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if ring
+            .back()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        ring.push_back((
+            now,
+            self.polls_ok.load(Ordering::Relaxed),
+            HistogramCounts(self.lag.counts()),
+        ));
+        while ring.len() > 2 && now.duration_since(ring[1].0) >= RECENT {
+            ring.pop_front();
+        }
+    }
+
+    /// Reads everything at once. `gauges` come from the crawler.
+    pub(crate) fn snapshot(&self, gauges: Gauges) -> MetricsSnapshot {
+        let now = Instant::now();
+        let polls_ok = self.polls_ok.load(Ordering::Relaxed);
+        let lag_total = HistogramCounts(self.lag.counts());
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let (polls_per_sec, lag_recent) = match ring.front() {
+            Some((t, polls, lag)) if now.duration_since(*t) >= Duration::from_millis(500) => (
+                (polls_ok - polls) as f64 / now.duration_since(*t).as_secs_f64(),
+                lag_total.since(lag),
+            ),
+            _ => (0.0, lag_total.clone()),
+        };
+        let ms = |q| lag_recent.quantile(q).map(|us| us as f64 / 1e3);
+        MetricsSnapshot {
+            polls_ok,
+            errors: ErrorKind::ALL.map(|k| (k, self.errors[k.index()].load(Ordering::Relaxed))),
+            retries: self.retries.load(Ordering::Relaxed),
+            gaps: self.gaps.load(Ordering::Relaxed),
+            missed_slots: self.missed.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
+            polls_per_sec,
+            lag_p50_ms: ms(0.5),
+            lag_p99_ms: ms(0.99),
+            lag_total,
+            gauges,
+        }
+    }
+}
+
+/// Point-in-time values owned by the crawler rather than counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Ids being polled.
+    pub tracked: u64,
+    /// Ids reported invalid by the target.
+    pub invalid: u64,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// The adaptive concurrency limit.
+    pub concurrency_limit: u64,
+}
+
+/// Every crawl metric at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSnapshot {
+    /// Successful reads (observations emitted).
+    pub polls_ok: u64,
+    /// Failed attempts by kind (retried attempts included).
+    pub errors: [(ErrorKind, u64); 7],
+    /// Attempts after the first within a slot.
+    pub retries: u64,
+    /// Slots that produced no observation, whatever the reason (missed
+    /// slots included).
+    pub gaps: u64,
+    /// Slots that could not start before the id's next slot.
+    pub missed_slots: u64,
+    /// Requests abandoned at shutdown.
+    pub abandoned: u64,
+    /// Successful reads per second over the last ~10 s.
+    pub polls_per_sec: f64,
+    /// Median lag (response time − slot time) over the last ~10 s, ms.
+    pub lag_p50_ms: Option<f64>,
+    /// 99th percentile lag over the last ~10 s, ms.
+    pub lag_p99_ms: Option<f64>,
+    /// Lag of every observation since start, µs buckets.
+    pub lag_total: HistogramCounts,
+    /// Tracked, invalid, in flight, concurrency limit.
+    pub gauges: Gauges,
+}
+
+impl MetricsSnapshot {
+    /// Failed attempts of one kind.
+    pub fn errors_of(&self, kind: ErrorKind) -> u64 {
+        self.errors
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Prometheus text exposition (version 0.0.4) of every metric, labelled
+    /// with the job name.
+    pub fn to_prometheus(&self, job: &str) -> String {
+        let mut out = String::with_capacity(2_048);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(out, "# HELP trawler_crawl_{name} {help}");
+            let _ = writeln!(out, "# TYPE trawler_crawl_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "trawler_crawl_{name}{{job=\"{job}\"{labels}}} {value}");
+            }
+        };
+        let g = self.gauges;
+        metric(
+            "polls_total",
+            "counter",
+            "Successful reads.",
+            &[("", self.polls_ok as f64)],
+        );
+        let errors: Vec<(String, f64)> = self
+            .errors
+            .iter()
+            .map(|(k, n)| (format!(",kind=\"{}\"", k.label()), *n as f64))
+            .collect();
+        let errors: Vec<(&str, f64)> = errors.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        metric(
+            "errors_total",
+            "counter",
+            "Failed attempts by kind.",
+            &errors,
+        );
+        metric(
+            "retries_total",
+            "counter",
+            "Retried attempts within a slot.",
+            &[("", self.retries as f64)],
+        );
+        metric(
+            "gaps_total",
+            "counter",
+            "Slots without an observation.",
+            &[("", self.gaps as f64)],
+        );
+        metric(
+            "missed_slots_total",
+            "counter",
+            "Slots that could not start before the next slot of their id.",
+            &[("", self.missed_slots as f64)],
+        );
+        metric(
+            "abandoned_total",
+            "counter",
+            "Requests abandoned at shutdown.",
+            &[("", self.abandoned as f64)],
+        );
+        metric(
+            "polls_per_second",
+            "gauge",
+            "Successful reads per second, last 10 s.",
+            &[("", self.polls_per_sec)],
+        );
+        let mut lag = Vec::new();
+        for (q, v) in [("0.5", self.lag_p50_ms), ("0.99", self.lag_p99_ms)] {
+            if let Some(ms) = v {
+                lag.push((q, ms / 1e3));
+            }
+        }
+        let lag: Vec<(String, f64)> = lag
+            .into_iter()
+            .map(|(q, s)| (format!(",quantile=\"{q}\""), s))
+            .collect();
+        let lag: Vec<(&str, f64)> = lag.iter().map(|(l, s)| (l.as_str(), *s)).collect();
+        metric(
+            "lag_seconds",
+            "gauge",
+            "Response time minus slot time, last 10 s.",
+            &lag,
+        );
+        metric(
+            "tracked_ids",
+            "gauge",
+            "Ids being polled.",
+            &[("", g.tracked as f64)],
+        );
+        metric(
+            "invalid_ids",
+            "gauge",
+            "Ids the target does not know.",
+            &[("", g.invalid as f64)],
+        );
+        metric(
+            "in_flight",
+            "gauge",
+            "Requests in flight.",
+            &[("", g.in_flight as f64)],
+        );
+        metric(
+            "concurrency_limit",
+            "gauge",
+            "Adaptive limit on requests in flight.",
+            &[("", g.concurrency_limit as f64)],
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_tight() {
+        let mut last = 0;
+        for v in (0..100_000u64).chain([1 << 40, u64::MAX / 2, u64::MAX]) {
+            let b = bucket_of(v);
+            assert!(b >= last && b < BUCKETS, "{v}");
+            last = b;
+            let high = bucket_high(b);
+            assert!(high >= v, "{v} > {high}");
+            assert!(
+                v < LINEAR || (high - v) as f64 <= v as f64 * 0.125 + 1.0,
+                "{v} {high}"
+            );
+        }
+    }
+
+    #[test]
+    fn quantiles() {
+        let h = Histogram::default();
+        for v in 1..=1_000u64 {
+            h.record(v * 1_000);
+        }
+        let counts = HistogramCounts(h.counts());
+        let p50 = counts.quantile(0.5).unwrap() as f64;
+        let p99 = counts.quantile(0.99).unwrap() as f64;
+        assert!((500_000.0..=560_000.0).contains(&p50), "{p50}");
+        assert!((990_000.0..=1_100_000.0).contains(&p99), "{p99}");
+        assert_eq!(HistogramCounts(vec![0; 4]).quantile(0.5), None);
+    }
+
+    #[test]
+    fn prometheus_text() {
+        let m = Metrics::default();
+        Metrics::add(&m.polls_ok, 3);
+        m.error(ErrorKind::Timeout);
+        m.lag.record(2_000);
+        let text = m
+            .snapshot(Gauges {
+                tracked: 10,
+                ..Gauges::default()
+            })
+            .to_prometheus("influencers");
+        assert!(
+            text.contains("trawler_crawl_polls_total{job=\"influencers\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("trawler_crawl_errors_total{job=\"influencers\",kind=\"timeout\"} 1\n")
+        );
+        assert!(
+            text.contains("trawler_crawl_lag_seconds{job=\"influencers\",quantile=\"0.99\"} 0.002")
+        );
+        assert!(text.contains("trawler_crawl_tracked_ids{job=\"influencers\"} 10\n"));
+        assert!(text
+            .lines()
+            .all(|l| l.starts_with('#') || l.starts_with("trawler_crawl_")));
+    }
+}

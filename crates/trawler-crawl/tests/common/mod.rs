@@ -1,0 +1,50 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)]
+
+use tokio::sync::mpsc;
+use trawler_crawl::{Event, Job, JobConfig};
+
+/// A Mockstagram-shaped job for `ids` at `interval` against `base`, with
+/// extra lines for `[http]`.
+pub fn job(base: &str, ids: &str, interval: &str, http: &str) -> Job {
+    let text = format!(
+        r#"
+[job]
+name = "influencers"
+url = "{base}/api/v1/influencers/{{id}}"
+ids = "{ids}"
+interval = "{interval}"
+
+[[field]]
+metric = "followerCount"
+pointer = "/followerCount"
+type = "integer"
+
+[[field]]
+metric = "followingCount"
+pointer = "/followingCount"
+type = "integer"
+
+[[derived]]
+metric = "followerRatio"
+formula = "followerCount / followingCount"
+
+[http]
+{http}
+"#
+    );
+    JobConfig::from_toml(&text, "test.toml")
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+/// Takes every event currently in the channel.
+pub fn drain(events: &mut mpsc::Receiver<Event>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        out.push(event);
+    }
+    out
+}

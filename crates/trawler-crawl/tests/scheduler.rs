@@ -1,0 +1,409 @@
+//! Deterministic tests of the scheduling logic: the real dispatcher, slot
+//! tasks and limiter, a scripted in-memory target, and paused tokio time.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use trawler_crawl::{ErrorKind, Event, Fetch, GapReason, Response, TransportError};
+
+/// What the scripted target does with one call.
+#[derive(Debug, Clone, Copy)]
+enum Behave {
+    /// Reads the account, then answers after the latency.
+    Ok(Duration),
+    /// Answers 503 at once, without reading.
+    Unavailable,
+    /// Fails to connect.
+    Refused,
+    /// Reads the account but never answers in time.
+    Hang,
+    /// Answers Mockstagram's not-found.
+    NotFound,
+}
+
+type Script = dyn Fn(u64, usize) -> Behave + Send + Sync;
+
+/// Per id: (time of call since start, whether it read the account).
+type Calls = HashMap<u64, Vec<(Duration, bool)>>;
+
+/// An in-memory target that records every call and every read.
+#[derive(Clone)]
+struct Target {
+    start: Instant,
+    calls: Arc<Mutex<Calls>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    script: Arc<Script>,
+}
+
+impl Target {
+    fn new(script: impl Fn(u64, usize) -> Behave + Send + Sync + 'static) -> Self {
+        Self {
+            start: Instant::now(),
+            calls: Arc::default(),
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
+            script: Arc::new(script),
+        }
+    }
+
+    fn calls(&self) -> Calls {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Fetch for Target {
+    async fn get(&self, id: u64) -> Result<Response, TransportError> {
+        let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(n, Ordering::SeqCst);
+        let _guard = InFlight(self.in_flight.clone());
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.entry(id).or_default().len()
+        };
+        let behave = (self.script)(id, call);
+        let reads = matches!(behave, Behave::Ok(_) | Behave::Hang);
+        self.calls
+            .lock()
+            .unwrap()
+            .entry(id)
+            .or_default()
+            .push((self.start.elapsed(), reads));
+        match behave {
+            Behave::Ok(latency) => {
+                tokio::time::sleep(latency).await;
+                let body = format!(
+                    r#"{{"pk":{id},"followerCount":{},"followingCount":100}}"#,
+                    1_000 + call
+                );
+                Ok(Response {
+                    status: 200,
+                    body: Bytes::from(body),
+                })
+            }
+            Behave::Unavailable => Ok(Response {
+                status: 503,
+                body: Bytes::from_static(b"{}"),
+            }),
+            Behave::Refused => Err(TransportError {
+                maybe_sent: false,
+                message: "refused".into(),
+            }),
+            Behave::Hang => {
+                tokio::time::sleep(Duration::from_secs(3_600)).await;
+                unreachable!("the crawler times out first")
+            }
+            Behave::NotFound => Ok(Response {
+                status: 500,
+                body: Bytes::from_static(br#"{"error":{"name":"InfluencerNotFoundError"}}"#),
+            }),
+        }
+    }
+}
+
+const HTTP: &str = r#"
+min_in_flight = 1000
+max_in_flight = 1000
+request_timeout = "300ms"
+retries = 2
+backoff = "50ms"
+"#;
+
+fn job(ids: &str, interval: &str, http: &str) -> trawler_crawl::Job {
+    common::job("http://127.0.0.1:9", ids, interval, http)
+}
+
+#[tokio::test(start_paused = true)]
+async fn flat_phases_and_exactly_one_poll_per_id_per_interval() {
+    let target = Target::new(|_, _| Behave::Ok(Duration::from_millis(5)));
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let crawl = trawler_crawl::start(job("1..=2000", "1s", HTTP), target.clone(), tx);
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let metrics = crawl.metrics();
+    crawl.shutdown(Duration::from_secs(1)).await;
+    let events = common::drain(&mut rx);
+
+    let calls = target.calls();
+    assert_eq!(calls.len(), 2_000, "every id polled");
+    let mut per_window = [0u32; 10];
+    for (id, calls) in &calls {
+        assert!((5..=6).contains(&calls.len()), "id {id}: {calls:?}");
+        for pair in calls.windows(2) {
+            let gap = pair[1].0 - pair[0].0;
+            // Slots are one interval apart; the dispatcher ticks every 2 ms.
+            assert!(
+                gap.abs_diff(Duration::from_secs(1)) <= Duration::from_millis(3),
+                "id {id}: {calls:?}"
+            );
+        }
+        // Calls per tenth of the interval, over whole intervals 1..5.
+        for (at, _) in calls {
+            if (Duration::from_secs(1)..Duration::from_secs(5)).contains(at) {
+                per_window[(at.as_millis() % 1_000 / 100) as usize] += 1;
+            }
+        }
+    }
+    // 2,000 ids × 4 intervals / 10 windows = 800 per window (σ ≈ 27).
+    for n in per_window {
+        assert!((650..=950).contains(&n), "not flat: {per_window:?}");
+    }
+
+    let mut slots = HashSet::new();
+    for event in &events {
+        let Event::Observation(o) = event else {
+            panic!("unexpected {event:?}")
+        };
+        assert!(
+            slots.insert((o.id, o.slot_ms)),
+            "two observations for one slot"
+        );
+        let phase = trawler_crawl::schedule::phase(o.id, 1_000) as i64;
+        assert_eq!(
+            o.slot_ms.rem_euclid(1_000),
+            phase,
+            "slot time on the id's grid"
+        );
+        assert_eq!(o.values.len(), 3);
+    }
+    assert_eq!(events.len(), calls.values().map(Vec::len).sum::<usize>());
+    assert_eq!(metrics.gaps, 0);
+    assert!(
+        metrics.lag_p99_ms.unwrap() <= 10.0,
+        "lag {:?}",
+        metrics.lag_p99_ms
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_only_what_was_not_served() {
+    // id % 3 == 0: a 503 on the first call of each slot, then fine.
+    // id % 3 == 1: the target reads, then never answers (timeout).
+    // id % 3 == 2: connection refused, always.
+    let target = Target::new(|id, call| match id % 3 {
+        0 if call % 2 == 0 => Behave::Unavailable,
+        0 => Behave::Ok(Duration::from_millis(1)),
+        1 => Behave::Hang,
+        _ => Behave::Refused,
+    });
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let crawl = trawler_crawl::start(job("1..=300", "1s", HTTP), target.clone(), tx);
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let metrics = crawl.shutdown(Duration::from_secs(1)).await.metrics;
+    let events = common::drain(&mut rx);
+
+    let mut outcomes: HashMap<u64, Vec<&Event>> = HashMap::new();
+    let mut slots = HashSet::new();
+    for event in &events {
+        let (id, slot) = match event {
+            Event::Observation(o) => (o.id, o.slot_ms),
+            Event::Gap(g) => (g.id, g.slot_ms),
+            Event::Invalid { .. } => panic!("no invalid ids here"),
+        };
+        assert!(slots.insert((id, slot)), "one event per slot");
+        outcomes.entry(id).or_default().push(event);
+    }
+    for (id, calls) in target.calls() {
+        let reads: Vec<Duration> = calls.iter().filter(|c| c.1).map(|c| c.0).collect();
+        // No slot is read twice: reads of one id are an interval apart.
+        for pair in reads.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(800),
+                "id {id} read twice in a slot: {calls:?}"
+            );
+        }
+        let events = &outcomes[&id];
+        match id % 3 {
+            0 => {
+                assert_eq!(calls.len(), 2 * events.len(), "one retry per slot");
+                assert!(events.iter().all(|e| matches!(e, Event::Observation(_))));
+                assert_eq!(reads.len(), events.len());
+            }
+            1 => {
+                assert_eq!(calls.len(), events.len(), "a timeout is never retried");
+                assert!(events.iter().all(|e| matches!(
+                    e,
+                    Event::Gap(g) if g.reason == GapReason::Failed { kind: ErrorKind::Timeout, attempts: 1 }
+                )));
+            }
+            _ => {
+                assert_eq!(calls.len(), 3 * events.len(), "two retries, then a gap");
+                assert!(events.iter().all(|e| matches!(
+                    e,
+                    Event::Gap(g) if g.reason == GapReason::Failed { kind: ErrorKind::Connect, attempts: 3 }
+                )));
+                assert_eq!(reads.len(), 0);
+            }
+        }
+    }
+    assert_eq!(
+        metrics.errors_of(ErrorKind::Timeout),
+        metrics.gaps - metrics.errors_of(ErrorKind::Connect) / 3
+    );
+    assert_eq!(
+        metrics.retries,
+        metrics.errors_of(ErrorKind::Status5xx) + 2 * metrics.errors_of(ErrorKind::Connect) / 3
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_target_means_missed_slots_not_a_queue() {
+    // 200 ids per second but only 4 requests of 100 ms at once: 40/s.
+    let target = Target::new(|_, _| Behave::Ok(Duration::from_millis(100)));
+    let http = "max_in_flight = 4\ninitial_in_flight = 4\nrequest_timeout = \"5s\"";
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let crawl = trawler_crawl::start(job("1..=200", "1s", http), target.clone(), tx);
+    tokio::time::sleep(Duration::from_millis(5_000)).await;
+    let metrics = crawl.metrics();
+    crawl.shutdown(Duration::from_secs(1)).await;
+    let events = common::drain(&mut rx);
+
+    assert_eq!(target.max_in_flight.load(Ordering::SeqCst), 4);
+    let observations = events
+        .iter()
+        .filter(|e| matches!(e, Event::Observation(_)))
+        .count();
+    let missed = events
+        .iter()
+        .filter(|e| matches!(e, Event::Gap(g) if g.reason == GapReason::Missed))
+        .count();
+    assert_eq!(observations + missed, events.len());
+    // 5 s at 40/s, plus what finished during shutdown.
+    assert!((196..=204).contains(&observations), "{observations}");
+    // Slots handed out lag the schedule by at most an interval: ~4–5 s worth.
+    assert!(
+        (600..=1_000).contains(&(observations + missed)),
+        "{observations} + {missed}"
+    );
+    assert_eq!(metrics.missed_slots as usize, missed);
+    let unique: HashSet<(u64, i64)> = events
+        .iter()
+        .map(|e| match e {
+            Event::Observation(o) => (o.id, o.slot_ms),
+            Event::Gap(g) => (g.id, g.slot_ms),
+            Event::Invalid { id } => (*id, 0),
+        })
+        .collect();
+    assert_eq!(unique.len(), events.len(), "one event per slot");
+}
+
+#[tokio::test(start_paused = true)]
+async fn track_and_untrack_take_effect_without_restart() {
+    let target = Target::new(|_, _| Behave::Ok(Duration::from_millis(1)));
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let crawl = trawler_crawl::start(job("1..=100", "1s", HTTP), target.clone(), tx);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for id in 1..=50 {
+        assert!(crawl.untrack(id));
+    }
+    assert!(!crawl.untrack(1));
+    assert_eq!(crawl.track(1_000..1_050), 50);
+    assert_eq!(crawl.track([1_000, 60]), 0, "already tracked");
+    assert_eq!(crawl.tracked_count(), 100);
+    assert_eq!(crawl.tracked_ids().to_string(), "51..=100,1000..=1049");
+    let changed = target.start.elapsed();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    crawl.shutdown(Duration::from_secs(1)).await;
+    let _ = common::drain(&mut rx);
+
+    let calls = target.calls();
+    for id in 1..=50 {
+        let after = calls[&id].iter().filter(|c| c.0 > changed).count();
+        assert_eq!(after, 0, "untracked id {id} still polled");
+    }
+    for id in 51..=100 {
+        assert!(
+            (4..=5).contains(&calls[&id].len()),
+            "id {id}: {:?}",
+            calls[&id]
+        );
+    }
+    for id in 1_000..1_050 {
+        let n = calls[&id].len();
+        assert_eq!(
+            n, 3,
+            "new id {id} polled once per interval: {:?}",
+            calls[&id]
+        );
+        assert!(calls[&id].iter().all(|c| c.0 > changed));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_ids_are_reported_and_dropped() {
+    let target = Target::new(|id, _| {
+        if id > 10 {
+            Behave::NotFound
+        } else {
+            Behave::Ok(Duration::from_millis(1))
+        }
+    });
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let crawl = trawler_crawl::start(job("1..=15", "1s", HTTP), target.clone(), tx);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(crawl.invalid_ids(), [11, 12, 13, 14, 15]);
+    assert_eq!(crawl.tracked_count(), 10);
+    let metrics = crawl.metrics();
+    assert_eq!(metrics.gauges.invalid, 5);
+    assert_eq!(metrics.errors_of(ErrorKind::NotFound), 5);
+    crawl.shutdown(Duration::from_secs(1)).await;
+    let events = common::drain(&mut rx);
+    let invalid: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Invalid { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(invalid.len(), 5);
+    for id in 11..=15 {
+        assert_eq!(target.calls()[&id].len(), 1, "invalid id {id} polled again");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_or_abandons_within_the_grace() {
+    // Requests of 300–500 ms: about 400 in flight at any time.
+    let target = Target::new(|id, _| Behave::Ok(Duration::from_millis(300 + id % 200)));
+    let http = "request_timeout = \"5s\"\nmin_in_flight = 1000\nmax_in_flight = 1000";
+    let (tx, _rx) = mpsc::channel(100_000);
+    let crawl = trawler_crawl::start(job("1..=1000", "1s", http), target.clone(), tx);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let stopped = Instant::now();
+    let report = crawl.shutdown(Duration::from_millis(100)).await;
+    assert!(stopped.elapsed() <= Duration::from_millis(110));
+    assert!(
+        report.in_flight > 200 && report.abandoned > 100,
+        "{report:?}"
+    );
+    assert!(report.abandoned < report.in_flight);
+    assert_eq!(report.metrics.abandoned, report.abandoned);
+    assert_eq!(
+        target.in_flight.load(Ordering::SeqCst),
+        0,
+        "abandoned requests are dropped"
+    );
+
+    let (tx, _rx) = mpsc::channel(100_000);
+    let crawl = trawler_crawl::start(job("1..=1000", "1s", http), target.clone(), tx);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let report = crawl.shutdown(Duration::from_secs(1)).await;
+    assert!(
+        report.in_flight > 200 && report.abandoned == 0,
+        "{report:?}"
+    );
+}
