@@ -1,0 +1,218 @@
+//! trawler's HTTP API.
+//!
+//! The API knows only a [`Backend`]: a read model of one job (latest values,
+//! series, tracking, statistics) that the binary implements on top of the
+//! crawler, the store and the live views. That keeps this crate about HTTP —
+//! routing, parameter parsing, limits, authentication and error shapes — and
+//! lets the backend change without touching a route.
+//!
+//! Every answer is JSON; every error is `{"error":{"code","message"}}` with a
+//! 4xx status for anything the client did wrong. No input reaches a panic.
+//!
+//! Secure by default: the binary listens on 127.0.0.1; when told to listen
+//! beyond loopback, [`ApiConfig::build`] refuses to start without a token for
+//! the endpoints that change state. Request bodies and concurrent requests
+//! are bounded.
+
+mod error;
+mod metrics;
+mod openapi;
+pub mod params;
+mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use error::ApiError;
+pub use metrics::HttpMetrics;
+
+/// Points of a series, as `[[unix_ms, value], …]`.
+pub type Points = Vec<(i64, f64)>;
+
+/// A series read: a time range and an optional step to downsample to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesQuery {
+    /// Start, unix milliseconds, inclusive.
+    pub from_ms: i64,
+    /// End, unix milliseconds, inclusive.
+    pub to_ms: i64,
+    /// Bucket width in milliseconds; `None` returns raw points.
+    pub step_ms: Option<i64>,
+}
+
+/// What a tracking change did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackOutcome {
+    /// Ids newly tracked.
+    pub added: u64,
+    /// Ids that were tracked already.
+    pub already_tracked: u64,
+    /// Ids tracked after the change.
+    pub tracked: u64,
+}
+
+/// The read model of one job, implemented by the binary.
+///
+/// Methods are synchronous and must be fast (microseconds): they run on the
+/// API's async workers. Anything that may block on disk (series reads) is
+/// run through `spawn_blocking` by the routes.
+pub trait Backend: Send + Sync + 'static {
+    /// The job's name, used as the path segment: `/api/v1/{job}/…`.
+    fn job(&self) -> &str;
+    /// The metrics a series read may name.
+    fn metrics(&self) -> Vec<String>;
+    /// The latest view of an entity as a JSON object, or `None` when the
+    /// entity is not tracked.
+    fn entity(
+        &self,
+        id: u64,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ApiError>;
+    /// Points of one metric of a tracked entity. `None` when not tracked.
+    fn series(&self, id: u64, metric: &str, query: SeriesQuery)
+        -> Result<Option<Points>, ApiError>;
+    /// Starts tracking ids.
+    fn track(&self, ids: &[u64]) -> Result<TrackOutcome, ApiError>;
+    /// Stops tracking an id; `false` when it was not tracked.
+    fn untrack(&self, id: u64) -> Result<bool, ApiError>;
+    /// Job-wide statistics as a JSON object.
+    fn stats(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// Ids the target reported as not found, after `after`, at most `limit`.
+    fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64>;
+    /// Appends the process's own metrics in Prometheus text format.
+    fn render_metrics(&self, out: &mut String);
+    /// The metric entities are ranked by (e.g. `followerCount`).
+    fn rank_metric(&self) -> String;
+    /// The first `limit` entities by `by`, as JSON objects.
+    fn top(&self, by: TopBy, limit: usize) -> Vec<serde_json::Map<String, serde_json::Value>>;
+    /// Suspicious entities in id order after `after`, at most `limit`.
+    fn suspicious(&self, after: Option<u64>, limit: usize) -> Vec<u64>;
+    /// The history of the average of the ranked metric.
+    fn average_series(&self, query: SeriesQuery) -> Result<Points, ApiError>;
+}
+
+/// What `GET /api/v1/{job}/top` orders by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopBy {
+    /// The ranked metric, largest first.
+    Ranked,
+    /// Largest gain over the last hour.
+    Gain1h,
+    /// Largest gain over the last 24 hours.
+    Gain24h,
+    /// Largest loss over the last hour.
+    Loss1h,
+    /// Largest loss over the last 24 hours.
+    Loss24h,
+}
+
+/// How to serve the API. Validated by [`ApiConfig::build`].
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Bearer token for state-changing endpoints. Required when `listen` is
+    /// not a loopback address.
+    pub token: Option<String>,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Requests handled at once; more wait.
+    pub max_concurrency: usize,
+    /// Most ids one `track` request may add.
+    pub max_track_ids: usize,
+    /// Most points one series read may return (400 beyond: use a step).
+    pub max_points: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+            max_body_bytes: 1 << 20,
+            max_concurrency: 1_024,
+            max_track_ids: 100_000,
+            max_points: 100_000,
+        }
+    }
+}
+
+/// A configuration the API refuses.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Listening beyond loopback without a token would let anyone change
+    /// what is tracked.
+    #[error(
+        "listening on {0} exposes the API beyond this machine: set an API token \
+         (--api-token or TRAWLER_API_TOKEN) so that state-changing endpoints are protected"
+    )]
+    TokenRequired(SocketAddr),
+    /// An empty token protects nothing.
+    #[error("the API token must not be empty")]
+    EmptyToken,
+    /// A limit set to zero.
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
+}
+
+impl ApiConfig {
+    /// Validates the configuration and builds the router around `backend`.
+    pub fn build<B: Backend>(self, backend: Arc<B>) -> Result<Api, ConfigError> {
+        if matches!(&self.token, Some(t) if t.is_empty()) {
+            return Err(ConfigError::EmptyToken);
+        }
+        if self.token.is_none() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::TokenRequired(self.listen));
+        }
+        for (name, value) in [
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_concurrency", self.max_concurrency),
+            ("max_track_ids", self.max_track_ids),
+            ("max_points", self.max_points),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit(name));
+            }
+        }
+        let http_metrics = Arc::new(HttpMetrics::default());
+        let router = routes::router(backend, &self, http_metrics.clone());
+        Ok(Api {
+            config: self,
+            router,
+            http_metrics,
+        })
+    }
+}
+
+/// A built API, ready to serve.
+pub struct Api {
+    config: ApiConfig,
+    router: axum::Router,
+    http_metrics: Arc<HttpMetrics>,
+}
+
+impl Api {
+    /// The configured listen address.
+    pub fn listen(&self) -> SocketAddr {
+        self.config.listen
+    }
+
+    /// Request counters by route and status.
+    pub fn http_metrics(&self) -> Arc<HttpMetrics> {
+        self.http_metrics.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets requests
+    /// in progress finish.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

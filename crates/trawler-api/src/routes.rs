@@ -1,0 +1,388 @@
+//! Routes and handlers. Each handler parses its inputs with [`crate::params`]
+//! and answers through the [`Backend`]; extractor rejections are turned into
+//! the API's JSON errors instead of axum's plain-text ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use crate::{params, ApiConfig, ApiError, Backend, HttpMetrics, SeriesQuery, TopBy};
+
+struct Ctx<B> {
+    backend: Arc<B>,
+    token: Option<String>,
+    max_body_bytes: usize,
+    max_track_ids: usize,
+    max_points: usize,
+    http_metrics: Arc<HttpMetrics>,
+}
+
+type Shared<B> = State<Arc<Ctx<B>>>;
+
+pub(crate) fn router<B: Backend>(
+    backend: Arc<B>,
+    config: &ApiConfig,
+    http_metrics: Arc<HttpMetrics>,
+) -> Router {
+    let job = backend.job().to_owned();
+    let ctx = Arc::new(Ctx {
+        backend,
+        token: config.token.clone(),
+        max_body_bytes: config.max_body_bytes,
+        max_track_ids: config.max_track_ids,
+        max_points: config.max_points,
+        http_metrics: http_metrics.clone(),
+    });
+    let base = format!("/api/v1/{job}");
+    Router::new()
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics::<B>))
+        .route(&format!("{base}/stats"), get(stats::<B>))
+        .route(&format!("{base}/invalid"), get(invalid::<B>))
+        .route(&format!("{base}/top"), get(top::<B>))
+        .route(&format!("{base}/suspicious"), get(suspicious::<B>))
+        .route(&format!("{base}/average/series"), get(average_series::<B>))
+        .route("/api/openapi.json", get(openapi::<B>))
+        .route(&format!("{base}/track"), post(track::<B>))
+        .route(&format!("{base}/{{pk}}"), get(entity::<B>).delete(untrack::<B>))
+        .route(&format!("{base}/{{pk}}/series"), get(series::<B>))
+        .fallback(|| async { ApiError::not_found("no_route", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            let body = serde_json::json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route"}});
+            (StatusCode::METHOD_NOT_ALLOWED, Json(body))
+        })
+        .layer(middleware::from_fn_with_state(http_metrics, count_requests))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(GlobalConcurrencyLimitLayer::new(config.max_concurrency))
+        .with_state(ctx)
+}
+
+async fn count_requests(
+    State(metrics): State<Arc<HttpMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    metrics.record(&route, response.status().as_u16());
+    response
+}
+
+fn query(
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request("bad_query", format!("malformed query string: {e}")))
+}
+
+fn check_token<B>(ctx: &Ctx<B>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &ctx.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time comparison: the token must not leak through timing.
+    match given {
+        Some(g)
+            if g.len() == expected.len()
+                && g.bytes()
+                    .zip(expected.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0 =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+async fn entity<B: Backend>(
+    State(ctx): Shared<B>,
+    Path(pk): Path<String>,
+) -> Result<Json<serde_json::Map<String, serde_json::Value>>, ApiError> {
+    let pk = params::pk(&pk)?;
+    ctx.backend
+        .entity(pk)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("not_tracked", format!("pk {pk} is not tracked")))
+}
+
+async fn series<B: Backend>(
+    State(ctx): Shared<B>,
+    Path(pk): Path<String>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let pk = params::pk(&pk)?;
+    let q = query(q)?;
+    let metrics = ctx.backend.metrics();
+    let metric = q.get("metric").ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_metric",
+            format!("metric is required; one of {}", metrics.join(", ")),
+        )
+    })?;
+    if !metrics.iter().any(|m| m == metric) {
+        return Err(ApiError::bad_request(
+            "bad_metric",
+            format!("unknown metric {metric:?}; one of {}", metrics.join(", ")),
+        ));
+    }
+    let query = range(&q, ctx.max_points)?;
+    let backend = ctx.backend.clone();
+    let metric_name = metric.clone();
+    let points = tokio::task::spawn_blocking(move || backend.series(pk, &metric_name, query))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("series read failed: {e}")))??
+        .ok_or_else(|| ApiError::not_found("not_tracked", format!("pk {pk} is not tracked")))?;
+    if points.len() > ctx.max_points {
+        return Err(ApiError::bad_request(
+            "too_many_points",
+            format!(
+                "the range holds more than {} points: narrow it or add a step",
+                ctx.max_points
+            ),
+        ));
+    }
+    let body = serde_json::json!({
+        "pk": pk,
+        "metric": metric,
+        "from": query.from_ms,
+        "to": query.to_ms,
+        "step": query.step_ms,
+        "points": points.iter().map(|(t, v)| serde_json::json!([t, v])).collect::<Vec<_>>(),
+    });
+    Ok(Json(body).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrackBody {
+    pks: Vec<u64>,
+}
+
+async fn track<B: Backend>(
+    State(ctx): Shared<B>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<crate::TrackOutcome>, ApiError> {
+    check_token(&ctx, &headers)?;
+    // Any content type is accepted (`curl -d` sends a form type): the body
+    // must simply be the JSON document.
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
+            limit: ctx.max_body_bytes,
+        },
+        _ => ApiError::bad_request("bad_body", format!("unreadable body: {}", e.body_text())),
+    })?;
+    let body: TrackBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("bad_body", format!("expected {{\"pks\":[integers]}}: {e}"))
+    })?;
+    if body.pks.len() > ctx.max_track_ids {
+        return Err(ApiError::bad_request(
+            "too_many_pks",
+            format!(
+                "at most {} pks per request, got {}",
+                ctx.max_track_ids,
+                body.pks.len()
+            ),
+        ));
+    }
+    Ok(Json(ctx.backend.track(&body.pks)?))
+}
+
+async fn untrack<B: Backend>(
+    State(ctx): Shared<B>,
+    headers: HeaderMap,
+    Path(pk): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_token(&ctx, &headers)?;
+    let pk = params::pk(&pk)?;
+    if ctx.backend.untrack(pk)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "not_tracked",
+            format!("pk {pk} is not tracked"),
+        ))
+    }
+}
+
+async fn stats<B: Backend>(
+    State(ctx): Shared<B>,
+) -> Json<serde_json::Map<String, serde_json::Value>> {
+    Json(ctx.backend.stats())
+}
+
+async fn invalid<B: Backend>(
+    State(ctx): Shared<B>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    page(q, |after, limit| ctx.backend.invalid(after, limit))
+}
+
+/// A page of ids after `after` (query `after`, `limit`), with the cursor of
+/// the next page when this one is full.
+fn page(
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    read: impl FnOnce(Option<u64>, usize) -> Vec<u64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let q = query(q)?;
+    let after = q.get("after").map(|v| params::pk(v)).transpose()?;
+    let limit = limit(&q, 100, 10_000)?;
+    let pks = read(after, limit);
+    let next = if pks.len() == limit {
+        pks.last().copied()
+    } else {
+        None
+    };
+    Ok(Json(serde_json::json!({ "pks": pks, "next": next })))
+}
+
+async fn metrics<B: Backend>(State(ctx): Shared<B>) -> Response {
+    let mut out = String::with_capacity(8 * 1024);
+    ctx.backend.render_metrics(&mut out);
+    ctx.http_metrics.render(&mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Parses `from`, `to` (default: the last hour) and `step` of a series read.
+fn range(q: &HashMap<String, String>, max_points: usize) -> Result<SeriesQuery, ApiError> {
+    let now = now_ms();
+    let to_ms = q
+        .get("to")
+        .map(|v| params::instant("to", v))
+        .transpose()?
+        .unwrap_or(now);
+    let from_ms = q
+        .get("from")
+        .map(|v| params::instant("from", v))
+        .transpose()?
+        .unwrap_or(to_ms - 3_600_000);
+    if from_ms > to_ms {
+        return Err(ApiError::bad_request(
+            "bad_range",
+            format!("from ({from_ms}) is after to ({to_ms})"),
+        ));
+    }
+    let step_ms = q
+        .get("step")
+        .map(|v| params::step(v))
+        .transpose()?
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let span = (to_ms - from_ms) as u128;
+    if let Some(step) = step_ms {
+        if span / step as u128 > max_points as u128 {
+            return Err(ApiError::bad_request(
+                "too_many_points",
+                format!(
+                    "from..to / step exceeds {} points: use a larger step",
+                    max_points
+                ),
+            ));
+        }
+    }
+    Ok(SeriesQuery {
+        from_ms,
+        to_ms,
+        step_ms,
+    })
+}
+
+/// Parses `limit` (default `default`, at most `max`).
+fn limit(q: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=max).contains(l))
+            .ok_or_else(|| {
+                ApiError::bad_request("bad_limit", format!("limit must be 1..={max}, got {v:?}"))
+            }),
+    }
+}
+
+async fn top<B: Backend>(
+    State(ctx): Shared<B>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let q = query(q)?;
+    let ranked = ctx.backend.rank_metric();
+    let by_name = q.get("by").cloned().unwrap_or_else(|| ranked.clone());
+    let by = match by_name.as_str() {
+        "gain1h" => TopBy::Gain1h,
+        "gain24h" => TopBy::Gain24h,
+        "loss1h" => TopBy::Loss1h,
+        "loss24h" => TopBy::Loss24h,
+        name if name == ranked => TopBy::Ranked,
+        other => {
+            return Err(ApiError::bad_request(
+                "bad_by",
+                format!(
+                    "by must be one of {ranked}, gain1h, gain24h, loss1h, loss24h; got {other:?}"
+                ),
+            ))
+        }
+    };
+    let limit = limit(&q, 10, 1_000)?;
+    Ok(Json(
+        serde_json::json!({ "by": by_name, "entries": ctx.backend.top(by, limit) }),
+    ))
+}
+
+async fn suspicious<B: Backend>(
+    State(ctx): Shared<B>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    page(q, |after, limit| ctx.backend.suspicious(after, limit))
+}
+
+async fn average_series<B: Backend>(
+    State(ctx): Shared<B>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let q = query(q)?;
+    let query = range(&q, ctx.max_points)?;
+    let backend = ctx.backend.clone();
+    let points = tokio::task::spawn_blocking(move || backend.average_series(query))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("series read failed: {e}")))??;
+    Ok(Json(serde_json::json!({
+        "metric": format!("average of {}", ctx.backend.rank_metric()),
+        "from": query.from_ms,
+        "to": query.to_ms,
+        "step": query.step_ms,
+        "points": points.iter().map(|(t, v)| serde_json::json!([t, v])).collect::<Vec<_>>(),
+    })))
+}
+
+async fn openapi<B: Backend>(State(ctx): Shared<B>) -> Response {
+    let doc = crate::openapi::document(
+        ctx.backend.job(),
+        &ctx.backend.metrics(),
+        &ctx.backend.rank_metric(),
+    );
+    Json(doc).into_response()
+}
