@@ -7,6 +7,8 @@
 mod bench;
 mod cli;
 mod logging;
+mod progress;
+mod run;
 
 use clap::Parser;
 
@@ -14,6 +16,7 @@ fn main() -> anyhow::Result<()> {
     let args = cli::Cli::parse();
     logging::init(args.log_format);
     match args.command {
+        cli::Command::Run(a) => run::run(a),
         cli::Command::Mockstagram(a) => cli::mockstagram::run(a),
         cli::Command::Bench(b) => bench::run(b),
     }

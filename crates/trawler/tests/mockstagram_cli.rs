@@ -12,7 +12,10 @@ fn serves_the_contract_and_stops_cleanly_on_sigterm() {
     let first = http(addr, "GET", "/api/v1/influencers/1000999", None);
     assert_eq!(first.status, 200);
     assert_eq!(first.json()["username"], "influencer-1000999");
-    assert_eq!(http(addr, "GET", "/api/v1/influencers/1001000", None).status, 500);
+    assert_eq!(
+        http(addr, "GET", "/api/v1/influencers/1001000", None).status,
+        500
+    );
     let stats = http(addr, "GET", "/_sim/stats", None).json();
     assert_eq!(stats["accounts"], 1000);
     assert_eq!(stats["reads"], 1);
@@ -22,10 +25,19 @@ fn serves_the_contract_and_stops_cleanly_on_sigterm() {
 #[test]
 fn bad_flags_are_refused_with_the_reason() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_trawler"))
-        .args(["mockstagram", "--error-rate", "2", "--listen", "127.0.0.1:0"])
+        .args([
+            "mockstagram",
+            "--error-rate",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("error rate must be between 0 and 1"), "{stderr}");
+    assert!(
+        stderr.contains("error rate must be between 0 and 1"),
+        "{stderr}"
+    );
 }

@@ -4,20 +4,32 @@
 //! machine in the same invocation (wrk against the same target, VictoriaMetrics
 //! on the same data), and ends with one machine-readable summary line.
 
+pub mod api;
+pub mod crawl;
 pub mod sim;
+pub mod store;
 
 use clap::Subcommand;
 
 /// Which benchmark to run.
 #[derive(Debug, Subcommand)]
 pub enum Bench {
+    /// The query API under wrk while the flagship job crawls; crawl rate with enrichment on and off.
+    Api(api::Args),
+    /// The crawler at rising load against the in-process simulator, beside wrk's ceiling.
+    Crawl(crawl::Args),
     /// GET throughput and latency of the Mockstagram simulator, measured with wrk.
     Sim(sim::Args),
+    /// Bytes per sample, ingest rate and 30-day read latency of the store, beside VictoriaMetrics.
+    Store(store::Args),
 }
 
 /// Runs the chosen benchmark.
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
+        Bench::Api(args) => api::run(args),
+        Bench::Crawl(args) => crawl::run(args),
         Bench::Sim(args) => sim::run(args),
+        Bench::Store(args) => store::run(args),
     }
 }

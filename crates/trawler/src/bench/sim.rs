@@ -41,23 +41,83 @@ pub struct Args {
 
 /// Figures parsed from wrk's report.
 #[derive(Debug, Default, Clone, PartialEq)]
-struct WrkReport {
-    requests_per_sec: f64,
-    p50_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    non_2xx: u64,
-    socket_errors: u64,
+pub struct WrkReport {
+    /// Requests per second.
+    pub requests_per_sec: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 90th percentile latency, ms.
+    pub p90_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Answers that were not 2xx/3xx.
+    pub non_2xx: u64,
+    /// Connect, read, write and timeout errors.
+    pub socket_errors: u64,
 }
 
 const FIRST_PK: u64 = 1_000_000;
 
-/// Runs the benchmark and prints its figures.
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// Makes sure wrk is installed (through scripts/deps when missing).
+pub fn ensure_wrk() -> anyhow::Result<()> {
+    if which("wrk").is_some() {
+        return Ok(());
+    }
     let status = Command::new("scripts/deps").arg("wrk").status();
-    if !matches!(status, Ok(s) if s.success()) && which("wrk").is_none() {
+    if !matches!(status, Ok(s) if s.success()) || which("wrk").is_none() {
         bail!("wrk is not installed and scripts/deps could not install it (run from the repository root, as root)");
     }
+    Ok(())
+}
+
+/// The simulator's GET ceiling for random pks, measured with wrk against an
+/// in-process simulator of `accounts` accounts: the reference a crawl rate is
+/// compared to.
+pub fn ceiling(accounts: u32, seconds: u64) -> anyhow::Result<WrkReport> {
+    ensure_wrk()?;
+    let args = Args {
+        accounts,
+        duration: seconds,
+        connections: 64,
+        wrk_threads: 1,
+        workers: None,
+        reference_node: false,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let sim = trawler_sim::SimConfig {
+        accounts,
+        ..Default::default()
+    }
+    .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    runtime.spawn(async move { sim.serve(listener, std::future::pending()).await });
+    let dir = tempfile_dir()?;
+    let script = random_pk_script(&dir, accounts)?;
+    let report = wrk(
+        &args,
+        &format!("http://{addr}/api/v1/influencers/1000000"),
+        Some(&script),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+fn random_pk_script(dir: &Path, accounts: u32) -> anyhow::Result<std::path::PathBuf> {
+    let script = dir.join("random-pk.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "math.randomseed(42)\nrequest = function()\n  return wrk.format(\"GET\", \"/api/v1/influencers/\" .. math.random({FIRST_PK}, {}))\nend\n",
+            FIRST_PK + accounts as u64 - 1
+        ),
+    )?;
+    Ok(script)
+}
+
+/// Runs the benchmark and prints its figures.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    ensure_wrk()?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(workers) = args.workers {
@@ -75,14 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.spawn(async move { server.serve(listener, std::future::pending()).await });
 
     let dir = tempfile_dir()?;
-    let script = dir.join("random-pk.lua");
-    std::fs::write(
-        &script,
-        format!(
-            "math.randomseed(42)\nrequest = function()\n  return wrk.format(\"GET\", \"/api/v1/influencers/\" .. math.random({FIRST_PK}, {}))\nend\n",
-            FIRST_PK + args.accounts as u64 - 1
-        ),
-    )?;
+    let script = random_pk_script(&dir, args.accounts)?;
 
     println!(
         "simulator: {} accounts, {} s per load, wrk {} thread(s) × {} connections, {} cores",
@@ -142,7 +195,7 @@ fn print_report(target: &str, load: &str, r: &WrkReport) {
     );
 }
 
-fn wrk(args: &Args, url: &str, script: Option<&Path>) -> anyhow::Result<WrkReport> {
+pub fn wrk(args: &Args, url: &str, script: Option<&Path>) -> anyhow::Result<WrkReport> {
     let mut cmd = Command::new("wrk");
     cmd.arg("--latency")
         .arg(format!("-t{}", args.wrk_threads))

@@ -66,28 +66,11 @@ impl Args {
     }
 }
 
-/// Parses `250ms`, `2s`, `1m`, `1h` (and a bare number of seconds).
+/// Parses a duration flag the way job files are parsed: `250ms`, `2s`,
+/// `1m`, `1h30m`, `1d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 2s, 1m"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1_000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3_600.0,
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {s:?}: {e}"))
+    trawler_crawl::job::parse_duration(s)
+        .map_err(|reason| format!("invalid duration {s:?}: {reason}"))
 }
 
 /// Runs the simulator until Ctrl-C or SIGTERM.
@@ -149,7 +132,7 @@ mod tests {
     fn durations_parse() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1_500)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("ms").is_err());

@@ -23,6 +23,8 @@ pub struct Cli {
 /// What to run.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a job: poll, store, keep live views, serve the API (the main job).
+    Run(crate::run::Args),
     /// Serve the built-in Mockstagram simulator (the API trawler is measured against).
     Mockstagram(mockstagram::Args),
     /// Run a benchmark and print its figures.

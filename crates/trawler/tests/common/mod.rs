@@ -58,20 +58,31 @@ impl Proc {
                         return rest.trim().to_owned();
                     }
                 }
-                Err(_) => panic!("no line starting with {prefix:?} within {timeout:?}"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the process exited before printing a line starting with {prefix:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no line starting with {prefix:?} within {timeout:?}")
+                }
             }
         }
     }
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "no exit within {timeout:?} of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "no exit within {timeout:?} of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -85,7 +96,10 @@ impl Proc {
 
 /// Parses `http://host:port` into a socket address.
 pub fn addr_of(url: &str) -> SocketAddr {
-    url.trim_start_matches("http://").trim_end_matches('/').parse().expect("address")
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("address")
 }
 
 /// A response: status and body.
@@ -97,8 +111,7 @@ pub struct Response {
 
 impl Response {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -116,7 +129,9 @@ pub fn http_with(
     headers: &[(&str, &str)],
 ) -> Response {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let body = body.unwrap_or("");
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -135,9 +150,20 @@ pub fn http_with(
     stream.read_to_end(&mut raw).expect("read response");
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP head");
-    let status = head.split_whitespace().nth(1).expect("status").parse().expect("status code");
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_owned() };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .expect("status")
+        .parse()
+        .expect("status code");
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
     Response { status, body }
 }
 
@@ -161,7 +187,10 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -192,4 +221,30 @@ pub fn dir_size(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Starts `trawler run --target sim --data DATA --listen 127.0.0.1:0 EXTRA…`
+/// and waits for its API.
+pub fn start_run(sim: SocketAddr, data: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
+    let target = format!("http://{sim}");
+    let mut args = vec![
+        "run",
+        "--target",
+        &target,
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let run = Proc::start(&args);
+    let api = run.wait_line("listening on ", Duration::from_secs(60));
+    (run, addr_of(&api))
+}
+
+/// `GET path`, asserting a 200, as JSON.
+pub fn get(api: SocketAddr, path: &str) -> serde_json::Value {
+    let r = http(api, "GET", path, None);
+    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+    r.json()
 }

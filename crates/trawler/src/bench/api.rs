@@ -1,0 +1,218 @@
+//! `trawler bench api`: the query API under load while the flagship job
+//! crawls, and the crawl rate with the suspicious enrichment on and off.
+//!
+//! Runs the real `trawler run` (this binary, as a child process) with the
+//! built-in simulator and 1,000,000 accounts every minute, waits until every
+//! account has been crawled once, then points `wrk` at
+//! `GET /api/v1/influencers/{random pk}` and at `/stats`, reading the crawl
+//! rate from the API while the load runs. A second child without the
+//! enrichment gives the crawl rate to compare.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::sim::{ensure_wrk, wrk, WrkReport};
+
+/// Options of the API benchmark.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Accounts tracked (from pk 1000000).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub accounts: u64,
+    /// Seconds of wrk per endpoint.
+    #[arg(long, default_value_t = 20)]
+    pub wrk_seconds: u64,
+    /// Seconds over which each crawl rate is measured.
+    #[arg(long, default_value_t = 30)]
+    pub measure_seconds: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 32)]
+    pub connections: u32,
+}
+
+struct Run {
+    child: Child,
+    api: SocketAddr,
+    _data: TempDir,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(args: &Args, enrich: bool, tag: &str) -> anyhow::Result<Run> {
+    let data = TempDir(
+        std::env::temp_dir().join(format!("trawler-bench-api-{}-{tag}", std::process::id())),
+    );
+    let ids = format!("1000000..={}", 1_000_000 + args.accounts - 1);
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--ids", &ids, "--data"])
+        .arg(&data.0)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if !enrich {
+        cmd.arg("--no-suspicious");
+    }
+    let mut child = cmd.spawn().context("starting trawler run")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let Some(url) = line.trim().strip_prefix("listening on http://") else {
+        bail!("trawler run printed {line:?}");
+    };
+    let api = url.parse()?;
+    Ok(Run {
+        child,
+        api,
+        _data: data,
+    })
+}
+
+fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let mut s = TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok(serde_json::from_str(body)?)
+}
+
+/// Waits until every tracked account has a value (one full interval).
+fn wait_crawled(run: &Run, accounts: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let progress = crate::progress::spinner("waiting for the first full crawl");
+    loop {
+        let stats = get_json(run.api, "/api/v1/influencers/stats")?;
+        let crawled = stats["crawledAccounts"].as_u64().unwrap_or(0);
+        progress.set_message(format!(
+            "first full crawl: {crawled} of {accounts} accounts"
+        ));
+        if crawled >= accounts {
+            progress.finish_and_clear();
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("only {crawled} of {accounts} accounts crawled after 5 minutes");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Polls/s and process CPU over `seconds`.
+fn crawl_rate(run: &Run, seconds: u64) -> anyhow::Result<(f64, f64)> {
+    let polls = |api| -> anyhow::Result<f64> {
+        Ok(get_json(api, "/api/v1/influencers/stats")?["polls"]
+            .as_f64()
+            .unwrap_or(0.0))
+    };
+    let cpu = || -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/stat", run.child.id()))
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit(')').next()?.to_owned();
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+            })
+            .unwrap_or(0.0)
+    };
+    let (p0, c0, t0) = (polls(run.api)?, cpu(), Instant::now());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let (p1, c1, dt) = (polls(run.api)?, cpu(), t0.elapsed().as_secs_f64());
+    Ok(((p1 - p0) / dt, 100.0 * (c1 - c0) / dt))
+}
+
+fn load(
+    args: &Args,
+    run: &Run,
+    path: &str,
+    script: Option<&std::path::Path>,
+) -> anyhow::Result<(WrkReport, f64)> {
+    let wrk_args = super::sim::Args {
+        accounts: 0,
+        duration: args.wrk_seconds,
+        connections: args.connections,
+        wrk_threads: 1,
+        workers: None,
+        reference_node: false,
+    };
+    let before = get_json(run.api, "/api/v1/influencers/stats")?["polls"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let t0 = Instant::now();
+    let report = wrk(&wrk_args, &format!("http://{}{path}", run.api), script)?;
+    let after = get_json(run.api, "/api/v1/influencers/stats")?["polls"]
+        .as_f64()
+        .unwrap_or(0.0);
+    Ok((report, (after - before) / t0.elapsed().as_secs_f64()))
+}
+
+/// Runs the benchmark and prints its figures.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    ensure_wrk()?;
+    println!(
+        "API benchmark: trawler run with {} accounts every 60 s, built-in simulator",
+        args.accounts
+    );
+    let run = start(&args, true, "on")?;
+    wait_crawled(&run, args.accounts)?;
+    let (idle_rate, idle_cpu) = crawl_rate(&run, args.measure_seconds)?;
+    println!("crawl with enrichment on, no API load: {idle_rate:.0} polls/s, process CPU {idle_cpu:.0} %");
+
+    let script = std::env::temp_dir().join(format!("trawler-bench-api-{}.lua", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            "math.randomseed(7)\nrequest = function()\n  return wrk.format(\"GET\", \"/api/v1/influencers/\" .. math.random(1000000, {}))\nend\n",
+            1_000_000 + args.accounts - 1
+        ),
+    )?;
+    let (entity, entity_crawl) = load(&args, &run, "/api/v1/influencers/1000000", Some(&script))?;
+    let (stats, stats_crawl) = load(&args, &run, "/api/v1/influencers/stats", None)?;
+    let _ = std::fs::remove_file(&script);
+    for (name, r, crawl) in [
+        ("GET /{random pk}", &entity, entity_crawl),
+        ("GET /stats", &stats, stats_crawl),
+    ] {
+        println!(
+            "{name:>17}: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  non-2xx {}  | crawl during load {crawl:.0} polls/s",
+            r.requests_per_sec, r.p50_ms, r.p99_ms, r.non_2xx
+        );
+    }
+    drop(run);
+
+    let run = start(&args, false, "off")?;
+    wait_crawled(&run, args.accounts)?;
+    let (off_rate, off_cpu) = crawl_rate(&run, args.measure_seconds)?;
+    drop(run);
+    println!(
+        "crawl with enrichment off, no API load: {off_rate:.0} polls/s, process CPU {off_cpu:.0} %"
+    );
+    println!(
+        "enrichment on vs off: {:+.2} % polls/s",
+        100.0 * (idle_rate - off_rate) / off_rate
+    );
+    println!(
+        "api: entity_rps={:.0} entity_p99_ms={:.2} stats_rps={:.0} stats_p99_ms={:.2} crawl_during_load={:.0} crawl_enrich_on={idle_rate:.0} crawl_enrich_off={off_rate:.0}",
+        entity.requests_per_sec, entity.p99_ms, stats.requests_per_sec, stats.p99_ms, entity_crawl.min(stats_crawl)
+    );
+    Ok(())
+}

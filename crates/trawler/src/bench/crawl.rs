@@ -1,0 +1,154 @@
+//! `trawler bench crawl`: the crawler against the in-process simulator at
+//! rising load, beside `wrk`'s ceiling on the same simulator.
+//!
+//! Each level runs the real crawler (the flagship job file, its target, ids
+//! and interval replaced) for a fixed time and reports sustained polls/s,
+//! lag percentiles, the crawler's own CPU (the simulator's threads are
+//! subtracted) and the process RSS. The ceiling is what wrk gets from the
+//! same simulator with 64 keep-alive connections: a crawler at half of it
+//! is spending as much per request as a bare load generator.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use trawler_crawl::bench::{BenchArgs, BenchReport};
+use trawler_crawl::JobConfig;
+
+use crate::cli::mockstagram::parse_duration;
+
+/// Options of the crawl benchmark.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Load levels as ACCOUNTS@INTERVAL, comma-separated. The flagship level
+    /// is 1000000@60s (16,667 polls/s).
+    #[arg(
+        long,
+        default_value = "100000@60s,500000@60s,1000000@60s,1000000@30s,1000000@15s,1000000@10s"
+    )]
+    pub levels: String,
+    /// How long each level runs.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Seconds of wrk against the simulator for the ceiling.
+    #[arg(long, default_value_t = 10)]
+    pub wrk_seconds: u64,
+}
+
+fn parse_levels(spec: &str) -> anyhow::Result<Vec<(u32, Duration)>> {
+    spec.split(',')
+        .map(|item| {
+            let (accounts, interval) = item
+                .trim()
+                .split_once('@')
+                .with_context(|| format!("level {item:?}: expected ACCOUNTS@INTERVAL"))?;
+            let accounts = accounts
+                .parse()
+                .with_context(|| format!("level {item:?}: accounts"))?;
+            let interval = parse_duration(interval).map_err(anyhow::Error::msg)?;
+            Ok((accounts, interval))
+        })
+        .collect()
+}
+
+/// Runs every level, then the ceiling, and prints the figures.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let levels = parse_levels(&args.levels)?;
+    let job = JobConfig::from_toml(crate::run::DEFAULT_JOB, "jobs/mockstagram.toml (built in)")?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "crawl benchmark: {} levels × {:?}, simulator in-process, {cores} cores",
+        levels.len(),
+        args.duration
+    );
+    println!(
+        "{:>9} {:>8} {:>10} {:>10} {:>9} {:>9} {:>8} {:>7} {:>8} {:>8} {:>12}",
+        "accounts",
+        "interval",
+        "target/s",
+        "polls/s",
+        "lag p50",
+        "lag p99",
+        "gaps",
+        "missed",
+        "cpu %",
+        "rss MB",
+        "B/account"
+    );
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut reports: Vec<BenchReport> = Vec::new();
+    for (accounts, interval) in levels {
+        let bench = BenchArgs {
+            accounts,
+            interval,
+            duration: args.duration,
+            progress: None,
+            ..BenchArgs::default()
+        };
+        let progress = crate::progress::spinner(&format!("{accounts} accounts every {interval:?}"));
+        let r = runtime.block_on(trawler_crawl::bench::run(&job, &bench))?;
+        progress.finish_and_clear();
+        println!(
+            "{:>9} {:>7}s {:>10.0} {:>10.0} {:>7.1}ms {:>7.1}ms {:>8} {:>7} {:>8.1} {:>8.0} {:>12.0}",
+            r.accounts,
+            r.interval_s,
+            r.target_per_sec,
+            r.polls_per_sec,
+            r.lag_p50_ms,
+            r.lag_p99_ms,
+            r.gaps,
+            r.missed,
+            r.crawler_cpu_pct,
+            r.rss_mb,
+            r.rss_mb * 1e6 / r.accounts as f64
+        );
+        reports.push(r);
+    }
+    drop(runtime);
+    let ceiling = super::sim::ceiling(1_000_000, args.wrk_seconds)?;
+    let best = reports.iter().map(|r| r.polls_per_sec).fold(0.0, f64::max);
+    println!(
+        "wrk ceiling (random pks, 64 connections): {:.0} GET/s, p99 {:.2} ms",
+        ceiling.requests_per_sec, ceiling.p99_ms
+    );
+    println!(
+        "max sustained crawl: {best:.0} polls/s = {:.0} % of the wrk ceiling",
+        100.0 * best / ceiling.requests_per_sec
+    );
+    // The summary line is the flagship level when it ran, else the busiest.
+    let flagship = reports
+        .iter()
+        .find(|r| r.accounts == 1_000_000 && r.interval_s == 60.0)
+        .or_else(|| {
+            reports
+                .iter()
+                .max_by(|a, b| a.polls_per_sec.total_cmp(&b.polls_per_sec))
+        });
+    if let Some(r) = flagship {
+        println!(
+            "crawl: accounts={} interval_s={} polls_per_sec={:.0} wrk_ceiling={:.0} lag_p99_ms={:.1} crawler_cpu_pct={:.1} rss_mb={:.0} max_polls_per_sec={best:.0}",
+            r.accounts, r.interval_s, r.polls_per_sec, ceiling.requests_per_sec, r.lag_p99_ms, r.crawler_cpu_pct, r.rss_mb
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_parse() {
+        let levels = parse_levels("1000@60s, 20@500ms").unwrap();
+        assert_eq!(
+            levels,
+            vec![
+                (1_000, Duration::from_secs(60)),
+                (20, Duration::from_millis(500))
+            ]
+        );
+        assert!(parse_levels("1000").is_err());
+        assert!(parse_levels("x@1s").is_err());
+    }
+}

@@ -1,0 +1,505 @@
+//! The API's read model of a running job, on top of the [`Node`].
+//!
+//! Latest values, ranks and averages come from the live views (memory,
+//! microseconds); series come from the store. A derived metric's series is
+//! computed from its stored operands point by point — they share slot
+//! timestamps — or bucket by bucket from their averages when a step is given.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value as Json};
+use trawler_api::{ApiError, Backend, Points, SeriesQuery, TopBy, TrackOutcome};
+use trawler_store::{Aggregate, Point};
+use trawler_views::Window;
+
+use super::layout::Term;
+use super::node::Node;
+
+/// [`Backend`] over a [`Node`].
+pub struct NodeBackend {
+    node: Arc<Node>,
+}
+
+impl NodeBackend {
+    /// Wraps a node.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+/// Formats unix ms as RFC 3339 with milliseconds.
+pub fn rfc3339(ms: i64) -> Json {
+    let Ok(ms) = u64::try_from(ms) else {
+        return Json::Null;
+    };
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    Json::String(humantime::format_rfc3339_millis(t).to_string())
+}
+
+fn storage_error(e: trawler_store::Error) -> ApiError {
+    ApiError::Unavailable(format!("storage: {e}"))
+}
+
+fn number(v: f64) -> Json {
+    serde_json::Number::from_f64(v)
+        .map(Json::Number)
+        .unwrap_or(Json::Null)
+}
+
+impl NodeBackend {
+    fn stored_points(
+        &self,
+        series: trawler_store::SeriesId,
+        q: SeriesQuery,
+    ) -> Result<Points, ApiError> {
+        let store = &self.node.store;
+        Ok(match q.step_ms {
+            None => store
+                .range(series, q.from_ms, q.to_ms)
+                .map_err(storage_error)?
+                .into_iter()
+                .map(|Point { ts_ms, value }| (ts_ms, value.as_f64()))
+                .collect(),
+            Some(step) => store
+                .downsample(series, q.from_ms, q.to_ms, step)
+                .map_err(storage_error)?
+                .into_iter()
+                .map(|a: Aggregate| (a.start_ms, a.avg()))
+                .collect(),
+        })
+    }
+}
+
+impl Backend for NodeBackend {
+    fn job(&self) -> &str {
+        &self.node.job
+    }
+
+    fn metrics(&self) -> Vec<String> {
+        self.node.layout.series_names()
+    }
+
+    fn entity(&self, id: u64) -> Result<Option<Map<String, Json>>, ApiError> {
+        let node = &self.node;
+        if !node.crawl.is_tracked(id) {
+            return Ok(None);
+        }
+        let mut out = Map::new();
+        out.insert("pk".into(), json!(id));
+        if let Some(label) = node.crawl.job().label_for(id) {
+            out.insert("username".into(), json!(label));
+        }
+        let schema = node.views.schema();
+        match node.views.entity(id) {
+            Some(e) => {
+                for (name, value) in schema.metrics().iter().zip(&e.values) {
+                    out.insert(name.clone(), json!(value));
+                }
+                for ((name, _, _), ratio) in schema.ratios().iter().zip(&e.ratios) {
+                    out.insert(name.clone(), ratio.map(number).unwrap_or(Json::Null));
+                }
+                out.insert("rank".into(), json!(e.rank));
+                out.insert(
+                    "suspicious".into(),
+                    json!(e.suspicion.map(|s| s.suspicious)),
+                );
+                out.insert(
+                    "suspiciousCheckedAt".into(),
+                    e.suspicion
+                        .map(|s| rfc3339(s.checked_at_ms))
+                        .unwrap_or(Json::Null),
+                );
+                out.insert("lastCrawledAt".into(), rfc3339(e.ts_ms));
+            }
+            None => {
+                for name in schema.metrics() {
+                    out.insert(name.clone(), Json::Null);
+                }
+                for (name, _, _) in schema.ratios() {
+                    out.insert(name.clone(), Json::Null);
+                }
+                for key in ["rank", "suspicious", "suspiciousCheckedAt", "lastCrawledAt"] {
+                    out.insert(key.into(), Json::Null);
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn series(&self, id: u64, metric: &str, q: SeriesQuery) -> Result<Option<Points>, ApiError> {
+        let node = &self.node;
+        if !node.crawl.is_tracked(id) {
+            return Ok(None);
+        }
+        let Some(series) = node
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(<[_]>::to_vec)
+        else {
+            return Ok(Some(Vec::new())); // tracked, not crawled yet
+        };
+        if let Some(pos) = node.layout.stored.iter().position(|s| s.name == metric) {
+            return self.stored_points(series[pos], q).map(Some);
+        }
+        let Some(derived) = node.layout.derived.iter().find(|d| d.name == metric) else {
+            return Err(ApiError::bad_request(
+                "bad_metric",
+                format!("unknown metric {metric:?}"),
+            ));
+        };
+        let operand = |t: Term| -> Result<Option<Points>, ApiError> {
+            match t {
+                Term::Stored(pos) => self.stored_points(series[pos], q).map(Some),
+                Term::Const(_) => Ok(None),
+            }
+        };
+        let (left, right) = (operand(derived.left)?, operand(derived.right)?);
+        let value = |points: &Option<Points>, t: Term, i: usize| match (points, t) {
+            (_, Term::Const(c)) => Some(c),
+            (Some(p), _) => p.get(i).map(|x| x.1),
+            (None, _) => None,
+        };
+        // Both operands share timestamps (slot times, or bucket starts):
+        // walk the longer list and match the other by timestamp.
+        let timeline: Vec<i64> = match (&left, &right) {
+            (Some(p), _) | (None, Some(p)) => p.iter().map(|x| x.0).collect(),
+            (None, None) => Vec::new(),
+        };
+        let index = |points: &Option<Points>| -> std::collections::HashMap<i64, usize> {
+            points
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, (t, _))| (*t, i))
+                .collect()
+        };
+        let (li, ri) = (index(&left), index(&right));
+        let mut out = Vec::with_capacity(timeline.len());
+        for t in timeline {
+            let l = li
+                .get(&t)
+                .map_or(value(&left, derived.left, usize::MAX), |&i| {
+                    value(&left, derived.left, i)
+                });
+            let r = ri
+                .get(&t)
+                .map_or(value(&right, derived.right, usize::MAX), |&i| {
+                    value(&right, derived.right, i)
+                });
+            if let (Some(l), Some(r)) = (l, r) {
+                let v = derived.eval(l, r);
+                if v.is_finite() {
+                    out.push((t, v));
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn track(&self, ids: &[u64]) -> Result<TrackOutcome, ApiError> {
+        let node = &self.node;
+        let added = node.crawl.track(ids.iter().copied()) as u64;
+        if let Some(enrich) = node.enrich() {
+            enrich.track(ids.to_vec());
+        }
+        node.save_state().map_err(|e| {
+            ApiError::Unavailable(format!("could not persist the tracked set: {e}"))
+        })?;
+        let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len() as u64;
+        Ok(TrackOutcome {
+            added,
+            already_tracked: distinct - added,
+            tracked: node.crawl.tracked_count() as u64,
+        })
+    }
+
+    fn untrack(&self, id: u64) -> Result<bool, ApiError> {
+        let node = &self.node;
+        if !node.crawl.untrack(id) {
+            return Ok(false);
+        }
+        node.views.remove(&[id]);
+        if let Some(enrich) = node.enrich() {
+            enrich.untrack(id);
+        }
+        node.save_state().map_err(|e| {
+            ApiError::Unavailable(format!("could not persist the tracked set: {e}"))
+        })?;
+        Ok(true)
+    }
+
+    fn stats(&self) -> Map<String, Json> {
+        let node = &self.node;
+        let crawl = node.crawl.metrics();
+        let views = node.views.stats();
+        let rank_by = node.views.schema().rank_by();
+        let average = views.averages.get(rank_by);
+        let mut out = Map::new();
+        out.insert("trackedAccounts".into(), json!(crawl.gauges.tracked));
+        out.insert("crawledAccounts".into(), json!(views.tracked));
+        out.insert(
+            "averageFollowerCount".into(),
+            average
+                .and_then(|a| a.mean())
+                .map(number)
+                .unwrap_or(Json::Null),
+        );
+        out.insert("averageCovers".into(), json!(average.map(|a| a.count)));
+        out.insert("invalidAccounts".into(), json!(crawl.gauges.invalid));
+        out.insert("pollsPerSecond".into(), number(crawl.polls_per_sec));
+        out.insert(
+            "lagP50Ms".into(),
+            crawl.lag_p50_ms.map(number).unwrap_or(Json::Null),
+        );
+        out.insert(
+            "lagP99Ms".into(),
+            crawl.lag_p99_ms.map(number).unwrap_or(Json::Null),
+        );
+        out.insert("polls".into(), json!(crawl.polls_ok));
+        out.insert("gaps".into(), json!(crawl.gaps));
+        out.insert("missedSlots".into(), json!(crawl.missed_slots));
+        out.insert("suspiciousCount".into(), json!(views.suspicious));
+        out.insert(
+            "lastSuspiciousSweepProgress".into(),
+            node.enrich()
+                .map(|e| number(e.sweep_progress()))
+                .unwrap_or(Json::Null),
+        );
+        let store = node.store.stats();
+        out.insert("samplesStored".into(), json!(store.samples));
+        out.insert("bytesOnDisk".into(), json!(store.bytes_on_disk));
+        out
+    }
+
+    fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
+        self.node
+            .crawl
+            .invalid_ids()
+            .into_iter()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .take(limit)
+            .collect()
+    }
+
+    fn rank_metric(&self) -> String {
+        let schema = self.node.views.schema();
+        schema.metrics()[schema.rank_by()].clone()
+    }
+
+    fn top(&self, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
+        let views = &self.node.views;
+        let rank_metric = self.rank_metric();
+        let label = |id: u64| {
+            self.node
+                .crawl
+                .job()
+                .label_for(id)
+                .map_or(Json::Null, Json::from)
+        };
+        let movers = |movers: Vec<trawler_views::Mover>| {
+            movers
+                .into_iter()
+                .map(|m| {
+                    let mut o = Map::new();
+                    o.insert("pk".into(), json!(m.id));
+                    o.insert("username".into(), label(m.id));
+                    o.insert("gain".into(), json!(m.gain));
+                    o
+                })
+                .collect()
+        };
+        match by {
+            TopBy::Ranked => views
+                .top(limit)
+                .into_iter()
+                .map(|r| {
+                    let mut o = Map::new();
+                    o.insert("pk".into(), json!(r.id));
+                    o.insert("username".into(), label(r.id));
+                    o.insert(rank_metric.clone(), json!(r.value));
+                    o.insert("rank".into(), json!(r.rank));
+                    o
+                })
+                .collect(),
+            TopBy::Gain1h => movers(views.top_gainers(Window::Hour, limit)),
+            TopBy::Gain24h => movers(views.top_gainers(Window::Day, limit)),
+            TopBy::Loss1h => movers(views.top_losers(Window::Hour, limit)),
+            TopBy::Loss24h => movers(views.top_losers(Window::Day, limit)),
+        }
+    }
+
+    fn suspicious(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
+        self.node.views.suspicious(after, limit)
+    }
+
+    fn average_series(&self, q: SeriesQuery) -> Result<Points, ApiError> {
+        let node = &self.node;
+        let job = super::node::aggregates_job(&node.job);
+        let metric = node.average_metric();
+        let series = node
+            .store
+            .list_series(&job)
+            .into_iter()
+            .find(|s| s.metric == metric && s.entity == 0);
+        match series {
+            Some(s) => self.stored_points(s.id, q),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        let node = &self.node;
+        out.push_str(&node.crawl.metrics().to_prometheus(&node.job));
+        let s = node.store.stats();
+        let job = &node.job;
+        for (name, help, kind, value) in [
+            (
+                "trawler_store_bytes_on_disk",
+                "Bytes the store holds on disk.",
+                "gauge",
+                s.bytes_on_disk,
+            ),
+            (
+                "trawler_store_block_bytes",
+                "Bytes in compressed blocks.",
+                "gauge",
+                s.block_bytes,
+            ),
+            (
+                "trawler_store_wal_bytes",
+                "Bytes in write-ahead log segments.",
+                "gauge",
+                s.wal_bytes,
+            ),
+            (
+                "trawler_store_samples",
+                "Samples stored.",
+                "gauge",
+                s.samples,
+            ),
+            (
+                "trawler_store_head_samples",
+                "Samples in the in-memory head.",
+                "gauge",
+                s.head_samples,
+            ),
+            (
+                "trawler_store_series",
+                "Series in the catalog.",
+                "gauge",
+                s.series,
+            ),
+            (
+                "trawler_store_memory_bytes",
+                "Memory the store holds.",
+                "gauge",
+                s.memory_bytes,
+            ),
+            ("trawler_store_blocks", "Live blocks.", "gauge", s.blocks),
+            (
+                "trawler_store_flushes_total",
+                "Heads written as blocks.",
+                "counter",
+                s.flushes,
+            ),
+            (
+                "trawler_store_compactions_total",
+                "Compactions run.",
+                "counter",
+                s.compactions,
+            ),
+            (
+                "trawler_store_corrupt_blocks",
+                "Blocks that failed their checksum.",
+                "gauge",
+                s.corrupt_blocks,
+            ),
+            (
+                "trawler_store_stale_samples_total",
+                "Samples dropped as stale.",
+                "counter",
+                s.stale_samples,
+            ),
+            (
+                "trawler_ingest_store_errors_total",
+                "Batches the store refused.",
+                "counter",
+                node.counters.store_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "trawler_views_memory_bytes",
+                "Memory the live views hold.",
+                "gauge",
+                node.views.memory().total() as u64,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{job=\"{job}\"}} {value}"
+            );
+        }
+        if s.samples > 0 {
+            let _ = writeln!(
+                out,
+                "# HELP trawler_store_bytes_per_sample Bytes on disk per stored sample.\n# TYPE trawler_store_bytes_per_sample gauge\ntrawler_store_bytes_per_sample{{job=\"{job}\"}} {}",
+                s.bytes_on_disk as f64 / s.samples as f64
+            );
+        }
+        if let Some(enrich) = node.enrich() {
+            let m = enrich.metrics();
+            for (name, help, kind, value) in [
+                (
+                    "trawler_enrich_calls_total",
+                    "Enrichment calls made.",
+                    "counter",
+                    m.calls,
+                ),
+                (
+                    "trawler_enrich_answers_total",
+                    "Enrichment answers received.",
+                    "counter",
+                    m.answers,
+                ),
+                (
+                    "trawler_enrich_reused_total",
+                    "Answers reused without a call.",
+                    "counter",
+                    m.reused,
+                ),
+                (
+                    "trawler_enrich_retries_total",
+                    "Enrichment calls retried.",
+                    "counter",
+                    m.retries,
+                ),
+                (
+                    "trawler_enrich_failures_total",
+                    "Checks failed after every retry.",
+                    "counter",
+                    m.failures,
+                ),
+                (
+                    "trawler_enrich_in_flight",
+                    "Enrichment calls in flight.",
+                    "gauge",
+                    m.in_flight,
+                ),
+                (
+                    "trawler_enrich_put_off",
+                    "Ids waiting for a later retry.",
+                    "gauge",
+                    m.put_off,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{job=\"{job}\"}} {value}"
+                );
+            }
+        }
+    }
+}

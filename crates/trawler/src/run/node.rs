@@ -1,0 +1,584 @@
+//! One running job on this node: the crawl, the store, the live views and
+//! the enrichment, and the ingest path that joins them.
+//!
+//! Events flow one way: the crawler sends observations into a bounded
+//! channel; the ingest task takes them in batches, appends each batch to the
+//! store (one WAL record, durable against `kill -9` when `append` returns)
+//! and only then applies it to the views. So anything the API shows as
+//! latest is already on disk, and a crash never loses an acknowledged sample.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use tokio::sync::mpsc;
+use trawler_crawl::{CrawlHandle, Event, IdSet, Observation};
+use trawler_enrich::{EnrichHandle, Verdict};
+use trawler_store::{Resolution, Sample, SeriesId, SeriesKey, Store, Value, ValueKind};
+use trawler_views::{Reference, Row, Suspicion, Update, Views};
+
+use super::layout::Layout;
+use super::state::IdSetFile;
+
+/// The metric under which suspicion verdicts are stored (1 = suspicious),
+/// one point per check.
+pub const SUSPICIOUS_METRIC: &str = "suspicious";
+
+/// The job-level series (the average's history) live under this job name,
+/// entity 0, so they never collide with an entity's series.
+pub fn aggregates_job(job: &str) -> String {
+    format!("{job}:aggregates")
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Per entity, the ranked metric's reference values for the movers, taken
+/// from the store's hourly rollups and refreshed once per clock hour: the
+/// first value of the previous hour (gain1h spans 1–2 h) and the first
+/// value of the hour 24 h before (gain24h spans 24–25 h). One rollup read
+/// per entity per hour instead of a raw read per observation.
+#[derive(Debug, Default)]
+struct References {
+    by_entity: HashMap<u64, (i64, Reference)>,
+}
+
+/// Series ids of each entity, in [`Layout::stored`] order, created on first
+/// sight. A flat vector indexed through a map keeps it to ~24 bytes per
+/// entity plus 8 per series.
+#[derive(Debug, Default)]
+pub struct SeriesTable {
+    offsets: HashMap<u64, u32>,
+    ids: Vec<SeriesId>,
+    per_entity: usize,
+}
+
+impl SeriesTable {
+    fn new(per_entity: usize) -> Self {
+        Self {
+            per_entity,
+            ..Self::default()
+        }
+    }
+
+    /// The series of `entity`, if it has any.
+    pub fn get(&self, entity: u64) -> Option<&[SeriesId]> {
+        let at = *self.offsets.get(&entity)? as usize * self.per_entity;
+        Some(&self.ids[at..at + self.per_entity])
+    }
+
+    fn insert(&mut self, entity: u64, series: &[SeriesId]) {
+        let offset = (self.ids.len() / self.per_entity) as u32;
+        self.offsets.insert(entity, offset);
+        self.ids.extend_from_slice(series);
+    }
+}
+
+/// Counters of the ingest path.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    /// Samples the store accepted.
+    pub samples: AtomicU64,
+    /// Batches that failed to append (their samples are lost and logged).
+    pub store_errors: AtomicU64,
+    /// Slots that ended in a gap.
+    pub gaps: AtomicU64,
+    /// Suspicion verdicts received.
+    pub verdicts: AtomicU64,
+}
+
+/// Everything a running job shares between its tasks and the API.
+pub struct Node {
+    /// The job's name.
+    pub job: String,
+    /// Metric layout.
+    pub layout: Layout,
+    /// The embedded store.
+    pub store: Arc<Store>,
+    /// Live views.
+    pub views: Views,
+    /// The crawl.
+    pub crawl: CrawlHandle,
+    /// The enrichment, once started (it needs the node for its inputs).
+    enrich: OnceLock<EnrichHandle>,
+    /// Series ids by entity.
+    pub series: RwLock<SeriesTable>,
+    /// Series of suspicion verdicts by entity.
+    suspicious_series: Mutex<HashMap<u64, SeriesId>>,
+    /// Movers' reference values by entity.
+    references: Mutex<References>,
+    /// The persisted tracked set.
+    pub tracked_file: IdSetFile,
+    /// The persisted invalid set.
+    pub invalid_file: IdSetFile,
+    /// Serialises writes of the state files.
+    state_lock: Mutex<()>,
+    /// Ingest counters.
+    pub counters: IngestCounters,
+}
+
+impl Node {
+    /// Assembles a node; series ids come from the store's catalog.
+    pub fn new(
+        job: String,
+        layout: Layout,
+        store: Arc<Store>,
+        views: Views,
+        crawl: CrawlHandle,
+        tracked_file: IdSetFile,
+        invalid_file: IdSetFile,
+    ) -> Self {
+        let mut table = SeriesTable::new(layout.stored.len());
+        let mut suspicious = HashMap::new();
+        let mut partial: HashMap<u64, Vec<Option<SeriesId>>> = HashMap::new();
+        for info in store.list_series(&job) {
+            if info.metric == SUSPICIOUS_METRIC {
+                suspicious.insert(info.entity, info.id);
+            } else if let Some(pos) = layout.stored.iter().position(|s| s.name == info.metric) {
+                partial
+                    .entry(info.entity)
+                    .or_insert_with(|| vec![None; layout.stored.len()])[pos] = Some(info.id);
+            }
+        }
+        for (entity, ids) in partial {
+            if let Some(ids) = ids.into_iter().collect::<Option<Vec<_>>>() {
+                table.insert(entity, &ids);
+            }
+        }
+        Self {
+            job,
+            layout,
+            store,
+            views,
+            crawl,
+            enrich: OnceLock::new(),
+            series: RwLock::new(table),
+            suspicious_series: Mutex::new(suspicious),
+            references: Mutex::new(References::default()),
+            tracked_file,
+            invalid_file,
+            state_lock: Mutex::new(()),
+            counters: IngestCounters::default(),
+        }
+    }
+
+    /// Attaches the enrichment.
+    pub fn set_enrich(&self, handle: EnrichHandle) {
+        let _ = self.enrich.set(handle);
+    }
+
+    /// The enrichment, if running.
+    pub fn enrich(&self) -> Option<&EnrichHandle> {
+        self.enrich.get()
+    }
+
+    /// Appends a batch of crawl events to the store, then to the views.
+    pub fn ingest(&self, events: &[Event]) {
+        let stored = &self.layout.stored;
+        let observations: Vec<&Observation> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Observation(o) => Some(o),
+                _ => None,
+            })
+            .collect();
+        self.ensure_series(observations.iter().map(|o| o.id));
+        let mut samples = Vec::with_capacity(observations.len() * stored.len());
+        {
+            let table = self.series.read().unwrap_or_else(|e| e.into_inner());
+            for o in &observations {
+                let Some(ids) = table.get(o.id) else { continue };
+                for (s, series) in stored.iter().zip(ids) {
+                    let v = o.values[s.index];
+                    if v.is_nan() {
+                        continue;
+                    }
+                    let value = match s.kind {
+                        ValueKind::Int => Value::Int(v as i64),
+                        ValueKind::Float => Value::Float(v),
+                    };
+                    samples.push(Sample {
+                        series: *series,
+                        ts_ms: o.slot_ms,
+                        value,
+                    });
+                }
+            }
+        }
+        if !samples.is_empty() {
+            match self.store.append(&samples) {
+                Ok(appended) => {
+                    self.counters
+                        .samples
+                        .fetch_add(appended.accepted as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, samples = samples.len(), "store append failed; batch not acknowledged");
+                    return;
+                }
+            }
+        }
+        let mut values = Vec::with_capacity(observations.len() * self.layout.viewed.len());
+        for o in &observations {
+            values.extend(self.layout.viewed.iter().map(|&i| {
+                let v = o.values[i];
+                (!v.is_nan()).then_some(v as i64)
+            }));
+        }
+        let width = self.layout.viewed.len();
+        let references = self.references(&observations);
+        let updates: Vec<Update> = observations
+            .iter()
+            .zip(references)
+            .enumerate()
+            .map(|(n, (o, reference))| Update {
+                id: o.id,
+                ts_ms: o.slot_ms,
+                values: &values[n * width..(n + 1) * width],
+                reference,
+            })
+            .collect();
+        if let Err(e) = self.views.apply(&updates) {
+            tracing::error!(error = %e, "views rejected a batch");
+        }
+        let mut invalid = Vec::new();
+        for event in events {
+            match event {
+                Event::Gap(_) => {
+                    self.counters.gaps.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Invalid { id } => invalid.push(*id),
+                _ => {}
+            }
+        }
+        if !invalid.is_empty() {
+            self.views.remove(&invalid);
+            if let Some(enrich) = self.enrich.get() {
+                for id in &invalid {
+                    enrich.untrack(*id);
+                }
+            }
+            {
+                let mut cache = self.references.lock().unwrap_or_else(|e| e.into_inner());
+                for id in &invalid {
+                    cache.by_entity.remove(id);
+                }
+            }
+            if let Err(e) = self.save_state() {
+                tracing::error!(error = %e, "could not persist the invalid ids");
+            }
+        }
+    }
+
+    /// The movers' references of each observation, read from the hourly
+    /// rollups when an entity enters a new clock hour.
+    fn references(&self, observations: &[&Observation]) -> Vec<Reference> {
+        let rank_pos = self.layout.rank_stored;
+        let table = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.references.lock().unwrap_or_else(|e| e.into_inner());
+        observations
+            .iter()
+            .map(|o| {
+                let hour = o.slot_ms.div_euclid(HOUR_MS) * HOUR_MS;
+                if let Some((h, r)) = cache.by_entity.get(&o.id) {
+                    if *h == hour {
+                        return *r;
+                    }
+                }
+                let Some(series) = table.get(o.id).map(|ids| ids[rank_pos]) else {
+                    return Reference::default();
+                };
+                let first_of = |start: i64| -> Option<i64> {
+                    let rollups = self
+                        .store
+                        .rollups(series, start, start + HOUR_MS - 1, Resolution::Hour)
+                        .ok()?;
+                    match rollups.first()?.first {
+                        Value::Int(v) => Some(v),
+                        Value::Float(v) => Some(v as i64),
+                    }
+                };
+                let r = Reference {
+                    hour_ago: first_of(hour - HOUR_MS),
+                    day_ago: first_of(hour - 24 * HOUR_MS),
+                };
+                cache.by_entity.insert(o.id, (hour, r));
+                r
+            })
+            .collect()
+    }
+
+    /// Appends the current average of the ranked metric to its history.
+    pub fn record_average(&self, ts_ms: i64) {
+        let stats = self.views.stats();
+        let Some(mean) = stats
+            .averages
+            .get(self.views.schema().rank_by())
+            .and_then(|a| a.mean())
+        else {
+            return;
+        };
+        let job = aggregates_job(&self.job);
+        let key = SeriesKey {
+            job: &job,
+            entity: 0,
+            metric: &self.average_metric(),
+        };
+        let result = self.store.series(key, ValueKind::Float).and_then(|series| {
+            self.store.append(&[Sample {
+                series,
+                ts_ms,
+                value: Value::Float(mean),
+            }])
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "could not store the average");
+        }
+    }
+
+    /// Name of the average's series, e.g. `averageFollowerCount`.
+    pub fn average_metric(&self) -> String {
+        let rank = &self.views.schema().metrics()[self.views.schema().rank_by()];
+        let mut name = String::from("average");
+        let mut chars = rank.chars();
+        if let Some(c) = chars.next() {
+            name.extend(c.to_uppercase());
+            name.push_str(chars.as_str());
+        }
+        name
+    }
+
+    /// Creates the series of entities seen for the first time, in one
+    /// catalog batch.
+    fn ensure_series(&self, entities: impl Iterator<Item = u64>) {
+        let missing: Vec<u64> = {
+            let table = self.series.read().unwrap_or_else(|e| e.into_inner());
+            entities.filter(|id| table.get(*id).is_none()).collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let keys: Vec<(SeriesKey, ValueKind)> = missing
+            .iter()
+            .flat_map(|&entity| {
+                self.layout.stored.iter().map(move |s| {
+                    (
+                        SeriesKey {
+                            job: &self.job,
+                            entity,
+                            metric: &s.name,
+                        },
+                        s.kind,
+                    )
+                })
+            })
+            .collect();
+        match self.store.series_batch(&keys) {
+            Ok(ids) => {
+                let mut table = self.series.write().unwrap_or_else(|e| e.into_inner());
+                for (entity, chunk) in missing.iter().zip(ids.chunks(self.layout.stored.len())) {
+                    if table.get(*entity).is_none() {
+                        table.insert(*entity, chunk);
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not create series"),
+        }
+    }
+
+    /// Records suspicion verdicts in the store (one point per check, so the
+    /// status and when it was checked survive a restart; a constant series
+    /// costs next to nothing) and then in the views.
+    pub fn record_verdicts(&self, verdicts: &[Verdict]) {
+        self.counters
+            .verdicts
+            .fetch_add(verdicts.len() as u64, Ordering::Relaxed);
+        let mut samples = Vec::new();
+        let mut series = self
+            .suspicious_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for v in verdicts {
+            let id = match series.get(&v.id) {
+                Some(id) => *id,
+                None => {
+                    let key = SeriesKey {
+                        job: &self.job,
+                        entity: v.id,
+                        metric: SUSPICIOUS_METRIC,
+                    };
+                    match self.store.series(key, ValueKind::Int) {
+                        Ok(id) => *series.entry(v.id).or_insert(id),
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not create a suspicious series");
+                            continue;
+                        }
+                    }
+                }
+            };
+            samples.push(Sample {
+                series: id,
+                ts_ms: v.checked_at_ms,
+                value: Value::Int(v.value as i64),
+            });
+        }
+        drop(series);
+        if !samples.is_empty() {
+            if let Err(e) = self.store.append(&samples) {
+                tracing::error!(error = %e, "could not store suspicion verdicts");
+                self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let checks: Vec<(u64, Suspicion)> = verdicts
+            .iter()
+            .map(|v| {
+                (
+                    v.id,
+                    Suspicion {
+                        suspicious: v.value,
+                        checked_at_ms: v.checked_at_ms,
+                    },
+                )
+            })
+            .collect();
+        self.views.apply_suspicion(&checks);
+    }
+
+    /// Writes the tracked and invalid sets to their files.
+    pub fn save_state(&self) -> anyhow::Result<()> {
+        let _guard = self.state_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.tracked_file.save(&self.crawl.tracked_ids())?;
+        self.invalid_file
+            .save(&self.crawl.invalid_ids().into_iter().collect())?;
+        Ok(())
+    }
+}
+
+/// Rebuilds the views from the store's latest values of tracked ids.
+pub fn rebuild_views(
+    store: &Store,
+    views: &Views,
+    layout: &Layout,
+    job: &str,
+    tracked: &IdSet,
+) -> anyhow::Result<usize> {
+    let stored = &layout.stored;
+    let viewed: Vec<usize> = layout
+        .viewed
+        .iter()
+        .map(|index| {
+            stored
+                .iter()
+                .position(|s| s.index == *index)
+                .unwrap_or(usize::MAX)
+        })
+        .collect();
+    /// Per entity: newest timestamp, viewed values, last suspicion check.
+    type Latest = (i64, Vec<Option<i64>>, Option<Suspicion>);
+    let mut latest: HashMap<u64, Latest> = HashMap::new();
+    store.for_each_latest(job, |entry| {
+        if !tracked.contains(entry.entity) {
+            return;
+        }
+        let row = latest
+            .entry(entry.entity)
+            .or_insert_with(|| (i64::MIN, vec![None; viewed.len()], None));
+        if entry.metric == SUSPICIOUS_METRIC {
+            row.2 = Some(Suspicion {
+                suspicious: entry.point.value.as_f64() != 0.0,
+                checked_at_ms: entry.point.ts_ms,
+            });
+            return;
+        }
+        let Some(pos) = stored.iter().position(|s| s.name == entry.metric) else {
+            return;
+        };
+        if let Some(slot) = viewed.iter().position(|&v| v == pos) {
+            if let Value::Int(v) = entry.point.value {
+                row.1[slot] = Some(v);
+                row.0 = row.0.max(entry.point.ts_ms);
+            }
+        }
+    })?;
+    let rows = latest
+        .iter()
+        .filter(|(_, r)| r.0 != i64::MIN)
+        .map(|(id, (ts, values, s))| Row {
+            update: Update {
+                id: *id,
+                ts_ms: *ts,
+                values,
+                reference: Reference::default(),
+            },
+            suspicion: *s,
+        });
+    Ok(views.rebuild(rows)?)
+}
+
+/// Drains crawl events into the node until the crawl's channel closes.
+pub async fn ingest_events(node: Arc<Node>, mut events: mpsc::Receiver<Event>) {
+    let mut batch = Vec::with_capacity(8_192);
+    while events.recv_many(&mut batch, 8_192).await > 0 {
+        // Appending may wait on the disk: keep it off the async workers'
+        // queue without a thread hop per batch.
+        tokio::task::block_in_place(|| node.ingest(&batch));
+        batch.clear();
+    }
+}
+
+/// Appends the average to its history once per `every`, on the minute grid.
+pub async fn record_averages(node: Arc<Node>, every: std::time::Duration) {
+    let every_ms = every.as_millis().max(1) as i64;
+    loop {
+        let now = super::now_ms();
+        let next = (now.div_euclid(every_ms) + 1) * every_ms;
+        tokio::time::sleep(std::time::Duration::from_millis((next - now) as u64)).await;
+        let node = node.clone();
+        let _ = tokio::task::spawn_blocking(move || node.record_average(next)).await;
+    }
+}
+
+/// Drains enrichment verdicts into the node.
+pub async fn ingest_verdicts(node: Arc<Node>, mut verdicts: mpsc::Receiver<Verdict>) {
+    let mut batch = Vec::with_capacity(1_024);
+    while verdicts.recv_many(&mut batch, 1_024).await > 0 {
+        tokio::task::block_in_place(|| node.record_verdicts(&batch));
+        batch.clear();
+    }
+}
+
+/// The suspicious check's request body, from an account's latest values:
+/// `{pk, username, followerCount, followingCount}` as Mockstagram expects.
+pub struct SuspiciousInputs {
+    node: Arc<Node>,
+}
+
+impl SuspiciousInputs {
+    /// Inputs read from `node`'s views.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+impl trawler_enrich::Inputs for SuspiciousInputs {
+    fn body(&self, id: u64) -> Option<Vec<u8>> {
+        let entity = self.node.views.entity(id)?;
+        let mut body = serde_json::Map::new();
+        body.insert("pk".into(), id.into());
+        if let Some(label) = self.node.crawl.job().label_for(id) {
+            body.insert("username".into(), label.into());
+        }
+        for (name, value) in self
+            .node
+            .views
+            .schema()
+            .metrics()
+            .iter()
+            .zip(&entity.values)
+        {
+            body.insert(name.clone(), (*value)?.into());
+        }
+        serde_json::to_vec(&body).ok()
+    }
+}
