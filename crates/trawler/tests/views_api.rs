@@ -13,7 +13,7 @@ const SECOND: Duration = Duration::from_secs(1);
 
 #[test]
 fn leaderboard_ranks_suspicious_pages_and_average_agree_with_the_entities() {
-    let (_sim, sim) = start_sim(&["--accounts", "300", "--suspicious-delay-scale", "0.01"]);
+    let (mut sim_proc, sim) = start_sim(&["--accounts", "300", "--suspicious-delay-scale", "0.01"]);
     let data = tempfile::tempdir().unwrap();
     let (mut run, api) = start_run(
         sim,
@@ -27,8 +27,11 @@ fn leaderboard_ranks_suspicious_pages_and_average_agree_with_the_entities() {
             "2s",
         ],
     );
-    // One full suspicious period plus the slowest answer.
+    // One full suspicious period plus the slowest answer; then stop the
+    // target so that values and statuses hold still while they are compared.
     std::thread::sleep(4 * SECOND);
+    sim_proc.kill9();
+    std::thread::sleep(SECOND);
 
     let top = get(api, "/api/v1/influencers/top?limit=20");
     let entries = top["entries"].as_array().unwrap();
