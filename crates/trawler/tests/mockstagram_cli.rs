@@ -41,3 +41,30 @@ fn bad_flags_are_refused_with_the_reason() {
         "{stderr}"
     );
 }
+
+#[test]
+fn logs_to_a_pipe_are_plain_text_without_colour_codes() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trawler"))
+        .args(["mockstagram", "--accounts", "10", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("INFO"), "no log line on stderr: {stderr:?}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes in piped logs: {stderr:?}");
+}
