@@ -66,5 +66,8 @@ fn logs_to_a_pipe_are_plain_text_without_colour_codes() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(stderr.contains("INFO"), "no log line on stderr: {stderr:?}");
-    assert!(!stderr.contains('\u{1b}'), "colour codes in piped logs: {stderr:?}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in piped logs: {stderr:?}"
+    );
 }
