@@ -430,6 +430,33 @@ fn a_bad_job_file_names_the_file_and_the_key() {
     );
 }
 
+#[test]
+fn store_settings_from_the_command_line_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trawler"))
+        .args([
+            "run",
+            "--target",
+            "http://127.0.0.1:9",
+            "--ids",
+            "1..=2",
+            "--listen",
+            "127.0.0.1:0",
+            "--retention",
+            "10m",
+            "--data",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("retention") && stderr.contains("at least one hour"),
+        "{stderr}"
+    );
+}
+
 fn trawler_default_job() -> String {
     std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -27,7 +27,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::sync::{mpsc, watch};
 use trawler_crawl::{IdSet, JobConfig, Overrides};
-use trawler_store::StoreConfig;
+use trawler_store::{StoreConfig, SyncPolicy};
 
 use crate::cli::mockstagram::{parse_duration, shutdown_signal};
 use layout::Layout;
@@ -85,6 +85,15 @@ pub struct Args {
     /// How long requests in flight may finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Keep stored samples this long; older day blocks are dropped whole.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// The durability window against power loss: the write-ahead log is
+    /// fsynced at least this often (a stored batch survives a crash of the
+    /// process as soon as it is written). `0s` fsyncs every batch before it
+    /// is acknowledged.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub fsync_interval: Duration,
 }
 
 /// Runs the job until Ctrl-C or SIGTERM.
@@ -179,7 +188,14 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     let layout = Layout::of(&job)?;
     let store_dir = args.data.join("store");
     let progress = crate::progress::spinner("opening the store");
-    let store = tokio::task::spawn_blocking(move || StoreConfig::new(store_dir).open())
+    let mut store_config = StoreConfig::new(store_dir);
+    store_config.retention = args.retention;
+    store_config.sync = if args.fsync_interval.is_zero() {
+        SyncPolicy::Always
+    } else {
+        SyncPolicy::Interval(args.fsync_interval)
+    };
+    let store = tokio::task::spawn_blocking(move || store_config.open())
         .await?
         .context("opening the store")?;
     let store = Arc::new(store);
