@@ -102,16 +102,23 @@ fn bucket_high(b: usize) -> u64 {
     low + ((1u64 << (e - SUB_BITS as u64)) - 1)
 }
 
+/// The `le` bounds of the exported lag histogram, seconds.
+const LAG_BOUNDS_SECONDS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// A log-bucketed histogram of microseconds.
 #[derive(Debug)]
 pub struct Histogram {
     buckets: Box<[AtomicU64]>,
+    sum: AtomicU64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
         Self {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
         }
     }
 }
@@ -120,6 +127,12 @@ impl Histogram {
     /// Adds one value.
     pub fn record(&self, micros: u64) {
         self.buckets[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The sum of every value recorded, microseconds.
+    pub fn sum(&self) -> u64 {
+        self.sum.load(Ordering::Relaxed)
     }
 
     fn counts(&self) -> Vec<u64> {
@@ -156,6 +169,18 @@ impl HistogramCounts {
             }
         }
         None
+    }
+
+    /// Values whose bucket lies wholly at or below `micros` — a cumulative
+    /// count for a Prometheus `le` bound (values in the one bucket that
+    /// straddles the bound are counted in the next bound up).
+    pub fn count_at_most(&self, micros: u64) -> u64 {
+        self.0
+            .iter()
+            .enumerate()
+            .take_while(|(b, _)| bucket_high(*b) <= micros)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     fn since(&self, earlier: &HistogramCounts) -> HistogramCounts {
@@ -256,6 +281,7 @@ impl Metrics {
             lag_p50_ms: ms(0.5),
             lag_p99_ms: ms(0.99),
             lag_total,
+            lag_sum_us: self.lag.sum(),
             gauges,
         }
     }
@@ -298,6 +324,8 @@ pub struct MetricsSnapshot {
     pub lag_p99_ms: Option<f64>,
     /// Lag of every observation since start, µs buckets.
     pub lag_total: HistogramCounts,
+    /// Sum of the lag of every observation since start, µs.
+    pub lag_sum_us: u64,
     /// Tracked, invalid, in flight, concurrency limit.
     pub gauges: Gauges,
 }
@@ -383,11 +411,12 @@ impl MetricsSnapshot {
             .collect();
         let lag: Vec<(&str, f64)> = lag.iter().map(|(l, s)| (l.as_str(), *s)).collect();
         metric(
-            "lag_seconds",
+            "recent_lag_seconds",
             "gauge",
-            "Response time minus slot time, last 10 s.",
+            "Response time minus slot time, quantiles over the last 10 s.",
             &lag,
         );
+
         metric(
             "tracked_ids",
             "gauge",
@@ -412,6 +441,28 @@ impl MetricsSnapshot {
             "Adaptive limit on requests in flight.",
             &[("", g.concurrency_limit as f64)],
         );
+        let mut histogram = String::with_capacity(1_024);
+        let _ = writeln!(
+            histogram,
+            "# HELP trawler_crawl_lag_seconds Response time minus slot time, since start.\n\
+             # TYPE trawler_crawl_lag_seconds histogram"
+        );
+        for le in LAG_BOUNDS_SECONDS {
+            let _ = writeln!(
+                histogram,
+                "trawler_crawl_lag_seconds_bucket{{job=\"{job}\",le=\"{le}\"}} {}",
+                self.lag_total.count_at_most((le * 1e6) as u64)
+            );
+        }
+        let count = self.lag_total.count();
+        let _ = writeln!(
+            histogram,
+            "trawler_crawl_lag_seconds_bucket{{job=\"{job}\",le=\"+Inf\"}} {count}\n\
+             trawler_crawl_lag_seconds_sum{{job=\"{job}\"}} {}\n\
+             trawler_crawl_lag_seconds_count{{job=\"{job}\"}} {count}",
+            self.lag_sum_us as f64 / 1e6
+        );
+        out.push_str(&histogram);
         out
     }
 }
@@ -469,12 +520,38 @@ mod tests {
         assert!(
             text.contains("trawler_crawl_errors_total{job=\"influencers\",kind=\"timeout\"} 1\n")
         );
-        assert!(
-            text.contains("trawler_crawl_lag_seconds{job=\"influencers\",quantile=\"0.99\"} 0.002")
-        );
+        assert!(text.contains(
+            "trawler_crawl_recent_lag_seconds{job=\"influencers\",quantile=\"0.99\"} 0.002"
+        ));
         assert!(text.contains("trawler_crawl_tracked_ids{job=\"influencers\"} 10\n"));
         assert!(text
             .lines()
             .all(|l| l.starts_with('#') || l.starts_with("trawler_crawl_")));
+    }
+
+    #[test]
+    fn the_lag_histogram_is_cumulative_with_sum_and_count() {
+        let m = Metrics::default();
+        for us in [500, 2_000, 20_000, 2_000_000] {
+            m.lag.record(us);
+        }
+        let text = m.snapshot(Gauges::default()).to_prometheus("j");
+        let line = |le: &str| {
+            let prefix = format!("trawler_crawl_lag_seconds_bucket{{job=\"j\",le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no bucket {le}:\n{text}"))
+                .parse::<u64>()
+                .unwrap()
+        };
+        assert_eq!(line("0.001"), 1);
+        assert_eq!(line("0.0025"), 2);
+        assert_eq!(line("0.025"), 3);
+        assert_eq!(line("1"), 3);
+        assert_eq!(line("2.5"), 4);
+        assert_eq!(line("+Inf"), 4);
+        assert!(text.contains("# TYPE trawler_crawl_lag_seconds histogram\n"));
+        assert!(text.contains("trawler_crawl_lag_seconds_sum{job=\"j\"} 2.0225\n"));
+        assert!(text.contains("trawler_crawl_lag_seconds_count{job=\"j\"} 4\n"));
     }
 }
