@@ -37,6 +37,12 @@ pub enum ApiError {
     /// The server cannot answer now (503), e.g. a storage error.
     #[error("{0}")]
     Unavailable(String),
+    /// Every live-update slot is taken (503); the client may retry later.
+    #[error("{limit} clients are subscribed to live updates already, the most this server allows; retry later")]
+    TooManySubscribers {
+        /// The limit on concurrent subscribers.
+        limit: usize,
+    },
 }
 
 impl ApiError {
@@ -63,6 +69,9 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::TooManySubscribers { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too_many_subscribers")
+            }
         }
     }
 }

@@ -14,7 +14,9 @@
 //! the endpoints that change state. Request bodies and concurrent requests
 //! are bounded.
 
+mod dashboard;
 mod error;
+mod events;
 mod metrics;
 mod openapi;
 pub mod params;
@@ -22,7 +24,9 @@ mod routes;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use error::ApiError;
 pub use metrics::HttpMetrics;
@@ -123,6 +127,17 @@ pub struct ApiConfig {
     pub max_track_ids: usize,
     /// Most points one series read may return (400 beyond: use a step).
     pub max_points: usize,
+    /// How often live statistics are sampled, kept in the health history
+    /// and sent to event-stream subscribers.
+    pub events_interval: Duration,
+    /// Samples the health history keeps (the last `history_len ×
+    /// events_interval`).
+    pub history_len: usize,
+    /// Event-stream subscribers at once (503 beyond).
+    pub max_subscribers: usize,
+    /// Samples queued for one subscriber; a subscriber that lets this many
+    /// pile up has stopped reading and is dropped.
+    pub subscriber_queue: usize,
 }
 
 impl Default for ApiConfig {
@@ -134,6 +149,10 @@ impl Default for ApiConfig {
             max_concurrency: 1_024,
             max_track_ids: 100_000,
             max_points: 100_000,
+            events_interval: Duration::from_secs(1),
+            history_len: 900,
+            max_subscribers: 256,
+            subscriber_queue: 32,
         }
     }
 }
@@ -171,26 +190,49 @@ impl ApiConfig {
             ("max_concurrency", self.max_concurrency),
             ("max_track_ids", self.max_track_ids),
             ("max_points", self.max_points),
+            ("history_len", self.history_len),
+            ("max_subscribers", self.max_subscribers),
+            ("subscriber_queue", self.subscriber_queue),
+            (
+                "events_interval (ms)",
+                self.events_interval.as_millis().min(usize::MAX as u128) as usize,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit(name));
             }
         }
         let http_metrics = Arc::new(HttpMetrics::default());
-        let router = routes::router(backend, &self, http_metrics.clone());
+        let hub = Arc::new(events::Hub::new(
+            self.events_interval,
+            self.history_len,
+            self.max_subscribers,
+            self.subscriber_queue,
+            http_metrics.clone(),
+        ));
+        let router = routes::router(backend.clone(), &self, http_metrics.clone(), hub.clone());
+        let sampler: Sampler = Box::new(move |stop| Box::pin(hub.run(backend, stop)));
         Ok(Api {
             config: self,
             router,
             http_metrics,
+            sampler,
         })
     }
 }
+
+/// Starts the live-statistics sampler; it runs until the watch turns true.
+type Sampler = Box<
+    dyn FnOnce(tokio::sync::watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send,
+>;
 
 /// A built API, ready to serve.
 pub struct Api {
     config: ApiConfig,
     router: axum::Router,
     http_metrics: Arc<HttpMetrics>,
+    sampler: Sampler,
 }
 
 impl Api {
@@ -204,15 +246,23 @@ impl Api {
         self.http_metrics.clone()
     }
 
-    /// Serves on `listener` until `shutdown` completes, then lets requests
-    /// in progress finish.
+    /// Serves on `listener` until `shutdown` completes, then ends every
+    /// event stream and lets requests in progress finish.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router)
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let sampler = tokio::spawn((self.sampler)(stop_rx));
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        let _ = sampler.await;
+        served
     }
 }

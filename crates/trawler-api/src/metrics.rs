@@ -1,16 +1,33 @@
-//! Counters of API requests by route and status, for `/metrics`.
+//! The API's own figures for `/metrics`: requests by route and status, and
+//! the event-stream subscribers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// Requests answered, by matched route template and status code.
+/// Requests answered, by matched route template and status code, and the
+/// state of the live-update streams.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     counts: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Event-stream subscribers connected now.
+    pub(crate) subscribers: AtomicU64,
+    /// Subscribers dropped for falling behind the event stream.
+    pub(crate) subscribers_lagged: AtomicU64,
 }
 
 impl HttpMetrics {
+    /// Event-stream subscribers connected now.
+    pub fn subscribers(&self) -> u64 {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Event-stream subscribers dropped so far for not reading.
+    pub fn subscribers_dropped(&self) -> u64 {
+        self.subscribers_lagged.load(Ordering::Relaxed)
+    }
+
     /// Counts one answered request.
     pub fn record(&self, route: &str, status: u16) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
@@ -22,7 +39,7 @@ impl HttpMetrics {
         }
     }
 
-    /// Appends `trawler_api_requests_total` in Prometheus text format.
+    /// Appends every API metric in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         out.push_str(
@@ -33,6 +50,26 @@ impl HttpMetrics {
             let _ = writeln!(
                 out,
                 "trawler_api_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        for (name, help, kind, value) in [
+            (
+                "trawler_api_event_subscribers",
+                "Clients subscribed to the event stream.",
+                "gauge",
+                &self.subscribers,
+            ),
+            (
+                "trawler_api_event_subscribers_lagged_total",
+                "Event-stream subscribers dropped for not reading.",
+                "counter",
+                &self.subscribers_lagged,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
             );
         }
     }

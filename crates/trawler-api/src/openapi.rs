@@ -141,6 +141,20 @@ pub fn document(job: &str, metrics: &[String], rank_metric: &str) -> Value {
             "get": {"summary": "Liveness", "responses": ok("ok", json!({"type": "object"}), &[])}
         }),
     );
+    paths.insert("/api/v1/events".into(), json!({
+        "get": {"summary": "Live statistics as server-sent events",
+                "description": "One `stats` event per sampling interval (1 s by default), starting with the latest sample; `data` is the stats object plus `t` (unix ms) and `seq`. A client that stops reading is dropped; at most a configured number of subscribers at once.",
+                "responses": {
+                    "200": {"description": "an endless event stream", "content": {"text/event-stream": {}}},
+                    "503": {"description": "too many subscribers, or shutting down", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                }}
+    }));
+    paths.insert(format!("{base}/health/history"), json!({
+        "get": {"summary": "The recent samples of the live statistics (15 minutes by default), oldest first",
+                "responses": ok("the samples", json!({"type": "object", "properties": {
+                    "intervalMs": {"type": "integer"},
+                    "samples": {"type": "array", "items": {"type": "object"}}}}), &[])}
+    }));
     paths.insert("/api/openapi.json".into(), json!({
         "get": {"summary": "This document", "responses": ok("OpenAPI 3.1", json!({"type": "object"}), &[])}
     }));
@@ -190,6 +204,8 @@ mod tests {
             "/api/v1/influencers/suspicious",
             "/api/v1/influencers/invalid",
             "/api/v1/influencers/average/series",
+            "/api/v1/influencers/health/history",
+            "/api/v1/events",
             "/metrics",
             "/healthz",
             "/api/openapi.json",

@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
+use crate::events::Hub;
 use crate::{params, ApiConfig, ApiError, Backend, HttpMetrics, SeriesQuery, TopBy};
 
 struct Ctx<B> {
@@ -24,6 +25,7 @@ struct Ctx<B> {
     max_track_ids: usize,
     max_points: usize,
     http_metrics: Arc<HttpMetrics>,
+    hub: Arc<Hub>,
 }
 
 type Shared<B> = State<Arc<Ctx<B>>>;
@@ -32,8 +34,10 @@ pub(crate) fn router<B: Backend>(
     backend: Arc<B>,
     config: &ApiConfig,
     http_metrics: Arc<HttpMetrics>,
+    hub: Arc<Hub>,
 ) -> Router {
     let job = backend.job().to_owned();
+    let dashboard = crate::dashboard::router(&job, &backend.rank_metric(), &backend.metrics());
     let ctx = Arc::new(Ctx {
         backend,
         token: config.token.clone(),
@@ -41,6 +45,7 @@ pub(crate) fn router<B: Backend>(
         max_track_ids: config.max_track_ids,
         max_points: config.max_points,
         http_metrics: http_metrics.clone(),
+        hub,
     });
     let base = format!("/api/v1/{job}");
     Router::new()
@@ -55,6 +60,9 @@ pub(crate) fn router<B: Backend>(
         .route(&format!("{base}/track"), post(track::<B>))
         .route(&format!("{base}/{{pk}}"), get(entity::<B>).delete(untrack::<B>))
         .route(&format!("{base}/{{pk}}/series"), get(series::<B>))
+        .route("/api/v1/events", get(events::<B>))
+        .route(&format!("{base}/health/history"), get(health_history::<B>))
+        .merge(dashboard)
         .fallback(|| async { ApiError::not_found("no_route", "no such route") })
         .method_not_allowed_fallback(|| async {
             let body = serde_json::json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route"}});
@@ -260,7 +268,7 @@ async fn metrics<B: Backend>(State(ctx): Shared<B>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -385,4 +393,16 @@ async fn openapi<B: Backend>(State(ctx): Shared<B>) -> Response {
         &ctx.backend.rank_metric(),
     );
     Json(doc).into_response()
+}
+
+async fn events<B: Backend>(State(ctx): Shared<B>) -> Result<Response, ApiError> {
+    Ok(ctx.hub.subscribe()?.into_response())
+}
+
+async fn health_history<B: Backend>(State(ctx): Shared<B>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        ctx.hub.history_json(),
+    )
+        .into_response()
 }

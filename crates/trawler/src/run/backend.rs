@@ -260,6 +260,10 @@ impl Backend for NodeBackend {
             crawl.lag_p99_ms.map(number).unwrap_or(Json::Null),
         );
         out.insert("polls".into(), json!(crawl.polls_ok));
+        out.insert(
+            "errors".into(),
+            json!(crawl.errors.iter().map(|(_, n)| n).sum::<u64>()),
+        );
         out.insert("gaps".into(), json!(crawl.gaps));
         out.insert("missedSlots".into(), json!(crawl.missed_slots));
         out.insert("suspiciousCount".into(), json!(views.suspicious));
@@ -272,6 +276,14 @@ impl Backend for NodeBackend {
         let store = node.store.stats();
         out.insert("samplesStored".into(), json!(store.samples));
         out.insert("bytesOnDisk".into(), json!(store.bytes_on_disk));
+        out.insert(
+            "bytesPerSample".into(),
+            if store.samples > 0 {
+                number(store.bytes_on_disk as f64 / store.samples as f64)
+            } else {
+                Json::Null
+            },
+        );
         out
     }
 

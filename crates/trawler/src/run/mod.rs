@@ -305,7 +305,11 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     if let Some(task) = verdicts_task {
         task.abort();
     }
-    let _ = api_task.await;
+    // Event streams end at shutdown; a client that stopped reading could
+    // still hold its connection, so the API gets the grace period and no more.
+    if tokio::time::timeout(args.grace, api_task).await.is_err() {
+        tracing::warn!(grace = ?args.grace, "API connections still open after the grace period; closing them");
+    }
     if let Some(task) = sim_task {
         let _ = task.await;
     }

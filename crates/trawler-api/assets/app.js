@@ -1,0 +1,345 @@
+// trawler dashboard. Reads the public JSON API and the event stream of the
+// server that serves it; charts are drawn by uPlot (vendored). Values from
+// the API are only ever written with textContent, never as HTML.
+(() => {
+  'use strict';
+
+  const meta = (name) => document.querySelector(`meta[name="${name}"]`).content;
+  const JOB = meta('trawler-job');
+  const RANK = meta('trawler-rank-metric');
+  const METRICS = meta('trawler-metrics').split(',').filter(Boolean);
+  const API = `/api/v1/${encodeURIComponent(JOB)}`;
+  const $ = (id) => document.getElementById(id);
+
+  const RANGES = [
+    { label: '1h', span: 3600e3, step: null },
+    { label: '24h', span: 86400e3, step: '5m' },
+    { label: '7d', span: 7 * 86400e3, step: '1h' },
+    { label: '30d', span: 30 * 86400e3, step: '6h' },
+  ];
+  const HEALTH_WINDOW_MS = 15 * 60e3;
+  const LIST_REFRESH_MS = 10e3;
+  const CHART_REFRESH_MS = 30e3;
+
+  // ---- formatting ---------------------------------------------------------
+  const fmtInt = (n) => (n == null ? '–' : Math.round(n).toLocaleString('en-US'));
+  const fmtNum = (n, digits = 2) =>
+    n == null ? '–' : Number(n).toLocaleString('en-US', { maximumFractionDigits: digits });
+  const fmtBytes = (b) => {
+    if (b == null) return '–';
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    while (b >= 1024 && i < units.length - 1) { b /= 1024; i++; }
+    return `${b.toFixed(i ? 1 : 0)} ${units[i]}`;
+  };
+  const fmtTime = (t) => (t == null ? '–' : new Date(t).toLocaleString());
+  const fmtSigned = (n) => (n > 0 ? `+${fmtInt(n)}` : fmtInt(n));
+
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (k === 'class') node.className = v;
+      else if (k === 'text') node.textContent = v;
+      else node.setAttribute(k, v);
+    }
+    for (const c of children) node.append(c);
+    return node;
+  }
+  const setText = (id, text) => { const n = $(id); if (n) n.textContent = text; };
+  const accountLink = (pk, label) => el('a', { href: `#/account/${pk}`, text: label || String(pk) });
+
+  async function getJSON(path) {
+    const response = await fetch(path, { headers: { accept: 'application/json' } });
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      const error = new Error((body && body.error && body.error.message) || `HTTP ${response.status}`);
+      error.status = response.status;
+      throw error;
+    }
+    return body;
+  }
+
+  for (const n of document.querySelectorAll('.rank-metric')) n.textContent = RANK;
+
+  // ---- charts ---------------------------------------------------------------
+  const charts = new Map();
+
+  // Draws a line chart in `container`. `data` is uPlot's columnar form:
+  // [xs in seconds, ys...]; `xRange` ([from, to] in seconds) pins the time
+  // axis to the range asked for, so a few points do not fill the width.
+  function lineChart(container, series, data, { axes, xRange } = {}) {
+    const old = charts.get(container);
+    // A live chart with a free time axis only gets new data (keeps hover).
+    if (old && !xRange && old.series.length === series.length + 1 && (data[0].length < 60) === old.sparse) {
+      old.setData(data);
+      return;
+    }
+    if (old) old.destroy();
+    container.replaceChildren();
+    const width = Math.max(container.clientWidth, 200);
+    const sparse = data[0].length < 60;
+    const chart = new uPlot({
+      width,
+      height: 220,
+      cursor: { drag: { x: true, y: false } },
+      scales: { x: xRange ? { time: true, range: () => xRange } : { time: true } },
+      series: [{}, ...series.map((s) => ({ stroke: s.color, width: 2, points: { show: sparse }, ...s }))],
+      axes: axes || [{}, { size: 70 }],
+    }, data, container);
+    chart.sparse = sparse;
+    charts.set(container, chart);
+  }
+
+  function emptyChart(container, message) {
+    const old = charts.get(container);
+    if (old) { old.destroy(); charts.delete(container); }
+    container.replaceChildren(el('div', { class: 'empty', text: message }));
+  }
+
+  window.addEventListener('resize', () => {
+    for (const [container, chart] of charts) {
+      chart.setSize({ width: Math.max(container.clientWidth, 200), height: 220 });
+    }
+  });
+
+  function rangeButtons(target, onPick) {
+    const host = document.querySelector(`.ranges[data-target="${target}"]`);
+    let current = target === 'average' ? RANGES[1] : RANGES[0];
+    const buttons = RANGES.map((r) => {
+      const b = el('button', { type: 'button', text: r.label, 'data-range': r.label });
+      b.addEventListener('click', () => { current = r; paint(); onPick(r); });
+      return b;
+    });
+    const paint = () => buttons.forEach((b, i) => b.classList.toggle('active', RANGES[i] === current));
+    host.replaceChildren(...buttons);
+    paint();
+    return () => current;
+  }
+
+  // The API path of a series read over `range` ending now, and the time
+  // axis to draw it on.
+  function seriesRead(base, range, extra) {
+    const to = Date.now();
+    const from = to - range.span;
+    const params = new URLSearchParams({ ...extra, from: String(from), to: String(to) });
+    if (range.step) params.set('step', range.step);
+    return { path: `${base}?${params}`, xRange: [from / 1000, to / 1000] };
+  }
+
+  const columns = (points) => [points.map((p) => p[0] / 1000), points.map((p) => p[1])];
+
+  // ---- crawl health, live -------------------------------------------------
+  const health = [];
+
+  function renderStats(s) {
+    setText('stat-tracked', fmtInt(s.trackedAccounts));
+    setText('stat-polls-per-second', fmtNum(s.pollsPerSecond, 0));
+    setText('stat-polls', fmtInt(s.polls));
+    setText('stat-lag', s.lagP99Ms == null ? '–' : `${fmtNum(s.lagP50Ms, 1)} / ${fmtNum(s.lagP99Ms, 1)} ms`);
+    setText('stat-errors', fmtInt(s.errors));
+    setText('stat-gaps', fmtInt(s.gaps));
+    setText('stat-invalid', fmtInt(s.invalidAccounts));
+    setText('stat-samples', fmtInt(s.samplesStored));
+    setText('stat-disk', fmtBytes(s.bytesOnDisk));
+    setText('stat-bps', fmtNum(s.bytesPerSample, 3));
+    setText('stat-suspicious', fmtInt(s.suspiciousCount));
+    setText('stat-sweep', s.lastSuspiciousSweepProgress == null ? 'off'
+      : `${fmtNum(100 * s.lastSuspiciousSweepProgress, 1)} %`);
+    setText('suspicious-count', s.suspiciousCount == null ? '' : `(${fmtInt(s.suspiciousCount)})`);
+  }
+
+  function drawHealth() {
+    const container = $('chart-health');
+    if (!health.length) { emptyChart(container, 'waiting for the first sample…'); return; }
+    lineChart(container, [
+      { label: 'polls/s', color: '#2563eb', scale: 'y' },
+      { label: 'lag p99 ms', color: '#f59e0b', scale: 'ms' },
+    ], [
+      health.map((s) => s.t / 1000),
+      health.map((s) => s.pollsPerSecond),
+      health.map((s) => s.lagP99Ms),
+    ], { axes: [{}, { scale: 'y', size: 60 }, { scale: 'ms', side: 1, size: 50, grid: { show: false } }] });
+  }
+
+  function addHealth(sample) {
+    health.push(sample);
+    const cutoff = sample.t - HEALTH_WINDOW_MS;
+    while (health.length && health[0].t < cutoff) health.shift();
+  }
+
+  async function loadHealthHistory() {
+    try {
+      const history = await getJSON(`${API}/health/history`);
+      const seen = new Set(health.map((s) => s.seq));
+      for (const s of history.samples) if (!seen.has(s.seq)) health.push(s);
+      health.sort((a, b) => a.t - b.t);
+      if (health.length) renderStats(health[health.length - 1]);
+      drawHealth();
+    } catch (e) {
+      emptyChart($('chart-health'), `history unavailable: ${e.message}`);
+    }
+  }
+
+  // ---- average -------------------------------------------------------------
+  const averageRange = rangeButtons('average', () => loadAverage());
+  async function loadAverage() {
+    const container = $('chart-average');
+    try {
+      const read = seriesRead(`${API}/average/series`, averageRange());
+      const body = await getJSON(read.path);
+      if (!body.points.length) { emptyChart(container, 'no averages yet (one per minute)'); return; }
+      lineChart(container, [{ label: `average ${RANK}`, color: '#7c3aed' }], columns(body.points), read);
+    } catch (e) {
+      emptyChart(container, e.message);
+    }
+  }
+
+  // ---- leaderboard, movers, suspicious ---------------------------------------
+  async function loadLists() {
+    try {
+      const top = await getJSON(`${API}/top?by=${encodeURIComponent(RANK)}&limit=20`);
+      $('leaderboard').tBodies[0].replaceChildren(...top.entries.map((e) => el('tr', {},
+        el('td', { text: fmtInt(e.rank) }),
+        el('td', {}, accountLink(e.pk, e.username || e.pk)),
+        el('td', { class: 'num', text: fmtInt(e[RANK]) }))));
+      for (const by of ['gain1h', 'loss1h', 'gain24h', 'loss24h']) {
+        const body = await getJSON(`${API}/top?by=${by}&limit=10`);
+        const rows = body.entries.map((e) => el('tr', {},
+          el('td', {}, accountLink(e.pk, e.username || e.pk)),
+          el('td', { class: `num ${e.gain >= 0 ? 'gain' : 'loss'}`, text: fmtSigned(e.gain) })));
+        if (!rows.length) rows.push(el('tr', {}, el('td', { class: 'empty', text: 'needs an hour of data' })));
+        $(`movers-${by}`).tBodies[0].replaceChildren(...rows);
+      }
+      const suspicious = await getJSON(`${API}/suspicious?limit=200`);
+      const links = suspicious.pks.map((pk) => accountLink(pk));
+      $('suspicious').replaceChildren(...(links.length ? links : [el('span', { text: 'none found yet' })]));
+    } catch (e) {
+      console.warn('lists', e);
+    }
+  }
+
+  // ---- account page --------------------------------------------------------
+  let accountPk = null;
+  let accountLoadedAt = 0;
+  const accountRange = rangeButtons('account', () => loadAccountCharts());
+
+  const chartBox = new Map();
+  for (const metric of METRICS) {
+    const box = el('div', { class: 'chart', id: `chart-${metric}` });
+    chartBox.set(metric, box);
+    $('account-charts').append(el('div', { class: 'panel' }, el('h3', { text: metric }), box));
+    $('account-cards').insertBefore(
+      el('div', { class: 'card' }, el('span', { class: 'label', text: metric }),
+        el('span', { class: 'value', id: `account-${metric}`, text: '–' })),
+      $('account-suspicious').parentElement);
+  }
+
+  async function loadAccount() {
+    const pk = accountPk;
+    try {
+      const e = await getJSON(`${API}/${pk}`);
+      if (pk !== accountPk) return;
+      $('account-error').hidden = true;
+      setText('account-username', e.username || '');
+      setText('account-rank', e.rank == null ? '–' : `#${fmtInt(e.rank)}`);
+      for (const metric of METRICS) {
+        const v = e[metric];
+        setText(`account-${metric}`, v == null ? '–' : Number.isInteger(v) ? fmtInt(v) : fmtNum(v, 3));
+      }
+      const flag = $('account-suspicious');
+      flag.textContent = e.suspicious == null ? 'not checked yet' : e.suspicious ? 'yes' : 'no';
+      flag.className = `value${e.suspicious ? ' yes' : ''}`;
+      flag.title = e.suspiciousCheckedAt ? `checked ${fmtTime(e.suspiciousCheckedAt)}` : '';
+      setText('account-crawled', fmtTime(e.lastCrawledAt));
+      return true;
+    } catch (err) {
+      if (pk !== accountPk) return;
+      $('account-error').hidden = false;
+      $('account-error').textContent = err.message;
+      return false;
+    }
+  }
+
+  async function loadAccountCharts() {
+    const pk = accountPk;
+    const range = accountRange();
+    await Promise.all(METRICS.map(async (metric) => {
+      const box = chartBox.get(metric);
+      try {
+        const read = seriesRead(`${API}/${pk}/series`, range, { metric });
+        const body = await getJSON(read.path);
+        if (pk !== accountPk) return;
+        if (!body.points.length) { emptyChart(box, 'no points in this range yet'); return; }
+        lineChart(box, [{ label: metric, color: '#2563eb' }], columns(body.points), read);
+      } catch (e) {
+        emptyChart(box, e.message);
+      }
+    }));
+    accountLoadedAt = Date.now();
+    document.body.dataset.account = String(pk);
+  }
+
+  async function showAccount(pk) {
+    accountPk = pk;
+    $('overview').hidden = true;
+    $('account').hidden = false;
+    setText('account-pk', String(pk));
+    setText('account-username', '');
+    $('search-pk').value = String(pk);
+    if (await loadAccount()) await loadAccountCharts();
+    else for (const box of chartBox.values()) emptyChart(box, '');
+  }
+
+  function showOverview() {
+    accountPk = null;
+    $('account').hidden = true;
+    $('overview').hidden = false;
+    // Charts drawn while hidden have zero width.
+    window.dispatchEvent(new Event('resize'));
+  }
+
+  function route() {
+    const m = location.hash.match(/^#\/account\/(\d{1,19})$/);
+    if (m) showAccount(m[1]);
+    else showOverview();
+  }
+
+  $('search').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const pk = $('search-pk').value.trim();
+    if (!/^\d{1,19}$/.test(pk)) {
+      $('search-pk').setCustomValidity('a pk is a number');
+      $('search-pk').reportValidity();
+      return;
+    }
+    $('search-pk').setCustomValidity('');
+    if (location.hash === `#/account/${pk}`) route();
+    else location.hash = `#/account/${pk}`;
+  });
+  window.addEventListener('hashchange', route);
+
+  // ---- the event stream ----------------------------------------------------
+  function connect() {
+    const live = $('live');
+    const source = new EventSource('/api/v1/events');
+    source.addEventListener('open', () => { live.textContent = 'live'; live.className = 'live on'; });
+    source.addEventListener('error', () => { live.textContent = 'reconnecting'; live.className = 'live off'; });
+    source.addEventListener('stats', (event) => {
+      const sample = JSON.parse(event.data);
+      renderStats(sample);
+      addHealth(sample);
+      if (!$('overview').hidden) drawHealth();
+      if (accountPk != null) {
+        loadAccount();
+        if (Date.now() - accountLoadedAt > CHART_REFRESH_MS) loadAccountCharts();
+      }
+    });
+  }
+
+  route();
+  loadHealthHistory().then(connect);
+  loadAverage();
+  loadLists();
+  setInterval(loadLists, LIST_REFRESH_MS);
+  setInterval(loadAverage, 60e3);
+})();

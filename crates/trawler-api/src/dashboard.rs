@@ -1,0 +1,117 @@
+//! The dashboard: a single page served at `/`, its script and styles, and
+//! the vendored charting library (uPlot, MIT, `assets/vendor/uplot`).
+//!
+//! Every asset is compiled into the binary with `include_str!`: trawler
+//! needs no CDN, no asset directory next to it and no Node.js to build. The
+//! page reads the same public JSON API as any other client, plus the event
+//! stream for live numbers; it holds no state the server does not.
+//!
+//! The page is sent with a strict Content-Security-Policy (everything from
+//! this origin, nothing inline but styles), so a value shown on the page can
+//! never run as script.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+const INDEX: &str = include_str!("../assets/index.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const APP_CSS: &str = include_str!("../assets/app.css");
+const UPLOT_JS: &str = include_str!("../assets/vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../assets/vendor/uplot/uPlot.min.css");
+
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                   img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
+
+/// Routes of the page and its assets. The job's name, ranked metric and
+/// metrics are written into the page once, here, so the script knows which
+/// API paths to read.
+pub(crate) fn router<S: Clone + Send + Sync + 'static>(
+    job: &str,
+    rank_metric: &str,
+    metrics: &[String],
+) -> Router<S> {
+    let index = INDEX
+        .replace("{{job}}", &html_escape(job))
+        .replace("{{rank_metric}}", &html_escape(rank_metric))
+        .replace("{{metrics}}", &html_escape(&metrics.join(",")));
+    Router::new()
+        .route(
+            "/",
+            get(move || {
+                let index = index.clone();
+                async move {
+                    (
+                        [
+                            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                            (header::CACHE_CONTROL, "no-cache"),
+                            (header::CONTENT_SECURITY_POLICY, CSP),
+                            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                        ],
+                        index,
+                    )
+                }
+            }),
+        )
+        .route("/assets/app.js", get(|| asset("text/javascript", APP_JS)))
+        .route("/assets/app.css", get(|| asset("text/css", APP_CSS)))
+        .route(
+            "/assets/uplot.min.js",
+            get(|| asset("text/javascript", UPLOT_JS)),
+        )
+        .route(
+            "/assets/uplot.min.css",
+            get(|| asset("text/css", UPLOT_CSS)),
+        )
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+}
+
+/// Escapes text for an HTML attribute or element.
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn html_escape_neutralises_markup() {
+        assert_eq!(
+            super::html_escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn the_page_names_its_assets() {
+        for asset in [
+            "/assets/app.js",
+            "/assets/app.css",
+            "/assets/uplot.min.js",
+            "/assets/uplot.min.css",
+        ] {
+            assert!(super::INDEX.contains(asset), "{asset}");
+        }
+    }
+}
