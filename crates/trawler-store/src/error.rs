@@ -78,6 +78,14 @@ pub enum Error {
         /// pco's message.
         detail: String,
     },
+    /// Another process has the store open.
+    #[error(
+        "{path} is in use by another process (is a trawler already running on this data folder?)"
+    )]
+    Locked {
+        /// The store folder.
+        path: PathBuf,
+    },
     /// The store was closed.
     #[error("the store is closed")]
     Closed,

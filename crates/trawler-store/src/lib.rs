@@ -65,9 +65,10 @@
 //! <dir>/MANIFEST         live blocks and the WAL segments they cover
 //! <dir>/wal/<seq>.wal    write-ahead log segments, one per head
 //! <dir>/blocks/<id>.blk  immutable compressed blocks
+//! <dir>/LOCK             empty; an exclusive flock held while the store is open
 //! ```
 //!
-//! Every file starts with 8 magic bytes and the format version (`u32` LE,
+//! Every file but `LOCK` starts with 8 magic bytes and the format version (`u32` LE,
 //! [`FORMAT_VERSION`]); a file with another version is refused with
 //! [`Error::UnsupportedVersion`], naming the file. Integers are
 //! little-endian; varints are LEB128, signed ones zigzag-encoded.

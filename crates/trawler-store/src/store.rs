@@ -50,6 +50,10 @@ struct Inner {
     flushes: AtomicU64,
     corrupt: AtomicU64,
     stale: AtomicU64,
+    /// Held (an exclusive `flock`) for as long as the store is open, so a
+    /// second process cannot write the same folder; the kernel releases it
+    /// when the process dies, even by `kill -9`.
+    _lock: std::fs::File,
 }
 
 #[derive(Debug, Default)]
@@ -143,6 +147,7 @@ impl Store {
         for d in [dir.clone(), dir.join("wal"), dir.join("blocks")] {
             std::fs::create_dir_all(&d).io("creating", &d)?;
         }
+        let lock = lock_dir(&dir)?;
         let catalog = Catalog::open(&dir)?;
         let manifest = match Manifest::load(&dir)? {
             Some(m) => m,
@@ -304,6 +309,7 @@ impl Store {
             flushes: AtomicU64::new(0),
             corrupt,
             stale: AtomicU64::new(0),
+            _lock: lock,
         });
         let background = if inner.config.background {
             let weak = Arc::downgrade(&inner);
@@ -703,6 +709,22 @@ fn dir_bytes(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Takes the folder's lock file, or says which folder is in use.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .io("opening", &path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path: dir.into() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).io("locking", &path),
+    }
 }
 
 /// Deletes block files the manifest does not list (a crashed flush or

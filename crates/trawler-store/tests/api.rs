@@ -154,3 +154,17 @@ fn a_head_over_its_limit_is_flushed_by_the_appender() {
     assert_eq!(s.samples, 20_000);
     assert_eq!(store.range(ids[7], 0, i64::MAX).unwrap().len(), 200);
 }
+
+#[test]
+fn a_second_open_of_the_same_folder_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path());
+    c.background = false;
+    let first = c.clone().open().unwrap();
+    let err = c.clone().open().unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("in use by another process"), "{err}");
+    first.close().unwrap();
+    let again = c.open().unwrap();
+    again.close().unwrap();
+}
