@@ -1,6 +1,7 @@
 //! The command line: one subcommand per job a user runs.
 
 pub mod mockstagram;
+pub mod store;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,9 @@ pub enum Command {
     Run(crate::run::Args),
     /// Serve the built-in Mockstagram simulator (the API trawler is measured against).
     Mockstagram(mockstagram::Args),
+    /// Inspect, compact or verify the store of a data folder not in use.
+    #[command(subcommand)]
+    Store(store::Command),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(crate::bench::Bench),
