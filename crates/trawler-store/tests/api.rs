@@ -163,7 +163,10 @@ fn a_second_open_of_the_same_folder_is_refused_until_the_first_closes() {
     let first = c.clone().open().unwrap();
     let err = c.clone().open().unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err}");
-    assert!(err.to_string().contains("in use by another process"), "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
     first.close().unwrap();
     let again = c.open().unwrap();
     again.close().unwrap();

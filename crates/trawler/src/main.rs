@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
     let args = cli::Cli::parse();
     logging::init(args.log_format);
     match args.command {
-        cli::Command::Run(a) => run::run(a),
+        cli::Command::Run(a) => run::run(*a),
         cli::Command::Mockstagram(a) => cli::mockstagram::run(a),
         cli::Command::Store(c) => cli::store::run(c),
         cli::Command::Bench(b) => bench::run(b),

@@ -82,9 +82,33 @@ pub struct JobConfig {
     /// `[http]`: connection and retry settings.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[cluster]`: run as one node of a cluster (NATS JetStream and
+    /// VictoriaMetrics). Absent: the embedded single-node mode. Read by the
+    /// binary, which validates it; the crawler itself does not use it.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
     /// Where the config came from, for error messages.
     #[serde(skip)]
     pub source: String,
+}
+
+/// `[cluster]`: the same settings as `trawler run --cluster … --store …`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// NATS servers, e.g. `["nats://127.0.0.1:4222"]`.
+    pub servers: Vec<String>,
+    /// Where series go: `victoriametrics=http://host:port`.
+    pub store: String,
+    /// This node's name (default: host name and process id).
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Shards of the id space (default 256).
+    #[serde(default)]
+    pub shards: Option<u32>,
+    /// Lease time-to-live, e.g. `5s` (default).
+    #[serde(default)]
+    pub lease_ttl: Option<String>,
 }
 
 /// `[job]`.
@@ -524,6 +548,15 @@ impl Job {
     /// The ids tracked at start.
     pub fn ids(&self) -> &IdSet {
         &self.ids
+    }
+
+    /// The same job, tracking `ids` at start instead (the multi-node mode
+    /// starts with none and tracks the shards it leases).
+    pub fn with_ids(&self, ids: IdSet) -> Job {
+        Job {
+            ids,
+            ..self.clone()
+        }
     }
 
     /// The poll interval.

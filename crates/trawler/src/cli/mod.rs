@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a job: poll, store, keep live views, serve the API (the main job).
-    Run(crate::run::Args),
+    Run(Box<crate::run::Args>),
     /// Serve the built-in Mockstagram simulator (the API trawler is measured against).
     Mockstagram(mockstagram::Args),
     /// Inspect, compact or verify the store of a data folder not in use.

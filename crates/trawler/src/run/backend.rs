@@ -12,9 +12,9 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value as Json};
 use trawler_api::{ApiError, Backend, Points, SeriesQuery, TopBy, TrackOutcome};
 use trawler_store::{Aggregate, Point};
-use trawler_views::Window;
+use trawler_views::{Views, Window};
 
-use super::layout::Term;
+use super::layout::{Layout, Term};
 use super::node::Node;
 
 /// [`Backend`] over a [`Node`].
@@ -36,6 +36,118 @@ pub fn rfc3339(ms: i64) -> Json {
     };
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     Json::String(humantime::format_rfc3339_millis(t).to_string())
+}
+
+/// An entity's latest view as the API's JSON object (nulls until its first
+/// observation). Shared by the embedded and the cluster read models.
+pub fn entity_json(views: &Views, label: Option<String>, id: u64) -> Map<String, Json> {
+    let mut out = Map::new();
+    out.insert("pk".into(), json!(id));
+    if let Some(label) = label {
+        out.insert("username".into(), json!(label));
+    }
+    let schema = views.schema();
+    match views.entity(id) {
+        Some(e) => {
+            for (name, value) in schema.metrics().iter().zip(&e.values) {
+                out.insert(name.clone(), json!(value));
+            }
+            for ((name, _, _), ratio) in schema.ratios().iter().zip(&e.ratios) {
+                out.insert(name.clone(), ratio.map(number).unwrap_or(Json::Null));
+            }
+            out.insert("rank".into(), json!(e.rank));
+            out.insert(
+                "suspicious".into(),
+                json!(e.suspicion.map(|s| s.suspicious)),
+            );
+            out.insert(
+                "suspiciousCheckedAt".into(),
+                e.suspicion
+                    .map(|s| rfc3339(s.checked_at_ms))
+                    .unwrap_or(Json::Null),
+            );
+            out.insert("lastCrawledAt".into(), rfc3339(e.ts_ms));
+        }
+        None => {
+            for name in schema.metrics() {
+                out.insert(name.clone(), Json::Null);
+            }
+            for (name, _, _) in schema.ratios() {
+                out.insert(name.clone(), Json::Null);
+            }
+            for key in ["rank", "suspicious", "suspiciousCheckedAt", "lastCrawledAt"] {
+                out.insert(key.into(), Json::Null);
+            }
+        }
+    }
+    out
+}
+
+/// Points of `metric` of one entity: a stored metric read through
+/// `stored(position in layout.stored)`, or a derived one computed point by
+/// point from its operands (which share timestamps: slot times, or bucket
+/// starts). Shared by the embedded and the cluster read models.
+pub fn metric_points(
+    layout: &Layout,
+    metric: &str,
+    mut stored: impl FnMut(usize) -> Result<Points, ApiError>,
+) -> Result<Points, ApiError> {
+    if let Some(pos) = layout.stored.iter().position(|s| s.name == metric) {
+        return stored(pos);
+    }
+    let Some(derived) = layout.derived.iter().find(|d| d.name == metric) else {
+        return Err(ApiError::bad_request(
+            "bad_metric",
+            format!("unknown metric {metric:?}"),
+        ));
+    };
+    let mut operand = |t: Term| -> Result<Option<Points>, ApiError> {
+        match t {
+            Term::Stored(pos) => stored(pos).map(Some),
+            Term::Const(_) => Ok(None),
+        }
+    };
+    let (left, right) = (operand(derived.left)?, operand(derived.right)?);
+    let value = |points: &Option<Points>, t: Term, i: usize| match (points, t) {
+        (_, Term::Const(c)) => Some(c),
+        (Some(p), _) => p.get(i).map(|x| x.1),
+        (None, _) => None,
+    };
+    // Both operands share timestamps (slot times, or bucket starts):
+    // walk the longer list and match the other by timestamp.
+    let timeline: Vec<i64> = match (&left, &right) {
+        (Some(p), _) | (None, Some(p)) => p.iter().map(|x| x.0).collect(),
+        (None, None) => Vec::new(),
+    };
+    let index = |points: &Option<Points>| -> std::collections::HashMap<i64, usize> {
+        points
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, (t, _))| (*t, i))
+            .collect()
+    };
+    let (li, ri) = (index(&left), index(&right));
+    let mut out = Vec::with_capacity(timeline.len());
+    for t in timeline {
+        let l = li
+            .get(&t)
+            .map_or(value(&left, derived.left, usize::MAX), |&i| {
+                value(&left, derived.left, i)
+            });
+        let r = ri
+            .get(&t)
+            .map_or(value(&right, derived.right, usize::MAX), |&i| {
+                value(&right, derived.right, i)
+            });
+        if let (Some(l), Some(r)) = (l, r) {
+            let v = derived.eval(l, r);
+            if v.is_finite() {
+                out.push((t, v));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn storage_error(e: trawler_store::Error) -> ApiError {
@@ -86,46 +198,11 @@ impl Backend for NodeBackend {
         if !node.crawl.is_tracked(id) {
             return Ok(None);
         }
-        let mut out = Map::new();
-        out.insert("pk".into(), json!(id));
-        if let Some(label) = node.crawl.job().label_for(id) {
-            out.insert("username".into(), json!(label));
-        }
-        let schema = node.views.schema();
-        match node.views.entity(id) {
-            Some(e) => {
-                for (name, value) in schema.metrics().iter().zip(&e.values) {
-                    out.insert(name.clone(), json!(value));
-                }
-                for ((name, _, _), ratio) in schema.ratios().iter().zip(&e.ratios) {
-                    out.insert(name.clone(), ratio.map(number).unwrap_or(Json::Null));
-                }
-                out.insert("rank".into(), json!(e.rank));
-                out.insert(
-                    "suspicious".into(),
-                    json!(e.suspicion.map(|s| s.suspicious)),
-                );
-                out.insert(
-                    "suspiciousCheckedAt".into(),
-                    e.suspicion
-                        .map(|s| rfc3339(s.checked_at_ms))
-                        .unwrap_or(Json::Null),
-                );
-                out.insert("lastCrawledAt".into(), rfc3339(e.ts_ms));
-            }
-            None => {
-                for name in schema.metrics() {
-                    out.insert(name.clone(), Json::Null);
-                }
-                for (name, _, _) in schema.ratios() {
-                    out.insert(name.clone(), Json::Null);
-                }
-                for key in ["rank", "suspicious", "suspiciousCheckedAt", "lastCrawledAt"] {
-                    out.insert(key.into(), Json::Null);
-                }
-            }
-        }
-        Ok(Some(out))
+        Ok(Some(entity_json(
+            &node.views,
+            node.crawl.job().label_for(id),
+            id,
+        )))
     }
 
     fn series(&self, id: u64, metric: &str, q: SeriesQuery) -> Result<Option<Points>, ApiError> {
@@ -142,62 +219,10 @@ impl Backend for NodeBackend {
         else {
             return Ok(Some(Vec::new())); // tracked, not crawled yet
         };
-        if let Some(pos) = node.layout.stored.iter().position(|s| s.name == metric) {
-            return self.stored_points(series[pos], q).map(Some);
-        }
-        let Some(derived) = node.layout.derived.iter().find(|d| d.name == metric) else {
-            return Err(ApiError::bad_request(
-                "bad_metric",
-                format!("unknown metric {metric:?}"),
-            ));
-        };
-        let operand = |t: Term| -> Result<Option<Points>, ApiError> {
-            match t {
-                Term::Stored(pos) => self.stored_points(series[pos], q).map(Some),
-                Term::Const(_) => Ok(None),
-            }
-        };
-        let (left, right) = (operand(derived.left)?, operand(derived.right)?);
-        let value = |points: &Option<Points>, t: Term, i: usize| match (points, t) {
-            (_, Term::Const(c)) => Some(c),
-            (Some(p), _) => p.get(i).map(|x| x.1),
-            (None, _) => None,
-        };
-        // Both operands share timestamps (slot times, or bucket starts):
-        // walk the longer list and match the other by timestamp.
-        let timeline: Vec<i64> = match (&left, &right) {
-            (Some(p), _) | (None, Some(p)) => p.iter().map(|x| x.0).collect(),
-            (None, None) => Vec::new(),
-        };
-        let index = |points: &Option<Points>| -> std::collections::HashMap<i64, usize> {
-            points
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(i, (t, _))| (*t, i))
-                .collect()
-        };
-        let (li, ri) = (index(&left), index(&right));
-        let mut out = Vec::with_capacity(timeline.len());
-        for t in timeline {
-            let l = li
-                .get(&t)
-                .map_or(value(&left, derived.left, usize::MAX), |&i| {
-                    value(&left, derived.left, i)
-                });
-            let r = ri
-                .get(&t)
-                .map_or(value(&right, derived.right, usize::MAX), |&i| {
-                    value(&right, derived.right, i)
-                });
-            if let (Some(l), Some(r)) = (l, r) {
-                let v = derived.eval(l, r);
-                if v.is_finite() {
-                    out.push((t, v));
-                }
-            }
-        }
-        Ok(Some(out))
+        metric_points(&node.layout, metric, |pos| {
+            self.stored_points(series[pos], q)
+        })
+        .map(Some)
     }
 
     fn track(&self, ids: &[u64]) -> Result<TrackOutcome, ApiError> {

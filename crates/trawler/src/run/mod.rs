@@ -14,6 +14,7 @@
 //! period), drain the ingest path, sync the store, exit 0.
 
 mod backend;
+mod cluster;
 mod layout;
 mod node;
 pub mod state;
@@ -94,6 +95,22 @@ pub struct Args {
     /// is acknowledged.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub fsync_interval: Duration,
+    /// Run as one node of a cluster: NATS servers, comma-separated
+    /// (`nats://127.0.0.1:4222,nats://…`). Needs --store and --target.
+    #[arg(long, help_heading = "Cluster mode")]
+    pub cluster: Option<String>,
+    /// Where a cluster stores series: `victoriametrics=http://HOST:PORT`.
+    #[arg(long, help_heading = "Cluster mode")]
+    pub store: Option<String>,
+    /// This node's name in the cluster (default: host name and pid).
+    #[arg(long, help_heading = "Cluster mode")]
+    pub node_id: Option<String>,
+    /// Shards the ids are split into (default 256; the same on every node).
+    #[arg(long, help_heading = "Cluster mode")]
+    pub shards: Option<u32>,
+    /// A dead node's shards are taken over after about this (default 5s).
+    #[arg(long, value_parser = parse_duration, help_heading = "Cluster mode")]
+    pub lease_ttl: Option<Duration>,
 }
 
 /// Runs the job until Ctrl-C or SIGTERM.
@@ -121,6 +138,21 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         Some(path) => JobConfig::load(path)?,
         None => JobConfig::from_toml(DEFAULT_JOB, "jobs/mockstagram.toml (built in)")?,
     };
+    if let Some(settings) = cluster::settings(&args, &config)? {
+        // Every node must poll the same target; the tracked set is the
+        // job's (or --ids), identical on every node.
+        let target = args.target.clone();
+        if target.is_none() && args.config.is_none() {
+            bail!("cluster mode needs --target http://HOST:PORT (or a job file whose url names the target): every node must poll the same API");
+        }
+        let overrides = Overrides {
+            target,
+            ids: args.ids.clone(),
+            interval: args.interval.clone(),
+        };
+        let job = config.build_with(&overrides)?;
+        return cluster::run(args, job, settings).await;
+    }
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating the data folder {}", args.data.display()))?;
     let tracked_file = IdSetFile::new(args.data.join("tracked.ids"));

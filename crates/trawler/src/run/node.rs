@@ -563,22 +563,21 @@ impl SuspiciousInputs {
 
 impl trawler_enrich::Inputs for SuspiciousInputs {
     fn body(&self, id: u64) -> Option<Vec<u8>> {
-        let entity = self.node.views.entity(id)?;
-        let mut body = serde_json::Map::new();
-        body.insert("pk".into(), id.into());
-        if let Some(label) = self.node.crawl.job().label_for(id) {
-            body.insert("username".into(), label.into());
-        }
-        for (name, value) in self
-            .node
-            .views
-            .schema()
-            .metrics()
-            .iter()
-            .zip(&entity.values)
-        {
-            body.insert(name.clone(), (*value)?.into());
-        }
-        serde_json::to_vec(&body).ok()
+        suspicious_body(&self.node.views, self.node.crawl.job().label_for(id), id)
     }
+}
+
+/// `{pk, username, <each viewed metric>}` from the views, or `None` before
+/// the entity's first observation.
+pub fn suspicious_body(views: &Views, label: Option<String>, id: u64) -> Option<Vec<u8>> {
+    let entity = views.entity(id)?;
+    let mut body = serde_json::Map::new();
+    body.insert("pk".into(), id.into());
+    if let Some(label) = label {
+        body.insert("username".into(), label.into());
+    }
+    for (name, value) in views.schema().metrics().iter().zip(&entity.values) {
+        body.insert(name.clone(), (*value)?.into());
+    }
+    serde_json::to_vec(&body).ok()
 }

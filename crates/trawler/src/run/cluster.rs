@@ -1,0 +1,890 @@
+//! `trawler run --cluster nats://… --store victoriametrics=http://…`: this
+//! process as one node of a cluster (see the `trawler-cluster` crate).
+//!
+//! The node crawls only the shards it leases, publishes what it reads to
+//! the stream (an observation counts once JetStream stored it), drains the
+//! stream into VictoriaMetrics together with the other nodes, follows the
+//! stream to keep live views of *every* account, and serves the same API
+//! as the embedded mode: latest values, rank, average and top from the
+//! views; series, the average's history and the movers from
+//! VictoriaMetrics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use serde_json::{json, Map, Value as Json};
+use tokio::sync::{mpsc, watch};
+use trawler_api::{ApiError, Backend, Points, SeriesQuery, TopBy, TrackOutcome};
+use trawler_cluster::stream::{self, Message};
+use trawler_cluster::{
+    Batch, Cluster, ClusterConfig, LeaseState, Publisher, Row, ShardOwner, VerdictRow, Verdicts,
+    VmClient, WriterMetrics,
+};
+use trawler_crawl::{CrawlHandle, Event, IdSet, Job, JobConfig};
+use trawler_enrich::{EnrichHandle, Verdict};
+use trawler_views::{Suspicion, Update, Views};
+
+use super::backend::{entity_json, metric_points};
+use super::layout::Layout;
+use super::node::SUSPICIOUS_METRIC;
+use super::{now_ms, Args};
+use crate::cli::mockstagram::parse_duration;
+
+/// The cluster settings, from the command line or the job file's
+/// `[cluster]` (the command line wins).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How to join.
+    pub config: ClusterConfig,
+    /// The VictoriaMetrics base URL.
+    pub vm_url: String,
+}
+
+/// The settings `args` and `config` ask for, or `None` for the embedded
+/// mode. Errors name the flag or the file and key.
+pub fn settings(args: &Args, config: &JobConfig) -> anyhow::Result<Option<Settings>> {
+    let file = config.cluster.as_ref();
+    let in_file = |key: &str| format!("{}: [cluster] {key}", config.source);
+    let servers: Vec<String> = match (&args.cluster, file) {
+        (Some(flag), _) => flag
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        (None, Some(f)) => f.servers.clone(),
+        (None, None) => {
+            if args.store.is_some() {
+                bail!("--store needs --cluster: the embedded mode stores into --data");
+            }
+            return Ok(None);
+        }
+    };
+    for s in &servers {
+        if !s.starts_with("nats://") {
+            bail!("--cluster: {s:?} is not a nats://host:port URL");
+        }
+    }
+    let store = match (&args.store, file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(f)) => f.store.clone(),
+        (None, None) => bail!(
+            "--cluster needs --store victoriametrics=http://HOST:PORT: in cluster mode series live in VictoriaMetrics"
+        ),
+    };
+    let Some(vm_url) = store.strip_prefix("victoriametrics=") else {
+        bail!("--store {store:?}: expected victoriametrics=http://HOST:PORT");
+    };
+    let node_id = args
+        .node_id
+        .clone()
+        .or_else(|| file.and_then(|f| f.node_id.clone()))
+        .unwrap_or_else(default_node_id);
+    let mut cluster = ClusterConfig::new(servers, node_id);
+    if let Some(shards) = args.shards.or_else(|| file.and_then(|f| f.shards)) {
+        cluster.shards = shards;
+    }
+    match (args.lease_ttl, file.and_then(|f| f.lease_ttl.as_deref())) {
+        (Some(ttl), _) => cluster.lease_ttl = ttl,
+        (None, Some(text)) => {
+            cluster.lease_ttl = parse_duration(text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", in_file("lease_ttl")))?
+        }
+        (None, None) => {}
+    }
+    Ok(Some(Settings {
+        config: cluster,
+        vm_url: vm_url.to_owned(),
+    }))
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+/// Movers read from VictoriaMetrics, refreshed in the background so that a
+/// `top` request never waits on it.
+#[derive(Debug, Default)]
+struct Movers {
+    by: HashMap<&'static str, Vec<(u64, i64)>>,
+}
+
+/// Everything a cluster node shares between its tasks and the API.
+pub struct ClusterNode {
+    job: Job,
+    /// Every id of the job (the cluster's tracked set).
+    all_ids: IdSet,
+    layout: Layout,
+    views: Views,
+    crawl: CrawlHandle,
+    enrich: OnceLock<EnrichHandle>,
+    cluster: Cluster,
+    vm: VmClient,
+    shard_ids: Vec<Vec<u64>>,
+    leases: Arc<Mutex<LeaseState>>,
+    publisher: Publisher,
+    writer: Arc<WriterMetrics>,
+    movers: RwLock<Movers>,
+    /// Observations dropped because the stream did not acknowledge them.
+    dropped: AtomicU64,
+    /// Stream messages applied to the views.
+    followed: AtomicU64,
+}
+
+impl ShardOwner for ClusterNode {
+    fn gained(&self, shard: u32) {
+        let ids = &self.shard_ids[shard as usize];
+        self.crawl.track(ids.iter().copied());
+        if let Some(enrich) = self.enrich.get() {
+            enrich.track(ids.clone());
+        }
+    }
+
+    fn lost(&self, shard: u32) {
+        for &id in &self.shard_ids[shard as usize] {
+            self.crawl.untrack(id);
+            if let Some(enrich) = self.enrich.get() {
+                enrich.untrack(id);
+            }
+        }
+    }
+}
+
+impl ClusterNode {
+    fn heartbeat(&self) -> Bytes {
+        let m = self.crawl.metrics();
+        let beat = json!({
+            "pollsPerSecond": m.polls_per_sec,
+            "lagP50Ms": m.lag_p50_ms,
+            "lagP99Ms": m.lag_p99_ms,
+            "polls": m.polls_ok,
+            "errors": m.errors.iter().map(|(_, n)| n).sum::<u64>(),
+            "gaps": m.gaps,
+            "missedSlots": m.missed_slots,
+            "tracked": m.gauges.tracked,
+            "invalid": m.gauges.invalid,
+            "vmSamples": self.writer.samples.load(Ordering::Relaxed),
+        });
+        Bytes::from(beat.to_string())
+    }
+
+    /// Applies one stream message to the views.
+    fn apply(&self, message: Message) {
+        self.followed.fetch_add(1, Ordering::Relaxed);
+        match message {
+            Message::Observations(batch) => {
+                let schema = self.views.schema();
+                let columns: Vec<Option<usize>> = schema
+                    .metrics()
+                    .iter()
+                    .map(|m| batch.metrics.iter().position(|b| b == m))
+                    .collect();
+                let width = columns.len();
+                let mut values = Vec::with_capacity(batch.rows.len() * width);
+                for row in &batch.rows {
+                    values.extend(columns.iter().map(|c| {
+                        c.and_then(|c| row.2.get(c).copied().flatten())
+                            .filter(|v| v.is_finite())
+                            .map(|v| v as i64)
+                    }));
+                }
+                let updates: Vec<Update> = batch
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .map(|(n, row)| Update {
+                        id: row.0,
+                        ts_ms: row.1,
+                        values: &values[n * width..(n + 1) * width],
+                        reference: Default::default(),
+                    })
+                    .collect();
+                if let Err(e) = self.views.apply(&updates) {
+                    tracing::error!(error = %e, "views rejected a batch from the stream");
+                }
+            }
+            Message::Verdicts(v) => {
+                let checks: Vec<(u64, Suspicion)> = v
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.0,
+                            Suspicion {
+                                suspicious: r.1,
+                                checked_at_ms: r.2,
+                            },
+                        )
+                    })
+                    .collect();
+                self.views.apply_suspicion(&checks);
+            }
+        }
+    }
+}
+
+/// Publishes crawl events in batches; an observation is acknowledged when
+/// the stream stored its batch.
+async fn publish_events(node: Arc<ClusterNode>, mut events: mpsc::Receiver<Event>) {
+    let subject = stream::obs_subject(node.job.name());
+    let metrics: Vec<String> = node.job.metrics().iter().map(|m| m.name.clone()).collect();
+    let stored: Vec<usize> = node.layout.stored.iter().map(|s| s.index).collect();
+    let names: Vec<String> = stored.iter().map(|&i| metrics[i].clone()).collect();
+    let mut batch = Vec::with_capacity(1_024);
+    while events.recv_many(&mut batch, 1_024).await > 0 {
+        let rows: Vec<Row> = batch
+            .iter()
+            .filter_map(|e| match e {
+                Event::Observation(o) => Some(Row(
+                    o.id,
+                    o.slot_ms,
+                    stored
+                        .iter()
+                        .map(|&i| Some(o.values[i]).filter(|v| !v.is_nan()))
+                        .collect(),
+                )),
+                _ => None,
+            })
+            .collect();
+        batch.clear();
+        if rows.is_empty() {
+            continue;
+        }
+        let n = rows.len();
+        let payload = Batch {
+            node: node.cluster.config.node_id.clone(),
+            metrics: names.clone(),
+            rows,
+        };
+        let bytes = match serde_json::to_vec(&payload) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!(error = %e, "could not encode a batch");
+                continue;
+            }
+        };
+        if let Err(e) = node
+            .publisher
+            .publish(subject.clone(), bytes, Duration::from_secs(60))
+            .await
+        {
+            node.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            tracing::error!(error = %e, observations = n, "the stream did not take a batch; its observations are lost");
+        }
+    }
+}
+
+/// Publishes enrichment answers.
+async fn publish_verdicts(node: Arc<ClusterNode>, mut verdicts: mpsc::Receiver<Verdict>) {
+    let subject = stream::verdict_subject(node.job.name());
+    let mut batch = Vec::with_capacity(1_024);
+    while verdicts.recv_many(&mut batch, 1_024).await > 0 {
+        let payload = Verdicts {
+            metric: SUSPICIOUS_METRIC.into(),
+            rows: batch
+                .iter()
+                .map(|v| VerdictRow(v.id, v.value, v.checked_at_ms))
+                .collect(),
+        };
+        batch.clear();
+        if let Ok(bytes) = serde_json::to_vec(&payload) {
+            if let Err(e) = node
+                .publisher
+                .publish(subject.clone(), Bytes::from(bytes), Duration::from_secs(60))
+                .await
+            {
+                tracing::error!(error = %e, "the stream did not take a batch of verdicts");
+            }
+        }
+    }
+}
+
+/// Keeps the views following the stream; reconnects from where it was.
+async fn follow_stream(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) {
+    let replay = node.job.interval() * 2 + Duration::from_secs(30);
+    let mut since = now_ms() - replay.as_millis() as i64;
+    loop {
+        let started = now_ms();
+        let js = node.cluster.js.clone();
+        let name = node.job.name().to_owned();
+        let applier = node.clone();
+        let followed = stream::follow(&js, &name, since, move |m| applier.apply(m));
+        tokio::select! {
+            result = followed => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "following the stream failed; resuming");
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        // Resume a little before the failure: views ignore older updates.
+        since = started.min(now_ms()) - node.job.interval().as_millis() as i64;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Refreshes the movers from VictoriaMetrics every 30 s.
+async fn refresh_movers(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) {
+    let rank = node.layout.stored[node.layout.rank_stored].name.clone();
+    let job = node.job.name().to_owned();
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let mut fresh = Movers::default();
+        for (name, agg, window) in [
+            ("gain1h", "topk", "1h"),
+            ("loss1h", "bottomk", "1h"),
+            ("gain24h", "topk", "24h"),
+            ("loss24h", "bottomk", "24h"),
+        ] {
+            let sel = format!("{rank}{{job=\"{job}\"}}");
+            let query = format!("{agg}(1000, {sel} - {sel} offset {window})");
+            match node.vm.query(&query).await {
+                Ok(series) => {
+                    let mut rows: Vec<(u64, i64)> = series
+                        .into_iter()
+                        .filter_map(|(labels, v)| {
+                            let pk = labels.get("pk")?.as_str()?.parse().ok()?;
+                            Some((pk, v.round() as i64))
+                        })
+                        .filter(|(_, g)| if agg == "topk" { *g > 0 } else { *g < 0 })
+                        .collect();
+                    if agg == "topk" {
+                        rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                    } else {
+                        rows.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+                    }
+                    fresh.by.insert(name, rows);
+                }
+                Err(e) => tracing::debug!(error = %e, "movers not refreshed"),
+            }
+        }
+        *node.movers.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    }
+}
+
+/// Runs this process as a cluster node until a signal.
+pub async fn run(args: Args, job: Job, settings: Settings) -> anyhow::Result<()> {
+    let Settings { config, vm_url } = settings;
+    let vm = VmClient::new(&vm_url)?;
+    let cluster = config.connect().await.context("joining the cluster")?;
+    let layout = Layout::of(&job)?;
+    let views = layout.views.build()?;
+    let all_ids = job.ids().clone();
+    let mut shard_ids = vec![Vec::new(); cluster.config.shards as usize];
+    for id in all_ids.iter() {
+        shard_ids[cluster.shard_of(id) as usize].push(id);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (events_tx, events_rx) = mpsc::channel(65_536);
+    // No ids at start: the node polls the shards it leases.
+    let crawl = trawler_crawl::start_http(job.with_ids(IdSet::default()), events_tx)?;
+    let node = Arc::new(ClusterNode {
+        publisher: Publisher::new(cluster.js.clone(), &cluster.config.node_id),
+        job: job.clone(),
+        all_ids,
+        layout,
+        views,
+        crawl,
+        enrich: OnceLock::new(),
+        cluster: cluster.clone(),
+        vm: vm.clone(),
+        shard_ids,
+        leases: Arc::new(Mutex::new(LeaseState::default())),
+        writer: Arc::new(WriterMetrics::default()),
+        movers: RwLock::new(Movers::default()),
+        dropped: AtomicU64::new(0),
+        followed: AtomicU64::new(0),
+    });
+
+    let publish_task = tokio::spawn(publish_events(node.clone(), events_rx));
+    let follow_task = tokio::spawn(follow_stream(node.clone(), stop_rx.clone()));
+    let movers_task = tokio::spawn(refresh_movers(node.clone(), stop_rx.clone()));
+    let writer_task = {
+        let (cluster, vm, job, metrics, stop) = (
+            cluster.clone(),
+            vm.clone(),
+            job.name().to_owned(),
+            node.writer.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = trawler_cluster::vm::run_writer(cluster, vm, job, metrics, stop).await {
+                tracing::error!(error = %e, "the VictoriaMetrics writer stopped");
+            }
+        })
+    };
+
+    let mut verdicts_task = None;
+    if !args.no_suspicious {
+        let target = job.url_for(0);
+        let base = target
+            .find("/api/")
+            .map(|i| &target[..i])
+            .unwrap_or(target.as_str())
+            .to_owned();
+        let enrichment = trawler_enrich::EnrichConfig {
+            url: format!("{base}/api/v1/{}/is_suspicious", job.name()),
+            period: args.suspicious_period,
+            ..Default::default()
+        }
+        .build()?;
+        let (verdicts_tx, verdicts_rx) = mpsc::channel(4_096);
+        let (handle, _task) = enrichment.spawn(
+            std::iter::empty(),
+            Arc::new(ClusterInputs { node: node.clone() }),
+            verdicts_tx,
+            stop_rx.clone(),
+        );
+        let _ = node.enrich.set(handle);
+        verdicts_task = Some(tokio::spawn(publish_verdicts(node.clone(), verdicts_rx)));
+    }
+
+    let leases_task = {
+        let beat = node.clone();
+        tokio::spawn(trawler_cluster::run_leases(
+            cluster.clone(),
+            node.clone() as Arc<dyn ShardOwner>,
+            node.leases.clone(),
+            move || beat.heartbeat(),
+            stop_rx.clone(),
+        ))
+    };
+
+    // The API.
+    let api = trawler_api::ApiConfig {
+        listen: args.listen,
+        token: args.api_token.clone(),
+        ..Default::default()
+    }
+    .build(Arc::new(ClusterBackend { node: node.clone() }))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the API to {}", args.listen))?;
+    let api_addr = listener.local_addr()?;
+    tracing::info!(addr = %api_addr, job = job.name(), node = %cluster.config.node_id, vm = %vm.url(), "API listening (cluster mode)");
+    println!("listening on http://{api_addr}");
+    let api_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let api_task = tokio::spawn(api.serve(listener, api_stop));
+
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let signal = crate::cli::mockstagram::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = tick.tick() => {
+                let m = node.crawl.metrics();
+                let leases = node.leases.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                tracing::info!(
+                    node = %cluster.config.node_id,
+                    nodes = leases.nodes.len(),
+                    shards = leases.held,
+                    tracked = m.gauges.tracked,
+                    polls_per_s = m.polls_per_sec.round(),
+                    lag_p99_ms = m.lag_p99_ms.unwrap_or(0.0),
+                    gaps = m.gaps,
+                    published = node.publisher.published.load(Ordering::Relaxed),
+                    imported = node.writer.samples.load(Ordering::Relaxed),
+                    backlog = node.writer.backlog.load(Ordering::Relaxed),
+                    "status"
+                );
+            }
+        }
+    }
+
+    tracing::info!("shutting down: giving the leases back");
+    let _ = stop_tx.send(true);
+    let _ = leases_task.await;
+    let report = node.crawl.shutdown(args.grace).await;
+    // The crawl's sender is gone once it stopped: the publisher drains.
+    let _ = tokio::time::timeout(Duration::from_secs(30), publish_task).await;
+    if let Some(task) = verdicts_task {
+        task.abort();
+    }
+    let _ = tokio::time::timeout(args.grace, writer_task).await;
+    follow_task.abort();
+    movers_task.abort();
+    let _ = tokio::time::timeout(args.grace, api_task).await;
+    tracing::info!(
+        polls = report.metrics.polls_ok,
+        published = node.publisher.published.load(Ordering::Relaxed),
+        dropped = node.dropped.load(Ordering::Relaxed),
+        "stopped; everything acknowledged is in the stream"
+    );
+    Ok(())
+}
+
+/// The suspicious check's body from the views (which follow every node).
+struct ClusterInputs {
+    node: Arc<ClusterNode>,
+}
+
+impl trawler_enrich::Inputs for ClusterInputs {
+    fn body(&self, id: u64) -> Option<Vec<u8>> {
+        super::node::suspicious_body(&self.node.views, self.node.job.label_for(id), id)
+    }
+}
+
+/// [`Backend`] of a cluster node.
+pub struct ClusterBackend {
+    node: Arc<ClusterNode>,
+}
+
+fn vm_error(e: trawler_cluster::Error) -> ApiError {
+    ApiError::Unavailable(format!("series store: {e}"))
+}
+
+/// Averages raw points into buckets of `step` (aligned to the epoch), so a
+/// derived metric's operands share bucket starts.
+fn downsample(points: Points, step: i64) -> Points {
+    let mut out: Points = Vec::new();
+    let mut acc: Option<(i64, f64, u32)> = None;
+    for (t, v) in points {
+        let start = t - t.rem_euclid(step);
+        match &mut acc {
+            Some((s, sum, n)) if *s == start => {
+                *sum += v;
+                *n += 1;
+            }
+            _ => {
+                if let Some((s, sum, n)) = acc.take() {
+                    out.push((s, sum / f64::from(n)));
+                }
+                acc = Some((start, v, 1));
+            }
+        }
+    }
+    if let Some((s, sum, n)) = acc {
+        out.push((s, sum / f64::from(n)));
+    }
+    out
+}
+
+impl ClusterBackend {
+    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        // Series reads run on the API's blocking pool (spawn_blocking).
+        tokio::runtime::Handle::current().block_on(f)
+    }
+}
+
+impl Backend for ClusterBackend {
+    fn job(&self) -> &str {
+        self.node.job.name()
+    }
+
+    fn metrics(&self) -> Vec<String> {
+        self.node.layout.series_names()
+    }
+
+    fn entity(&self, id: u64) -> Result<Option<Map<String, Json>>, ApiError> {
+        if !self.node.all_ids.contains(id) {
+            return Ok(None);
+        }
+        Ok(Some(entity_json(
+            &self.node.views,
+            self.node.job.label_for(id),
+            id,
+        )))
+    }
+
+    fn series(&self, id: u64, metric: &str, q: SeriesQuery) -> Result<Option<Points>, ApiError> {
+        let node = &self.node;
+        if !node.all_ids.contains(id) {
+            return Ok(None);
+        }
+        let job = node.job.name();
+        metric_points(&node.layout, metric, |pos| {
+            let name = &node.layout.stored[pos].name;
+            let points = self
+                .block_on(node.vm.export(
+                    &trawler_cluster::vm::selector(job, name, id),
+                    q.from_ms,
+                    q.to_ms,
+                ))
+                .map_err(vm_error)?;
+            Ok(match q.step_ms {
+                Some(step) => downsample(points, step),
+                None => points,
+            })
+        })
+        .map(Some)
+    }
+
+    fn track(&self, _ids: &[u64]) -> Result<TrackOutcome, ApiError> {
+        Err(ApiError::bad_request(
+            "cluster_mode",
+            "in cluster mode the tracked set is the job file's ids; change it there",
+        ))
+    }
+
+    fn untrack(&self, _id: u64) -> Result<bool, ApiError> {
+        Err(ApiError::bad_request(
+            "cluster_mode",
+            "in cluster mode the tracked set is the job file's ids; change it there",
+        ))
+    }
+
+    fn stats(&self) -> Map<String, Json> {
+        let node = &self.node;
+        let views = node.views.stats();
+        let rank_by = node.views.schema().rank_by();
+        let average = views.averages.get(rank_by);
+        let leases = node
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let beats: Vec<Json> = leases
+            .nodes
+            .values()
+            .filter_map(|b| serde_json::from_slice(b).ok())
+            .collect();
+        let sum = |key: &str| beats.iter().filter_map(|b| b[key].as_f64()).sum::<f64>();
+        let max = |key: &str| {
+            beats
+                .iter()
+                .filter_map(|b| b[key].as_f64())
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+        };
+        let mut out = Map::new();
+        out.insert("trackedAccounts".into(), json!(node.all_ids.len()));
+        out.insert("crawledAccounts".into(), json!(views.tracked));
+        out.insert(
+            "averageFollowerCount".into(),
+            average
+                .and_then(|a| a.mean())
+                .map(Json::from)
+                .unwrap_or(Json::Null),
+        );
+        out.insert("averageCovers".into(), json!(average.map(|a| a.count)));
+        out.insert("invalidAccounts".into(), json!(sum("invalid") as u64));
+        out.insert("pollsPerSecond".into(), json!(sum("pollsPerSecond")));
+        out.insert("lagP50Ms".into(), json!(max("lagP50Ms")));
+        out.insert("lagP99Ms".into(), json!(max("lagP99Ms")));
+        out.insert("polls".into(), json!(sum("polls") as u64));
+        out.insert("errors".into(), json!(sum("errors") as u64));
+        out.insert("gaps".into(), json!(sum("gaps") as u64));
+        out.insert("missedSlots".into(), json!(sum("missedSlots") as u64));
+        out.insert("suspiciousCount".into(), json!(views.suspicious));
+        out.insert(
+            "lastSuspiciousSweepProgress".into(),
+            node.enrich
+                .get()
+                .map(|e| Json::from(e.sweep_progress()))
+                .unwrap_or(Json::Null),
+        );
+        out.insert("samplesStored".into(), json!(sum("vmSamples") as u64));
+        out.insert("bytesOnDisk".into(), Json::Null);
+        out.insert("bytesPerSample".into(), Json::Null);
+        out.insert("nodes".into(), json!(leases.nodes.len()));
+        out.insert("shardsHeld".into(), json!(leases.held));
+        out
+    }
+
+    fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
+        self.node
+            .crawl
+            .invalid_ids()
+            .into_iter()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .take(limit)
+            .collect()
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let node = &self.node;
+        let job = node.job.name();
+        out.push_str(&node.crawl.metrics().to_prometheus(job));
+        let leases = node
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (name, help, kind, value) in [
+            (
+                "trawler_cluster_shards_held",
+                "Shards this node leases.",
+                "gauge",
+                leases.held as u64,
+            ),
+            (
+                "trawler_cluster_nodes",
+                "Live nodes.",
+                "gauge",
+                leases.nodes.len() as u64,
+            ),
+            (
+                "trawler_cluster_leases_gained_total",
+                "Leases gained.",
+                "counter",
+                leases.gained,
+            ),
+            (
+                "trawler_cluster_leases_released_total",
+                "Leases given up for rebalancing.",
+                "counter",
+                leases.released,
+            ),
+            (
+                "trawler_cluster_leases_lost_total",
+                "Leases lost (not renewed in time).",
+                "counter",
+                leases.lost,
+            ),
+            (
+                "trawler_cluster_published_batches_total",
+                "Batches the stream acknowledged.",
+                "counter",
+                node.publisher.published.load(Ordering::Relaxed),
+            ),
+            (
+                "trawler_cluster_publish_failures_total",
+                "Publish attempts that failed and were retried.",
+                "counter",
+                node.publisher.failures.load(Ordering::Relaxed),
+            ),
+            (
+                "trawler_cluster_dropped_observations_total",
+                "Observations the stream never acknowledged.",
+                "counter",
+                node.dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "trawler_cluster_followed_messages_total",
+                "Stream messages applied to the views.",
+                "counter",
+                node.followed.load(Ordering::Relaxed),
+            ),
+            (
+                "trawler_vm_imported_samples_total",
+                "Samples this node imported into VictoriaMetrics.",
+                "counter",
+                node.writer.samples.load(Ordering::Relaxed),
+            ),
+            (
+                "trawler_vm_import_failures_total",
+                "Imports that failed (their batches come back).",
+                "counter",
+                node.writer.failures.load(Ordering::Relaxed),
+            ),
+            (
+                "trawler_vm_backlog_messages",
+                "Stream messages not yet imported.",
+                "gauge",
+                node.writer.backlog.load(Ordering::Relaxed),
+            ),
+            (
+                "trawler_views_memory_bytes",
+                "Memory the live views hold.",
+                "gauge",
+                node.views.memory().total() as u64,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{job=\"{job}\"}} {value}"
+            );
+        }
+    }
+
+    fn rank_metric(&self) -> String {
+        let schema = self.node.views.schema();
+        schema.metrics()[schema.rank_by()].clone()
+    }
+
+    fn top(&self, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
+        let node = &self.node;
+        let label = |id: u64| node.job.label_for(id).map_or(Json::Null, Json::from);
+        let key = match by {
+            TopBy::Ranked => {
+                let rank_metric = self.rank_metric();
+                return node
+                    .views
+                    .top(limit)
+                    .into_iter()
+                    .map(|r| {
+                        let mut o = Map::new();
+                        o.insert("pk".into(), json!(r.id));
+                        o.insert("username".into(), label(r.id));
+                        o.insert(rank_metric.clone(), json!(r.value));
+                        o.insert("rank".into(), json!(r.rank));
+                        o
+                    })
+                    .collect();
+            }
+            TopBy::Gain1h => "gain1h",
+            TopBy::Gain24h => "gain24h",
+            TopBy::Loss1h => "loss1h",
+            TopBy::Loss24h => "loss24h",
+        };
+        let movers = node.movers.read().unwrap_or_else(|e| e.into_inner());
+        movers
+            .by
+            .get(key)
+            .map(|rows| {
+                rows.iter()
+                    .take(limit)
+                    .map(|(pk, gain)| {
+                        let mut o = Map::new();
+                        o.insert("pk".into(), json!(pk));
+                        o.insert("username".into(), label(*pk));
+                        o.insert("gain".into(), json!(gain));
+                        o
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn suspicious(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
+        self.node.views.suspicious(after, limit)
+    }
+
+    fn average_series(&self, q: SeriesQuery) -> Result<Points, ApiError> {
+        let node = &self.node;
+        let rank = &node.layout.stored[node.layout.rank_stored].name;
+        let query = format!("avg({rank}{{job=\"{}\"}})", node.job.name());
+        let step = q.step_ms.unwrap_or(60_000).max(60_000);
+        self.block_on(node.vm.query_range(&query, q.from_ms, q.to_ms, step))
+            .map_err(vm_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downsampling_averages_epoch_aligned_buckets() {
+        let points = vec![(0, 1.0), (30_000, 3.0), (60_000, 10.0), (179_999, 20.0)];
+        assert_eq!(
+            downsample(points, 60_000),
+            vec![(0, 2.0), (60_000, 10.0), (120_000, 20.0)]
+        );
+        assert!(downsample(Vec::new(), 1_000).is_empty());
+    }
+}
