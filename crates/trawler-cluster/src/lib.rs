@@ -158,26 +158,34 @@ impl ClusterConfig {
         .map_err(|e| Error::nats("connecting", e))?;
         let js = jetstream::new(client.clone());
 
-        let mut replicas = 1;
-        let mut last_error = None;
-        let mut obs = None;
-        for r in [3, 1] {
-            match js.get_or_create_stream(stream::config(&self, r)).await {
-                Ok(s) => {
-                    replicas = s.cached_info().config.num_replicas;
-                    obs = Some(s);
-                    break;
+        // Three replicas when the NATS cluster can hold them, one on a lone
+        // server. A JetStream cluster that is still electing its leaders
+        // answers "temporarily unavailable": wait for it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut want = 3;
+        let replicas = loop {
+            match js.get_or_create_stream(stream::config(&self, want)).await {
+                Ok(s) => break s.cached_info().config.num_replicas,
+                Err(e) => {
+                    let text = e.to_string();
+                    if want > 1
+                        && (text.contains("non-clustered")
+                            || text.contains("insufficient resources"))
+                    {
+                        want = 1;
+                        continue;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(Error::Nats(format!(
+                            "creating the stream {}: {text}",
+                            stream::STREAM
+                        )));
+                    }
+                    tracing::info!(error = %text, "JetStream not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err(e) => last_error = Some(e.to_string()),
             }
-        }
-        if obs.is_none() {
-            return Err(Error::Nats(format!(
-                "creating the stream {}: {}",
-                stream::STREAM,
-                last_error.unwrap_or_default()
-            )));
-        }
+        };
         let nodes = open_bucket(&js, leases::NODES_BUCKET, self.lease_ttl, replicas).await?;
         let leases = open_bucket(&js, leases::LEASES_BUCKET, self.lease_ttl, replicas).await?;
         tracing::info!(

@@ -267,14 +267,15 @@ pub struct WriterMetrics {
     pub backlog: AtomicU64,
 }
 
-/// Drains a job's subjects into VictoriaMetrics until `stop` turns true.
+/// Drains a job's subjects into VictoriaMetrics. When `stop` turns true it
+/// finishes what is pending (until a fetch comes back empty) and returns.
 /// Every node may run one; they share the durable consumer `vm-<job>`.
 pub async fn run_writer(
     cluster: Cluster,
     vm: VmClient,
     job: String,
     metrics: Arc<WriterMetrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let stream = cluster
         .js
@@ -299,22 +300,22 @@ pub async fn run_writer(
         .map_err(|e| Error::nats("creating the writers' consumer", e))?;
     let mut backoff = Duration::from_millis(200);
     loop {
-        if *stop.borrow() {
-            return Ok(());
-        }
-        let fetched = tokio::select! {
-            f = fetch(&consumer) => f,
-            _ = stop.wait_for(|s| *s) => return Ok(()),
-        };
-        let messages = match fetched {
+        let messages = match fetch(&consumer).await {
             Ok(m) => m,
             Err(e) => {
+                if *stop.borrow() {
+                    return Ok(());
+                }
                 tracing::warn!(error = %e, "fetching from the stream failed");
                 tokio::time::sleep(backoff).await;
                 continue;
             }
         };
         if messages.is_empty() {
+            // Asked to stop: leave once what was published is written.
+            if *stop.borrow() {
+                return Ok(());
+            }
             if let Ok(info) = consumer.clone().info().await {
                 metrics.backlog.store(
                     info.num_pending + info.num_ack_pending as u64,

@@ -138,6 +138,8 @@ pub struct ClusterNode {
     publisher: Publisher,
     writer: Arc<WriterMetrics>,
     movers: RwLock<Movers>,
+    /// Observations the stream acknowledged (stored on every replica).
+    acknowledged: AtomicU64,
     /// Observations dropped because the stream did not acknowledge them.
     dropped: AtomicU64,
     /// Stream messages applied to the views.
@@ -276,13 +278,18 @@ async fn publish_events(node: Arc<ClusterNode>, mut events: mpsc::Receiver<Event
                 continue;
             }
         };
-        if let Err(e) = node
+        match node
             .publisher
             .publish(subject.clone(), bytes, Duration::from_secs(60))
             .await
         {
-            node.dropped.fetch_add(n as u64, Ordering::Relaxed);
-            tracing::error!(error = %e, observations = n, "the stream did not take a batch; its observations are lost");
+            Ok(()) => {
+                node.acknowledged.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                node.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                tracing::error!(error = %e, observations = n, "the stream did not take a batch; its observations are lost");
+            }
         }
     }
 }
@@ -410,6 +417,7 @@ pub async fn run(args: Args, job: Job, settings: Settings) -> anyhow::Result<()>
         leases: Arc::new(Mutex::new(LeaseState::default())),
         writer: Arc::new(WriterMetrics::default()),
         movers: RwLock::new(Movers::default()),
+        acknowledged: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         followed: AtomicU64::new(0),
     });
@@ -417,13 +425,14 @@ pub async fn run(args: Args, job: Job, settings: Settings) -> anyhow::Result<()>
     let publish_task = tokio::spawn(publish_events(node.clone(), events_rx));
     let follow_task = tokio::spawn(follow_stream(node.clone(), stop_rx.clone()));
     let movers_task = tokio::spawn(refresh_movers(node.clone(), stop_rx.clone()));
+    let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
     let writer_task = {
         let (cluster, vm, job, metrics, stop) = (
             cluster.clone(),
             vm.clone(),
             job.name().to_owned(),
             node.writer.clone(),
-            stop_rx.clone(),
+            writer_stop_rx,
         );
         tokio::spawn(async move {
             if let Err(e) = trawler_cluster::vm::run_writer(cluster, vm, job, metrics, stop).await {
@@ -524,15 +533,22 @@ pub async fn run(args: Args, job: Job, settings: Settings) -> anyhow::Result<()>
     if let Some(task) = verdicts_task {
         task.abort();
     }
+    // The writer finishes what was published, within the grace period.
+    let _ = writer_stop_tx.send(true);
     let _ = tokio::time::timeout(args.grace, writer_task).await;
     follow_task.abort();
     movers_task.abort();
     let _ = tokio::time::timeout(args.grace, api_task).await;
     tracing::info!(
         polls = report.metrics.polls_ok,
-        published = node.publisher.published.load(Ordering::Relaxed),
+        acknowledged = node.acknowledged.load(Ordering::Relaxed),
         dropped = node.dropped.load(Ordering::Relaxed),
         "stopped; everything acknowledged is in the stream"
+    );
+    // Machine-readable, for scripts and tests.
+    println!(
+        "acknowledged observations {}",
+        node.acknowledged.load(Ordering::Relaxed)
     );
     Ok(())
 }
