@@ -544,3 +544,77 @@ fn victoriametrics_down_for_30_s_loses_nothing_and_the_backlog_drains() {
     );
     drop(vm);
 }
+
+/// `trawler run ARGS` that must fail; its stderr.
+fn run_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_trawler"))
+        .arg("run")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn cluster_settings_are_validated_on_the_command_line_and_in_the_job_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let stderr = run_fails(&[
+        "--store",
+        "victoriametrics=http://127.0.0.1:1",
+        "--data",
+        data,
+    ]);
+    assert!(stderr.contains("--store needs --cluster"), "{stderr}");
+    let stderr = run_fails(&[
+        "--cluster",
+        "nats://127.0.0.1:1",
+        "--target",
+        "http://127.0.0.1:2",
+    ]);
+    assert!(stderr.contains("--cluster needs --store"), "{stderr}");
+    let stderr = run_fails(&[
+        "--cluster",
+        "127.0.0.1:4222",
+        "--store",
+        "victoriametrics=http://127.0.0.1:1",
+    ]);
+    assert!(stderr.contains("not a nats://"), "{stderr}");
+    let stderr = run_fails(&[
+        "--cluster",
+        "nats://127.0.0.1:1",
+        "--store",
+        "vm=http://127.0.0.1:1",
+        "--target",
+        "http://127.0.0.1:2",
+    ]);
+    assert!(stderr.contains("expected victoriametrics="), "{stderr}");
+
+    let job = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../jobs/mockstagram.toml"
+    ))
+    .unwrap();
+    let path = dir.path().join("cluster-job.toml");
+    std::fs::write(
+        &path,
+        format!("{job}\n[cluster]\nservers = [\"nats://127.0.0.1:1\"]\nstore = \"victoriametrics=http://127.0.0.1:1\"\nlease_tll = \"5s\"\n"),
+    )
+    .unwrap();
+    let stderr = run_fails(&["--config", path.to_str().unwrap()]);
+    assert!(
+        stderr.contains("cluster-job.toml") && stderr.contains("lease_tll"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &path,
+        format!("{job}\n[cluster]\nservers = [\"nats://127.0.0.1:1\"]\nstore = \"victoriametrics=http://127.0.0.1:1\"\nlease_ttl = \"soon\"\n"),
+    )
+    .unwrap();
+    let stderr = run_fails(&["--config", path.to_str().unwrap()]);
+    assert!(
+        stderr.contains("cluster-job.toml") && stderr.contains("lease_ttl"),
+        "{stderr}"
+    );
+}
