@@ -104,7 +104,7 @@
 
   function rangeButtons(target, onPick) {
     const host = document.querySelector(`.ranges[data-target="${target}"]`);
-    let current = target === 'average' ? RANGES[1] : RANGES[0];
+    let current = RANGES[0];
     const buttons = RANGES.map((r) => {
       const b = el('button', { type: 'button', text: r.label, 'data-range': r.label });
       b.addEventListener('click', () => { current = r; paint(); onPick(r); });

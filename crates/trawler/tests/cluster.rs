@@ -189,8 +189,11 @@ fn node(
     (run, common::addr_of(&api))
 }
 
-/// Every observation row in the stream: (node, id, slot).
-fn observations(nats_port: u16) -> Vec<(String, u64, i64)> {
+/// Runs `f` with JetStream on the server at `nats_port`.
+fn with_jetstream<T, F: std::future::Future<Output = T>>(
+    nats_port: u16,
+    f: impl FnOnce(async_nats::jetstream::Context) -> F,
+) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -199,7 +202,13 @@ fn observations(nats_port: u16) -> Vec<(String, u64, i64)> {
         let client = async_nats::connect(format!("nats://127.0.0.1:{nats_port}"))
             .await
             .unwrap();
-        let js = async_nats::jetstream::new(client);
+        f(async_nats::jetstream::new(client)).await
+    })
+}
+
+/// Every observation row in the stream: (node, id, slot).
+fn observations(nats_port: u16) -> Vec<(String, u64, i64)> {
+    with_jetstream(nats_port, |js| async move {
         let last = js
             .get_stream(stream::STREAM)
             .await
@@ -245,15 +254,7 @@ fn observations(nats_port: u16) -> Vec<(String, u64, i64)> {
 
 /// Replicas of the observation stream.
 fn stream_replicas(nats_port: u16) -> usize {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = async_nats::connect(format!("nats://127.0.0.1:{nats_port}"))
-            .await
-            .unwrap();
-        let js = async_nats::jetstream::new(client);
+    with_jetstream(nats_port, |js| async move {
         let mut stream = js.get_stream(stream::STREAM).await.unwrap();
         stream.info().await.unwrap().config.num_replicas
     })
@@ -514,7 +515,8 @@ fn victoriametrics_down_for_30_s_loses_nothing_and_the_backlog_drains() {
                 .ok()
         };
         (value("trawler_vm_import_failures_total")? > 0.0
-            && value("trawler_vm_backlog_messages")? == 0.0)
+            && value("trawler_vm_backlog_messages")? == 0.0
+            && value("trawler_cluster_acknowledged_observations_total")? > 0.0)
             .then_some(())
     });
     assert!(run.terminate(Duration::from_secs(60)).success());
@@ -560,36 +562,38 @@ fn run_fails(args: &[&str]) -> String {
 fn cluster_settings_are_validated_on_the_command_line_and_in_the_job_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let stderr = run_fails(&[
-        "--store",
-        "victoriametrics=http://127.0.0.1:1",
-        "--data",
-        data,
-    ]);
-    assert!(stderr.contains("--store needs --cluster"), "{stderr}");
-    let stderr = run_fails(&[
-        "--cluster",
-        "nats://127.0.0.1:1",
-        "--target",
-        "http://127.0.0.1:2",
-    ]);
-    assert!(stderr.contains("--cluster needs --store"), "{stderr}");
-    let stderr = run_fails(&[
-        "--cluster",
-        "127.0.0.1:4222",
-        "--store",
-        "victoriametrics=http://127.0.0.1:1",
-    ]);
-    assert!(stderr.contains("not a nats://"), "{stderr}");
-    let stderr = run_fails(&[
-        "--cluster",
-        "nats://127.0.0.1:1",
-        "--store",
-        "vm=http://127.0.0.1:1",
-        "--target",
-        "http://127.0.0.1:2",
-    ]);
-    assert!(stderr.contains("expected victoriametrics="), "{stderr}");
+    let vm = "victoriametrics=http://127.0.0.1:1";
+    for (args, expected) in [
+        (
+            vec!["--store", vm, "--data", data],
+            "--store needs --cluster",
+        ),
+        (
+            vec![
+                "--cluster",
+                "nats://127.0.0.1:1",
+                "--target",
+                "http://127.0.0.1:2",
+            ],
+            "--cluster needs --store",
+        ),
+        (
+            vec!["--cluster", "127.0.0.1:4222", "--store", vm],
+            "not a nats://",
+        ),
+        (
+            vec![
+                "--cluster",
+                "nats://127.0.0.1:1",
+                "--store",
+                "vm=http://127.0.0.1:1",
+            ],
+            "expected victoriametrics=",
+        ),
+    ] {
+        let stderr = run_fails(&args);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 
     let job = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -150,6 +150,57 @@ pub fn metric_points(
     Ok(out)
 }
 
+/// The name of the metric entities are ranked by.
+pub fn rank_metric_of(views: &Views) -> String {
+    let schema = views.schema();
+    schema.metrics()[schema.rank_by()].clone()
+}
+
+/// The first `limit` entities by the ranked metric, as the API's objects.
+pub fn ranked_json(
+    views: &Views,
+    rank_metric: &str,
+    limit: usize,
+    label: impl Fn(u64) -> Json,
+) -> Vec<Map<String, Json>> {
+    views
+        .top(limit)
+        .into_iter()
+        .map(|r| {
+            let mut o = Map::new();
+            o.insert("pk".into(), json!(r.id));
+            o.insert("username".into(), label(r.id));
+            o.insert(rank_metric.to_owned(), json!(r.value));
+            o.insert("rank".into(), json!(r.rank));
+            o
+        })
+        .collect()
+}
+
+/// Ids the target reported invalid, after `after`, at most `limit`.
+pub fn invalid_page(
+    crawl: &trawler_crawl::CrawlHandle,
+    after: Option<u64>,
+    limit: usize,
+) -> Vec<u64> {
+    crawl
+        .invalid_ids()
+        .into_iter()
+        .filter(|id| after.is_none_or(|a| *id > a))
+        .take(limit)
+        .collect()
+}
+
+/// Appends one-sample metrics labelled with the job, in Prometheus text.
+pub fn write_metrics(out: &mut String, job: &str, metrics: &[(&str, &str, &str, u64)]) {
+    for (name, help, kind, value) in metrics {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{job=\"{job}\"}} {value}"
+        );
+    }
+}
+
 fn storage_error(e: trawler_store::Error) -> ApiError {
     ApiError::Unavailable(format!("storage: {e}"))
 }
@@ -313,18 +364,11 @@ impl Backend for NodeBackend {
     }
 
     fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
-        self.node
-            .crawl
-            .invalid_ids()
-            .into_iter()
-            .filter(|id| after.is_none_or(|a| *id > a))
-            .take(limit)
-            .collect()
+        invalid_page(&self.node.crawl, after, limit)
     }
 
     fn rank_metric(&self) -> String {
-        let schema = self.node.views.schema();
-        schema.metrics()[schema.rank_by()].clone()
+        rank_metric_of(&self.node.views)
     }
 
     fn top(&self, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
@@ -350,18 +394,7 @@ impl Backend for NodeBackend {
                 .collect()
         };
         match by {
-            TopBy::Ranked => views
-                .top(limit)
-                .into_iter()
-                .map(|r| {
-                    let mut o = Map::new();
-                    o.insert("pk".into(), json!(r.id));
-                    o.insert("username".into(), label(r.id));
-                    o.insert(rank_metric.clone(), json!(r.value));
-                    o.insert("rank".into(), json!(r.rank));
-                    o
-                })
-                .collect(),
+            TopBy::Ranked => ranked_json(views, &rank_metric, limit, label),
             TopBy::Gain1h => movers(views.top_gainers(Window::Hour, limit)),
             TopBy::Gain24h => movers(views.top_gainers(Window::Day, limit)),
             TopBy::Loss1h => movers(views.top_losers(Window::Hour, limit)),
@@ -393,92 +426,91 @@ impl Backend for NodeBackend {
         out.push_str(&node.crawl.metrics().to_prometheus(&node.job));
         let s = node.store.stats();
         let job = &node.job;
-        for (name, help, kind, value) in [
-            (
-                "trawler_store_bytes_on_disk",
-                "Bytes the store holds on disk.",
-                "gauge",
-                s.bytes_on_disk,
-            ),
-            (
-                "trawler_store_block_bytes",
-                "Bytes in compressed blocks.",
-                "gauge",
-                s.block_bytes,
-            ),
-            (
-                "trawler_store_wal_bytes",
-                "Bytes in write-ahead log segments.",
-                "gauge",
-                s.wal_bytes,
-            ),
-            (
-                "trawler_store_samples",
-                "Samples stored.",
-                "gauge",
-                s.samples,
-            ),
-            (
-                "trawler_store_head_samples",
-                "Samples in the in-memory head.",
-                "gauge",
-                s.head_samples,
-            ),
-            (
-                "trawler_store_series",
-                "Series in the catalog.",
-                "gauge",
-                s.series,
-            ),
-            (
-                "trawler_store_memory_bytes",
-                "Memory the store holds.",
-                "gauge",
-                s.memory_bytes,
-            ),
-            ("trawler_store_blocks", "Live blocks.", "gauge", s.blocks),
-            (
-                "trawler_store_flushes_total",
-                "Heads written as blocks.",
-                "counter",
-                s.flushes,
-            ),
-            (
-                "trawler_store_compactions_total",
-                "Compactions run.",
-                "counter",
-                s.compactions,
-            ),
-            (
-                "trawler_store_corrupt_blocks",
-                "Blocks that failed their checksum.",
-                "gauge",
-                s.corrupt_blocks,
-            ),
-            (
-                "trawler_store_stale_samples_total",
-                "Samples dropped as stale.",
-                "counter",
-                s.stale_samples,
-            ),
-            (
-                "trawler_ingest_store_errors_total",
-                "Batches the store refused.",
-                "counter",
-                node.counters.store_errors.load(Ordering::Relaxed),
-            ),
-            (
-                "trawler_views_memory_bytes",
-                "Memory the live views hold.",
-                "gauge",
-                node.views.memory().total() as u64,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{job=\"{job}\"}} {value}"
-            );
-        }
+        write_metrics(
+            out,
+            job,
+            &[
+                (
+                    "trawler_store_bytes_on_disk",
+                    "Bytes the store holds on disk.",
+                    "gauge",
+                    s.bytes_on_disk,
+                ),
+                (
+                    "trawler_store_block_bytes",
+                    "Bytes in compressed blocks.",
+                    "gauge",
+                    s.block_bytes,
+                ),
+                (
+                    "trawler_store_wal_bytes",
+                    "Bytes in write-ahead log segments.",
+                    "gauge",
+                    s.wal_bytes,
+                ),
+                (
+                    "trawler_store_samples",
+                    "Samples stored.",
+                    "gauge",
+                    s.samples,
+                ),
+                (
+                    "trawler_store_head_samples",
+                    "Samples in the in-memory head.",
+                    "gauge",
+                    s.head_samples,
+                ),
+                (
+                    "trawler_store_series",
+                    "Series in the catalog.",
+                    "gauge",
+                    s.series,
+                ),
+                (
+                    "trawler_store_memory_bytes",
+                    "Memory the store holds.",
+                    "gauge",
+                    s.memory_bytes,
+                ),
+                ("trawler_store_blocks", "Live blocks.", "gauge", s.blocks),
+                (
+                    "trawler_store_flushes_total",
+                    "Heads written as blocks.",
+                    "counter",
+                    s.flushes,
+                ),
+                (
+                    "trawler_store_compactions_total",
+                    "Compactions run.",
+                    "counter",
+                    s.compactions,
+                ),
+                (
+                    "trawler_store_corrupt_blocks",
+                    "Blocks that failed their checksum.",
+                    "gauge",
+                    s.corrupt_blocks,
+                ),
+                (
+                    "trawler_store_stale_samples_total",
+                    "Samples dropped as stale.",
+                    "counter",
+                    s.stale_samples,
+                ),
+                (
+                    "trawler_ingest_store_errors_total",
+                    "Batches the store refused.",
+                    "counter",
+                    node.counters.store_errors.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_views_memory_bytes",
+                    "Memory the live views hold.",
+                    "gauge",
+                    node.views.memory().total() as u64,
+                ),
+            ],
+        );
         if s.samples > 0 {
             let _ = writeln!(
                 out,
@@ -488,55 +520,54 @@ impl Backend for NodeBackend {
         }
         if let Some(enrich) = node.enrich() {
             let m = enrich.metrics();
-            for (name, help, kind, value) in [
-                (
-                    "trawler_enrich_calls_total",
-                    "Enrichment calls made.",
-                    "counter",
-                    m.calls,
-                ),
-                (
-                    "trawler_enrich_answers_total",
-                    "Enrichment answers received.",
-                    "counter",
-                    m.answers,
-                ),
-                (
-                    "trawler_enrich_reused_total",
-                    "Answers reused without a call.",
-                    "counter",
-                    m.reused,
-                ),
-                (
-                    "trawler_enrich_retries_total",
-                    "Enrichment calls retried.",
-                    "counter",
-                    m.retries,
-                ),
-                (
-                    "trawler_enrich_failures_total",
-                    "Checks failed after every retry.",
-                    "counter",
-                    m.failures,
-                ),
-                (
-                    "trawler_enrich_in_flight",
-                    "Enrichment calls in flight.",
-                    "gauge",
-                    m.in_flight,
-                ),
-                (
-                    "trawler_enrich_put_off",
-                    "Ids waiting for a later retry.",
-                    "gauge",
-                    m.put_off,
-                ),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{job=\"{job}\"}} {value}"
-                );
-            }
+            write_metrics(
+                out,
+                job,
+                &[
+                    (
+                        "trawler_enrich_calls_total",
+                        "Enrichment calls made.",
+                        "counter",
+                        m.calls,
+                    ),
+                    (
+                        "trawler_enrich_answers_total",
+                        "Enrichment answers received.",
+                        "counter",
+                        m.answers,
+                    ),
+                    (
+                        "trawler_enrich_reused_total",
+                        "Answers reused without a call.",
+                        "counter",
+                        m.reused,
+                    ),
+                    (
+                        "trawler_enrich_retries_total",
+                        "Enrichment calls retried.",
+                        "counter",
+                        m.retries,
+                    ),
+                    (
+                        "trawler_enrich_failures_total",
+                        "Checks failed after every retry.",
+                        "counter",
+                        m.failures,
+                    ),
+                    (
+                        "trawler_enrich_in_flight",
+                        "Enrichment calls in flight.",
+                        "gauge",
+                        m.in_flight,
+                    ),
+                    (
+                        "trawler_enrich_put_off",
+                        "Ids waiting for a later retry.",
+                        "gauge",
+                        m.put_off,
+                    ),
+                ],
+            );
         }
     }
 }

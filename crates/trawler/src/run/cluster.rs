@@ -28,7 +28,9 @@ use trawler_crawl::{CrawlHandle, Event, IdSet, Job, JobConfig};
 use trawler_enrich::{EnrichHandle, Verdict};
 use trawler_views::{Suspicion, Update, Views};
 
-use super::backend::{entity_json, metric_points};
+use super::backend::{
+    entity_json, invalid_page, metric_points, rank_metric_of, ranked_json, write_metrics,
+};
 use super::layout::Layout;
 use super::node::SUSPICIOUS_METRIC;
 use super::{now_ms, Args};
@@ -721,17 +723,10 @@ impl Backend for ClusterBackend {
     }
 
     fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
-        self.node
-            .crawl
-            .invalid_ids()
-            .into_iter()
-            .filter(|id| after.is_none_or(|a| *id > a))
-            .take(limit)
-            .collect()
+        invalid_page(&self.node.crawl, after, limit)
     }
 
     fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
         let node = &self.node;
         let job = node.job.name();
         out.push_str(&node.crawl.metrics().to_prometheus(job));
@@ -740,96 +735,100 @@ impl Backend for ClusterBackend {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        for (name, help, kind, value) in [
-            (
-                "trawler_cluster_shards_held",
-                "Shards this node leases.",
-                "gauge",
-                leases.held as u64,
-            ),
-            (
-                "trawler_cluster_nodes",
-                "Live nodes.",
-                "gauge",
-                leases.nodes.len() as u64,
-            ),
-            (
-                "trawler_cluster_leases_gained_total",
-                "Leases gained.",
-                "counter",
-                leases.gained,
-            ),
-            (
-                "trawler_cluster_leases_released_total",
-                "Leases given up for rebalancing.",
-                "counter",
-                leases.released,
-            ),
-            (
-                "trawler_cluster_leases_lost_total",
-                "Leases lost (not renewed in time).",
-                "counter",
-                leases.lost,
-            ),
-            (
-                "trawler_cluster_published_batches_total",
-                "Batches the stream acknowledged.",
-                "counter",
-                node.publisher.published.load(Ordering::Relaxed),
-            ),
-            (
-                "trawler_cluster_publish_failures_total",
-                "Publish attempts that failed and were retried.",
-                "counter",
-                node.publisher.failures.load(Ordering::Relaxed),
-            ),
-            (
-                "trawler_cluster_dropped_observations_total",
-                "Observations the stream never acknowledged.",
-                "counter",
-                node.dropped.load(Ordering::Relaxed),
-            ),
-            (
-                "trawler_cluster_followed_messages_total",
-                "Stream messages applied to the views.",
-                "counter",
-                node.followed.load(Ordering::Relaxed),
-            ),
-            (
-                "trawler_vm_imported_samples_total",
-                "Samples this node imported into VictoriaMetrics.",
-                "counter",
-                node.writer.samples.load(Ordering::Relaxed),
-            ),
-            (
-                "trawler_vm_import_failures_total",
-                "Imports that failed (their batches come back).",
-                "counter",
-                node.writer.failures.load(Ordering::Relaxed),
-            ),
-            (
-                "trawler_vm_backlog_messages",
-                "Stream messages not yet imported.",
-                "gauge",
-                node.writer.backlog.load(Ordering::Relaxed),
-            ),
-            (
-                "trawler_views_memory_bytes",
-                "Memory the live views hold.",
-                "gauge",
-                node.views.memory().total() as u64,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{job=\"{job}\"}} {value}"
-            );
-        }
+        write_metrics(
+            out,
+            job,
+            &[
+                (
+                    "trawler_cluster_shards_held",
+                    "Shards this node leases.",
+                    "gauge",
+                    leases.held as u64,
+                ),
+                (
+                    "trawler_cluster_nodes",
+                    "Live nodes.",
+                    "gauge",
+                    leases.nodes.len() as u64,
+                ),
+                (
+                    "trawler_cluster_leases_gained_total",
+                    "Leases gained.",
+                    "counter",
+                    leases.gained,
+                ),
+                (
+                    "trawler_cluster_leases_released_total",
+                    "Leases given up for rebalancing.",
+                    "counter",
+                    leases.released,
+                ),
+                (
+                    "trawler_cluster_leases_lost_total",
+                    "Leases lost (not renewed in time).",
+                    "counter",
+                    leases.lost,
+                ),
+                (
+                    "trawler_cluster_published_batches_total",
+                    "Batches the stream acknowledged.",
+                    "counter",
+                    node.publisher.published.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_cluster_publish_failures_total",
+                    "Publish attempts that failed and were retried.",
+                    "counter",
+                    node.publisher.failures.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_cluster_acknowledged_observations_total",
+                    "Observations the stream acknowledged.",
+                    "counter",
+                    node.acknowledged.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_cluster_dropped_observations_total",
+                    "Observations the stream never acknowledged.",
+                    "counter",
+                    node.dropped.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_cluster_followed_messages_total",
+                    "Stream messages applied to the views.",
+                    "counter",
+                    node.followed.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_vm_imported_samples_total",
+                    "Samples this node imported into VictoriaMetrics.",
+                    "counter",
+                    node.writer.samples.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_vm_import_failures_total",
+                    "Imports that failed (their batches come back).",
+                    "counter",
+                    node.writer.failures.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_vm_backlog_messages",
+                    "Stream messages not yet imported.",
+                    "gauge",
+                    node.writer.backlog.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_views_memory_bytes",
+                    "Memory the live views hold.",
+                    "gauge",
+                    node.views.memory().total() as u64,
+                ),
+            ],
+        );
     }
 
     fn rank_metric(&self) -> String {
-        let schema = self.node.views.schema();
-        schema.metrics()[schema.rank_by()].clone()
+        rank_metric_of(&self.node.views)
     }
 
     fn top(&self, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
@@ -837,20 +836,7 @@ impl Backend for ClusterBackend {
         let label = |id: u64| node.job.label_for(id).map_or(Json::Null, Json::from);
         let key = match by {
             TopBy::Ranked => {
-                let rank_metric = self.rank_metric();
-                return node
-                    .views
-                    .top(limit)
-                    .into_iter()
-                    .map(|r| {
-                        let mut o = Map::new();
-                        o.insert("pk".into(), json!(r.id));
-                        o.insert("username".into(), label(r.id));
-                        o.insert(rank_metric.clone(), json!(r.value));
-                        o.insert("rank".into(), json!(r.rank));
-                        o
-                    })
-                    .collect();
+                return ranked_json(&node.views, &self.rank_metric(), limit, label);
             }
             TopBy::Gain1h => "gain1h",
             TopBy::Gain24h => "gain24h",
