@@ -126,7 +126,23 @@
     return { path: `${base}?${params}`, xRange: [from / 1000, to / 1000] };
   }
 
-  const columns = (points) => [points.map((p) => p[0] / 1000), points.map((p) => p[1])];
+  // uPlot's columns from [[ms, value], …]; a pause of more than three
+  // usual spacings (trawler was stopped) becomes a break in the line.
+  function columns(points) {
+    const xs = [];
+    const ys = [];
+    let spacing = Infinity;
+    for (let i = 1; i < points.length; i++) spacing = Math.min(spacing, points[i][0] - points[i - 1][0]);
+    points.forEach(([t, v], i) => {
+      if (i > 0 && t - points[i - 1][0] > 3 * spacing) {
+        xs.push((points[i - 1][0] + t) / 2000);
+        ys.push(null);
+      }
+      xs.push(t / 1000);
+      ys.push(v);
+    });
+    return [xs, ys];
+  }
 
   // ---- crawl health, live -------------------------------------------------
   const health = [];
