@@ -236,9 +236,10 @@ async fn a_subscriber_receives_every_sample_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_is_dropped_and_others_keep_up() {
     // 16 KiB samples every 20 ms against ~10 KiB of socket buffers: a client
-    // that stops reading fills its queue (8 samples) within a second.
+    // that stops reading fills its queue (32 samples) within a second, while
+    // the reader would have to stall for 640 ms to be dropped too.
     let config = ApiConfig {
-        subscriber_queue: 8,
+        subscriber_queue: 32,
         ..fast_events()
     };
     let server = serve(config, 16 * 1024, Some(4 * 1024)).await;
