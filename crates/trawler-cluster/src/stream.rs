@@ -222,6 +222,34 @@ fn time_of_ms(ms: i64) -> time::OffsetDateTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Stream messages are untrusted bytes: any payload decodes to a
+        /// message or to `None`, never a panic.
+        #[test]
+        fn any_payload_decodes_or_is_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode("trawler.obs.influencers", &bytes);
+            let _ = decode("trawler.verdict.influencers", &bytes);
+        }
+
+        /// Whatever a node publishes, every node reads back the same.
+        #[test]
+        fn batches_round_trip(
+            rows in proptest::collection::vec(
+                (any::<u64>(), any::<i64>(), proptest::collection::vec(proptest::option::of(-1e15f64..1e15), 2)),
+                0..50,
+            )
+        ) {
+            let batch = Batch {
+                node: "node-1".into(),
+                metrics: vec!["a".into(), "b".into()],
+                rows: rows.into_iter().map(|(id, ts, v)| Row(id, ts, v)).collect(),
+            };
+            let bytes = serde_json::to_vec(&batch).unwrap();
+            prop_assert_eq!(decode("trawler.obs.j", &bytes), Some(Message::Observations(batch)));
+        }
+    }
 
     #[test]
     fn batches_round_trip_and_garbage_is_refused() {
