@@ -339,7 +339,13 @@ async fn track_and_untrack_take_effect_without_restart() {
             "new id {id} polled once per interval: {:?}",
             calls[&id]
         );
-        assert!(calls[&id].iter().all(|c| c.0 > changed));
+        // Not polled before it was tracked (a first slot may fall in the
+        // very millisecond of the change: the grid follows the wall clock).
+        assert!(
+            calls[&id].iter().all(|c| c.0 >= changed),
+            "{:?}",
+            calls[&id]
+        );
     }
 }
 
