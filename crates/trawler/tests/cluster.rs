@@ -206,16 +206,35 @@ fn with_jetstream<T, F: std::future::Future<Output = T>>(
     })
 }
 
-/// Every observation row in the stream: (node, id, slot).
+/// Every observation row in the stream: (node, id, slot). Retries from the
+/// start while a JetStream cluster that just lost a server re-elects its
+/// leaders.
 fn observations(nats_port: u16) -> Vec<(String, u64, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match read_stream(nats_port) {
+            Ok(rows) => return rows,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "could not read the whole stream: {e}"
+                );
+                eprintln!("reading the stream: {e}; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn read_stream(nats_port: u16) -> Result<Vec<(String, u64, i64)>, String> {
     with_jetstream(nats_port, |js| async move {
         let last = js
             .get_stream(stream::STREAM)
             .await
-            .unwrap()
+            .map_err(|e| e.to_string())?
             .info()
             .await
-            .unwrap()
+            .map_err(|e| e.to_string())?
             .state
             .messages;
         let rows = Arc::new(Mutex::new(Vec::new()));
@@ -232,23 +251,21 @@ fn observations(nats_port: u16) -> Vec<(String, u64, i64)> {
         });
         // The stream's message count includes the verdict batches, which
         // these tests do not make (--no-suspicious).
-        let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        let outcome = tokio::time::timeout(Duration::from_secs(60), async {
             tokio::select! {
-                _ = follow => {}
+                r = follow => r.map_err(|e| e.to_string()).and(Err("the follow ended".to_owned())),
                 _ = async {
                     while seen.load(std::sync::atomic::Ordering::Relaxed) < last {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                } => {}
+                } => Ok(()),
             }
         })
-        .await;
-        assert!(
-            seen.load(std::sync::atomic::Ordering::Relaxed) >= last,
-            "could not read the whole stream"
-        );
+        .await
+        .map_err(|_| "no end of stream within 60 s".to_owned())?;
+        outcome?;
         let out = rows.lock().unwrap().clone();
-        out
+        Ok(out)
     })
 }
 

@@ -146,6 +146,9 @@ pub struct ClusterNode {
     dropped: AtomicU64,
     /// Stream messages applied to the views.
     followed: AtomicU64,
+    /// The latest slot time applied from the stream, where a broken
+    /// follow resumes.
+    followed_until_ms: std::sync::atomic::AtomicI64,
 }
 
 impl ShardOwner for ClusterNode {
@@ -190,6 +193,9 @@ impl ClusterNode {
         self.followed.fetch_add(1, Ordering::Relaxed);
         match message {
             Message::Observations(batch) => {
+                if let Some(latest) = batch.rows.iter().map(|r| r.1).max() {
+                    self.followed_until_ms.fetch_max(latest, Ordering::Relaxed);
+                }
                 let schema = self.views.schema();
                 let columns: Vec<Option<usize>> = schema
                     .metrics()
@@ -326,7 +332,6 @@ async fn follow_stream(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) 
     let replay = node.job.interval() * 2 + Duration::from_secs(30);
     let mut since = now_ms() - replay.as_millis() as i64;
     loop {
-        let started = now_ms();
         let js = node.cluster.js.clone();
         let name = node.job.name().to_owned();
         let applier = node.clone();
@@ -339,8 +344,12 @@ async fn follow_stream(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) 
             }
             _ = stop.wait_for(|s| *s) => return,
         }
-        // Resume a little before the failure: views ignore older updates.
-        since = started.min(now_ms()) - node.job.interval().as_millis() as i64;
+        // Resume an interval before the last slot applied (views ignore
+        // older updates); from the same point if nothing was applied yet.
+        let until = node.followed_until_ms.load(Ordering::Relaxed);
+        if until > 0 {
+            since = until - node.job.interval().as_millis() as i64;
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -422,6 +431,7 @@ pub async fn run(args: Args, job: Job, settings: Settings) -> anyhow::Result<()>
         acknowledged: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         followed: AtomicU64::new(0),
+        followed_until_ms: std::sync::atomic::AtomicI64::new(0),
     });
 
     let publish_task = tokio::spawn(publish_events(node.clone(), events_rx));
