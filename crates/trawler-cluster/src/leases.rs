@@ -99,6 +99,41 @@ struct Held {
     valid_until: Instant,
 }
 
+impl Held {
+    /// A lease written at `revision` by a request sent at `sent_at`: safe
+    /// to poll for three quarters of the TTL from the sending.
+    fn new(revision: u64, sent_at: Instant, ttl: std::time::Duration) -> Self {
+        Self {
+            revision,
+            valid_until: sent_at + ttl * 3 / 4,
+        }
+    }
+}
+
+/// Runs `op` on every shard, 64 at a time, each bounded by `timeout`; the
+/// result per shard, `None` where it failed or timed out.
+async fn each_shard<A, T, E, F, Fut>(
+    items: Vec<(u32, A)>,
+    timeout: std::time::Duration,
+    op: F,
+) -> Vec<(u32, Option<T>)>
+where
+    F: Fn(u32, A) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    futures_util::stream::iter(items)
+        .map(|(shard, a)| {
+            let call = op(shard, a);
+            async move {
+                let result = tokio::time::timeout(timeout, call).await;
+                (shard, result.ok().and_then(Result::ok))
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
+}
+
 /// Keeps this node's share of the leases until `stop` turns true, then
 /// gives every lease back so that others take over at once.
 /// `heartbeat` is the payload of this node's heartbeat (its figures).
@@ -173,46 +208,23 @@ pub async fn run_leases(
             owner.lost(shard);
         }
         let leases = &cluster.leases;
-        let released = futures_util::stream::iter(releases)
-            .map(|(shard, revision)| async move {
-                let key = shard_key(shard);
-                let r = tokio::time::timeout(
-                    op_timeout,
-                    leases.delete_expect_revision(&key, Some(revision)),
-                )
-                .await;
-                (shard, matches!(r, Ok(Ok(()))))
-            })
-            .buffer_unordered(64)
-            .collect::<Vec<_>>()
-            .await;
-        lock(&state).released += released.len() as u64;
+        lock(&state).released += releases.len() as u64;
+        each_shard(releases, op_timeout, |shard, revision| async move {
+            leases
+                .delete_expect_revision(shard_key(shard), Some(revision))
+                .await
+        })
+        .await;
         let me_bytes = Bytes::from(me.clone().into_bytes());
-        let renewed = futures_util::stream::iter(renewals)
-            .map(|(shard, revision)| {
-                let value = me_bytes.clone();
-                async move {
-                    let r = tokio::time::timeout(
-                        op_timeout,
-                        leases.update(shard_key(shard), value, revision),
-                    )
-                    .await;
-                    (shard, r.ok().and_then(|r| r.ok()))
-                }
-            })
-            .buffer_unordered(64)
-            .collect::<Vec<_>>()
-            .await;
+        let renewed = each_shard(renewals, op_timeout, |shard, revision| {
+            let value = me_bytes.clone();
+            async move { leases.update(shard_key(shard), value, revision).await }
+        })
+        .await;
         for (shard, revision) in renewed {
             match revision {
                 Some(revision) => {
-                    held.insert(
-                        shard,
-                        Held {
-                            revision,
-                            valid_until: sent_at + ttl * 3 / 4,
-                        },
-                    );
+                    held.insert(shard, Held::new(revision, sent_at, ttl));
                 }
                 None => {
                     // Another node wrote the key, or it expired: stop now.
@@ -226,33 +238,20 @@ pub async fn run_leases(
         }
 
         // Take what this node should own and nobody holds.
-        let wanted: Vec<u32> = (0..cluster.config.shards)
+        let wanted: Vec<(u32, ())> = (0..cluster.config.shards)
             .filter(|s| !held.contains_key(s) && owner_of(*s, &names) == Some(&me))
+            .map(|s| (s, ()))
             .collect();
         let sent_at = Instant::now();
-        let created = futures_util::stream::iter(wanted)
-            .map(|shard| {
-                let value = me_bytes.clone();
-                async move {
-                    let r =
-                        tokio::time::timeout(op_timeout, leases.create(shard_key(shard), value))
-                            .await;
-                    (shard, r.ok().and_then(|r| r.ok()))
-                }
-            })
-            .buffer_unordered(64)
-            .collect::<Vec<_>>()
-            .await;
+        let created = each_shard(wanted, op_timeout, |shard, ()| {
+            let value = me_bytes.clone();
+            async move { leases.create(shard_key(shard), value).await }
+        })
+        .await;
         let mut gained = 0;
         for (shard, revision) in created {
             if let Some(revision) = revision {
-                held.insert(
-                    shard,
-                    Held {
-                        revision,
-                        valid_until: sent_at + ttl * 3 / 4,
-                    },
-                );
+                held.insert(shard, Held::new(revision, sent_at, ttl));
                 owner.gained(shard);
                 gained += 1;
             }
@@ -265,16 +264,20 @@ pub async fn run_leases(
 
     // Give everything back so that the others take over without waiting
     // for the TTL.
-    for (shard, h) in std::mem::take(&mut held) {
-        owner.lost(shard);
-        let _ = tokio::time::timeout(
-            op_timeout,
-            cluster
-                .leases
-                .delete_expect_revision(shard_key(shard), Some(h.revision)),
-        )
-        .await;
-    }
+    let releases: Vec<(u32, u64)> = std::mem::take(&mut held)
+        .into_iter()
+        .map(|(shard, h)| {
+            owner.lost(shard);
+            (shard, h.revision)
+        })
+        .collect();
+    let leases = &cluster.leases;
+    each_shard(releases, op_timeout, |shard, revision| async move {
+        leases
+            .delete_expect_revision(shard_key(shard), Some(revision))
+            .await
+    })
+    .await;
     let _ = tokio::time::timeout(op_timeout, cluster.nodes.delete(&me)).await;
     lock(&state).held = 0;
     tracing::info!(node = %me, "left the cluster; leases given back");

@@ -132,6 +132,19 @@ impl Publisher {
         }
     }
 
+    /// Encodes `payload` (a [`Batch`] or [`Verdicts`]) as [`decode`] reads
+    /// it and publishes it as [`Publisher::publish`] does.
+    pub async fn publish_json(
+        &self,
+        subject: String,
+        payload: &impl Serialize,
+        give_up: Duration,
+    ) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(payload)
+            .map_err(|e| Error::Nats(format!("encoding a message for {subject}: {e}")))?;
+        self.publish(subject, Bytes::from(bytes), give_up).await
+    }
+
     /// Publishes `payload` on `subject`, retrying with backoff until it is
     /// acknowledged or `give_up` passes. `Ok` means stored.
     pub async fn publish(

@@ -101,6 +101,16 @@ impl VmClient {
         Ok(body)
     }
 
+    async fn get(&self, path: &str) -> Result<Bytes, Error> {
+        self.call(hyper::Method::GET, path, Bytes::new()).await
+    }
+
+    /// A GET whose answer is one JSON document; `what` names it in errors.
+    async fn get_json(&self, path: &str, what: &str) -> Result<serde_json::Value, Error> {
+        let body = self.get(path).await?;
+        serde_json::from_slice(&body).map_err(|e| self.err(format!("{what}: {e}")))
+    }
+
     /// Imports JSON lines (`/api/v1/import` format).
     pub async fn import(&self, lines: Bytes) -> Result<(), Error> {
         self.call(hyper::Method::POST, "/api/v1/import", lines)
@@ -122,7 +132,7 @@ impl VmClient {
             seconds(from_ms),
             seconds(to_ms)
         );
-        let body = self.call(hyper::Method::GET, &path, Bytes::new()).await?;
+        let body = self.get(&path).await?;
         let mut points = Vec::new();
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let series: serde_json::Value =
@@ -160,9 +170,7 @@ impl VmClient {
             seconds(to_ms),
             step_ms.max(1)
         );
-        let body = self.call(hyper::Method::GET, &path, Bytes::new()).await?;
-        let doc: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| self.err(format!("query_range: {e}")))?;
+        let doc = self.get_json(&path, "query_range").await?;
         let mut points = Vec::new();
         if let Some(values) = doc["data"]["result"][0]["values"].as_array() {
             for pair in values {
@@ -180,9 +188,7 @@ impl VmClient {
     /// An instant query's series.
     pub async fn query(&self, query: &str) -> Result<Vec<Labelled>, Error> {
         let path = format!("/api/v1/query?query={}", encode(query));
-        let body = self.call(hyper::Method::GET, &path, Bytes::new()).await?;
-        let doc: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| self.err(format!("query: {e}")))?;
+        let doc = self.get_json(&path, "query").await?;
         let mut out = Vec::new();
         if let Some(result) = doc["data"]["result"].as_array() {
             for series in result {

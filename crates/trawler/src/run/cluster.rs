@@ -117,6 +117,9 @@ fn default_node_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// How long a batch is retried before its observations count as dropped.
+const PUBLISH_GIVE_UP: Duration = Duration::from_secs(60);
+
 /// Movers read from VictoriaMetrics, refreshed in the background so that a
 /// `top` request never waits on it.
 #[derive(Debug, Default)]
@@ -250,9 +253,8 @@ impl ClusterNode {
 /// the stream stored its batch.
 async fn publish_events(node: Arc<ClusterNode>, mut events: mpsc::Receiver<Event>) {
     let subject = stream::obs_subject(node.job.name());
-    let metrics: Vec<String> = node.job.metrics().iter().map(|m| m.name.clone()).collect();
     let stored: Vec<usize> = node.layout.stored.iter().map(|s| s.index).collect();
-    let names: Vec<String> = stored.iter().map(|&i| metrics[i].clone()).collect();
+    let names: Vec<String> = node.layout.stored.iter().map(|s| s.name.clone()).collect();
     let mut batch = Vec::with_capacity(1_024);
     while events.recv_many(&mut batch, 1_024).await > 0 {
         let rows: Vec<Row> = batch
@@ -279,16 +281,9 @@ async fn publish_events(node: Arc<ClusterNode>, mut events: mpsc::Receiver<Event
             metrics: names.clone(),
             rows,
         };
-        let bytes = match serde_json::to_vec(&payload) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                tracing::error!(error = %e, "could not encode a batch");
-                continue;
-            }
-        };
         match node
             .publisher
-            .publish(subject.clone(), bytes, Duration::from_secs(60))
+            .publish_json(subject.clone(), &payload, PUBLISH_GIVE_UP)
             .await
         {
             Ok(()) => {
@@ -315,14 +310,12 @@ async fn publish_verdicts(node: Arc<ClusterNode>, mut verdicts: mpsc::Receiver<V
                 .collect(),
         };
         batch.clear();
-        if let Ok(bytes) = serde_json::to_vec(&payload) {
-            if let Err(e) = node
-                .publisher
-                .publish(subject.clone(), Bytes::from(bytes), Duration::from_secs(60))
-                .await
-            {
-                tracing::error!(error = %e, "the stream did not take a batch of verdicts");
-            }
+        if let Err(e) = node
+            .publisher
+            .publish_json(subject.clone(), &payload, PUBLISH_GIVE_UP)
+            .await
+        {
+            tracing::error!(error = %e, "the stream did not take a batch of verdicts");
         }
     }
 }
