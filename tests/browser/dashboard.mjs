@@ -73,7 +73,13 @@ try {
   await page.waitForTimeout(1_500); // let the charts settle for the picture
   await page.screenshot({ path: join(artifacts, 'dashboard.png'), fullPage: true });
 
-  // Searching a pk shows its chart, rank and status.
+  // Searching a pk shows its chart, rank and status — once the account has
+  // been crawled (its first slot may come up to one interval after start).
+  const job = await page.getAttribute('meta[name="trawler-job"]', 'content');
+  await page.waitForFunction(async ([job, pk]) => {
+    const r = await fetch(`/api/v1/${job}/${pk}`);
+    return r.ok && (await r.json()).lastCrawledAt != null;
+  }, [job, pk], { timeout: 20_000, polling: 250 }).catch(() => fail(`account ${pk} was never crawled`));
   await page.fill('#search-pk', pk);
   await page.click('#search button[type=submit]');
   await page.waitForSelector(`body[data-account="${pk}"]`, { timeout: 20_000 })
