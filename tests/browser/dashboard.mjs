@@ -85,7 +85,7 @@ try {
   await page.waitForSelector(`body[data-account="${pk}"]`, { timeout: 20_000 })
     .catch(() => fail(`searching ${pk} did not load the account`));
   await page.waitForSelector('#chart-followerCount canvas', { timeout: 10_000 })
-    .catch(() => fail('no followerCount chart on the account page'));
+    .catch(async () => fail(`no followerCount chart on the account page: ${await page.textContent('#chart-followerCount')}`));
   seen.accountRank = await page.textContent('#account-rank');
   if (!/^#\d/.test(seen.accountRank)) fail(`account rank shown as ${seen.accountRank}`);
   seen.accountFollowers = number(await page.textContent('#account-followerCount'));

@@ -237,6 +237,9 @@
   // ---- account page --------------------------------------------------------
   let accountPk = null;
   let accountLoadedAt = 0;
+  // A chart found no points yet (the account was just tracked or not yet
+  // stored): the next live update tries again instead of waiting 30 s.
+  let accountChartsEmpty = false;
   const accountRange = rangeButtons('account', () => loadAccountCharts());
 
   const chartBox = new Map();
@@ -279,13 +282,18 @@
   async function loadAccountCharts() {
     const pk = accountPk;
     const range = accountRange();
+    accountChartsEmpty = false;
     await Promise.all(METRICS.map(async (metric) => {
       const box = chartBox.get(metric);
       try {
         const read = seriesRead(`${API}/${pk}/series`, range, { metric });
         const body = await getJSON(read.path);
         if (pk !== accountPk) return;
-        if (!body.points.length) { emptyChart(box, 'no points in this range yet'); return; }
+        if (!body.points.length) {
+          accountChartsEmpty = true;
+          emptyChart(box, 'no points in this range yet');
+          return;
+        }
         lineChart(box, [{ label: metric, color: '#2563eb' }], columns(body.points), read);
       } catch (e) {
         emptyChart(box, e.message);
@@ -347,7 +355,7 @@
       if (!$('overview').hidden) drawHealth();
       if (accountPk != null) {
         loadAccount();
-        if (Date.now() - accountLoadedAt > CHART_REFRESH_MS) loadAccountCharts();
+        if (accountChartsEmpty || Date.now() - accountLoadedAt > CHART_REFRESH_MS) loadAccountCharts();
       }
     });
   }
