@@ -2,6 +2,7 @@
 //! returns the running [`Store`](crate::Store).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{Error, Result, Store};
@@ -38,18 +39,34 @@ pub struct StoreConfig {
     /// `head_max_bytes`): longer means fewer small blocks to compact but
     /// more memory and a longer WAL replay after a crash.
     pub flush_interval: Duration,
-    /// The head is flushed early when it holds this many bytes (default
-    /// 512 MiB), which bounds memory whatever the write rate: an append that
-    /// finds the head over the limit flushes it before returning (waiting
-    /// for a running compaction if need be). Peak head memory is about
-    /// twice this (a head being written plus a new one filling).
+    /// Bounds the head's memory (default 512 MiB). At half of it the flush
+    /// thread freezes the head and writes it while appends go on into a
+    /// fresh one; only an append that finds the fresh head at the full limit
+    /// (the flush fell behind, or there is no background thread) waits for
+    /// the flush, or flushes itself. Peak head memory is about 1.5 times
+    /// this (a head being written plus a new one filling).
     pub head_max_bytes: usize,
     /// Blocks of one day and one level are merged when there are this many
     /// (default 4); a finished day is merged into a single block.
     pub compaction_fanin: usize,
-    /// Run the background thread that fsyncs, flushes and compacts (default
+    /// Run the background threads that fsync, flush and compact (default
     /// true). Tests turn it off to control every step.
     pub background: bool,
+    /// Called by a flush after the head is frozen and before it is written:
+    /// lets a test hold a flush in the middle (e.g. to show appends go on).
+    #[doc(hidden)]
+    pub flush_hook: Option<FlushHook>,
+}
+
+/// A test hook run inside a flush; see [`StoreConfig::flush_hook`].
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct FlushHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for FlushHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlushHook")
+    }
 }
 
 impl StoreConfig {
@@ -63,6 +80,7 @@ impl StoreConfig {
             head_max_bytes: 512 << 20,
             compaction_fanin: 4,
             background: true,
+            flush_hook: None,
         }
     }
 

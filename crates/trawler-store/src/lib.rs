@@ -30,8 +30,9 @@
 //!    fsyncs for everyone who wrote before it (group commit). With the default
 //!    [`SyncPolicy::Interval`] a background thread fsyncs at least every
 //!    interval, bounding what a power loss can take.
-//! 2. When the head is `flush_interval` old or `head_max_bytes` big (then
-//!    by the appender itself: backpressure), it is
+//! 2. When the head is `flush_interval` old or half of `head_max_bytes` big,
+//!    the flush thread (or, at the full limit, the appender itself:
+//!    backpressure) takes it: it is
 //!    **frozen** (the WAL moves to a new segment; readers still see the frozen
 //!    head) and written as one level-0 **block** per UTC day it covers. The
 //!    manifest then records the blocks and the last WAL segment they cover,
@@ -134,7 +135,7 @@ mod store;
 mod types;
 mod wal;
 
-pub use config::{StoreConfig, SyncPolicy};
+pub use config::{FlushHook, StoreConfig, SyncPolicy};
 pub use error::{Error, Result};
 pub use store::{LatestEntry, Store};
 pub use types::{

@@ -29,7 +29,8 @@ const FINAL_LEVEL: u32 = 15;
 #[derive(Debug)]
 pub struct Store {
     inner: Arc<Inner>,
-    background: Mutex<Option<JoinHandle<()>>>,
+    /// The sync, flush and compaction threads (see [`Workers`]).
+    background: Mutex<Vec<JoinHandle<()>>>,
 }
 
 #[derive(Debug)]
@@ -41,8 +42,15 @@ struct Inner {
     mem: RwLock<Mem>,
     sync: Mutex<SyncState>,
     synced: Condvar,
-    /// Serialises flushes, compactions and retention; owns the manifest.
-    maint: Mutex<Manifest>,
+    /// The manifest, held only to allocate block ids and to commit a
+    /// finished flush, merge or retention step: never during the work, so
+    /// a long compaction does not hold up a flush (nor a flush an append).
+    manifest: Mutex<Manifest>,
+    /// Serialises flushes: at most one head is frozen at a time.
+    flushing: Mutex<()>,
+    /// Serialises compactions and retention (they choose their inputs from
+    /// the block list and must not pick the same block twice).
+    compacting: Mutex<()>,
     stop: Mutex<bool>,
     wake: Condvar,
     closed: AtomicBool,
@@ -301,7 +309,9 @@ impl Store {
             mem: RwLock::new(mem),
             sync: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
-            maint: Mutex::new(manifest),
+            manifest: Mutex::new(manifest),
+            flushing: Mutex::new(()),
+            compacting: Mutex::new(()),
             stop: Mutex::new(false),
             wake: Condvar::new(),
             closed: AtomicBool::new(false),
@@ -312,15 +322,9 @@ impl Store {
             _lock: lock,
         });
         let background = if inner.config.background {
-            let weak = Arc::downgrade(&inner);
-            Some(
-                std::thread::Builder::new()
-                    .name("trawler-store".into())
-                    .spawn(move || background(weak))
-                    .io("spawning the background thread of", &dir)?,
-            )
+            Workers::spawn(&inner, &dir)?
         } else {
-            None
+            Vec::new()
         };
         Ok(Self {
             inner,
@@ -418,15 +422,19 @@ impl Store {
             }
             lsn = wal.lsn;
         }
-        // Backpressure: a head over its limit is flushed by the appender
-        // itself, so memory stays bounded even when data arrives faster
-        // than the background thread flushes (a backfill, a benchmark).
-        let over = read(&inner.mem).active.memory_bytes() >= inner.config.head_max_bytes as u64;
-        if over {
-            let mut man = lock(&inner.maint);
+        // Ingest never waits on maintenance: past half its limit the head is
+        // frozen and written by the flush thread while appends go on into a
+        // fresh head. Only when a whole new head fills before the previous
+        // one is written (or without background threads) does the appender
+        // wait: that backpressure is what bounds memory.
+        let bytes = read(&inner.mem).active.memory_bytes();
+        if bytes >= inner.config.head_max_bytes as u64 {
+            let flushing = lock(&inner.flushing);
             if read(&inner.mem).active.memory_bytes() >= inner.config.head_max_bytes as u64 {
-                inner.flush_locked(&mut man)?;
+                inner.flush_head(&flushing)?;
             }
+        } else if bytes >= inner.flush_threshold() {
+            inner.wake.notify_all();
         }
         let stale = samples.len() - accepted;
         if stale > 0 {
@@ -447,19 +455,18 @@ impl Store {
     /// Writes the head to blocks now, then runs the compactions that are
     /// due and retention: what the background thread does on its schedule.
     pub fn flush(&self) -> Result<()> {
-        let mut man = lock(&self.inner.maint);
-        self.inner.flush_locked(&mut man)?;
-        self.inner.compact_locked(&mut man, false)?;
-        self.inner.retain_locked(&mut man)
+        {
+            let flushing = lock(&self.inner.flushing);
+            self.inner.flush_head(&flushing)?;
+        }
+        self.inner.maintain(false)
     }
 
     /// Merges every day's blocks into one block per day, then runs
     /// retention (finished days are merged anyway; this also merges the
     /// current day, e.g. before measuring bytes on disk).
     pub fn compact(&self) -> Result<()> {
-        let mut man = lock(&self.inner.maint);
-        self.inner.compact_locked(&mut man, true)?;
-        self.inner.retain_locked(&mut man)
+        self.inner.maintain(true)
     }
 
     /// Flushes the head, fsyncs, and stops the background thread. Appends
@@ -474,7 +481,7 @@ impl Store {
     fn stop_background(&self) {
         *lock(&self.inner.stop) = true;
         self.inner.wake.notify_all();
-        if let Some(h) = lock(&self.background).take() {
+        for h in std::mem::take(&mut *lock(&self.background)) {
             let _ = h.join();
         }
     }
@@ -748,54 +755,150 @@ fn remove_strays(dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-fn background(inner: Weak<Inner>) {
-    let tick = {
-        let Some(i) = inner.upgrade() else { return };
-        match i.config.sync {
+/// The store's background threads. Each waits on `Inner::wake` (or its
+/// tick) and does one kind of work, so none holds up another: the WAL's
+/// fsync keeps its interval while a day of blocks is being merged, and a
+/// flush never waits for a compaction. Flushing and compaction run at a
+/// lower CPU priority (`nice`), so on a small machine the crawl and the
+/// API get the cores first and maintenance uses what is left.
+struct Workers;
+
+impl Workers {
+    /// Nice value of the flush thread.
+    const FLUSH_NICE: i32 = 5;
+    /// Nice value of the compaction thread: the longest and least urgent.
+    const COMPACT_NICE: i32 = 10;
+
+    fn spawn(inner: &Arc<Inner>, dir: &Path) -> Result<Vec<JoinHandle<()>>> {
+        let sync_tick = match inner.config.sync {
             SyncPolicy::Interval(d) => (d / 2).min(Duration::from_millis(200)),
             SyncPolicy::Always => Duration::from_millis(200),
-        }
-    };
-    loop {
-        let Some(i) = inner.upgrade() else { return };
-        {
-            let stop = lock(&i.stop);
-            let (stop, _) = i
-                .wake
-                .wait_timeout(stop, tick)
-                .unwrap_or_else(|e| e.into_inner());
-            if *stop {
-                return;
-            }
-        }
-        let lsn = lock(&i.wal).lsn;
-        if lsn > lock(&i.sync).synced_lsn {
-            if let Err(e) = i.sync_to(lsn) {
-                tracing::error!(error = %e, "WAL fsync failed");
-            }
-        }
-        let due = {
-            let mem = read(&i.mem);
-            mem.started
-                .is_some_and(|t| t.elapsed() >= i.config.flush_interval)
-                || mem.active.memory_bytes() >= i.config.head_max_bytes as u64
         };
-        if due {
-            let mut man = lock(&i.maint);
-            let res = i
-                .flush_locked(&mut man)
-                .and_then(|()| i.compact_locked(&mut man, false))
-                .and_then(|()| i.retain_locked(&mut man));
-            if let Err(e) = res {
-                tracing::error!(error = %e, "background flush or compaction failed; will retry");
-            }
+        let workers: [(&str, i32, Duration, fn(&Inner)); 3] = [
+            ("trawler-store-sync", 0, sync_tick, Inner::sync_due),
+            (
+                "trawler-store-flush",
+                Self::FLUSH_NICE,
+                Duration::from_millis(200),
+                Inner::flush_due,
+            ),
+            (
+                "trawler-store-compact",
+                Self::COMPACT_NICE,
+                Duration::from_secs(1),
+                Inner::compact_due,
+            ),
+        ];
+        let mut handles = Vec::new();
+        for (name, nice, tick, work) in workers {
+            let weak = Arc::downgrade(inner);
+            let handle = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    lower_priority(nice);
+                    Self::run(weak, tick, work)
+                })
+                .io("spawning a background thread of", dir)?;
+            handles.push(handle);
         }
+        Ok(handles)
+    }
+
+    fn run(inner: Weak<Inner>, tick: Duration, work: fn(&Inner)) {
+        loop {
+            let Some(i) = inner.upgrade() else { return };
+            {
+                let stop = lock(&i.stop);
+                if *stop {
+                    return;
+                }
+                let (stop, _) = i
+                    .wake
+                    .wait_timeout(stop, tick)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *stop {
+                    return;
+                }
+            }
+            work(&i);
+        }
+    }
+}
+
+/// Lowers the calling thread's CPU priority (Linux: `setpriority` on the
+/// thread id affects that thread only). Best effort: a failure only means
+/// maintenance competes with ingest as an equal.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        tracing::debug!(error = %e, nice, "could not lower a store thread's priority");
     }
 }
 
 impl Inner {
     fn dir(&self) -> &Path {
         &self.config.dir
+    }
+
+    /// The head size at which the flush thread freezes and writes it: half
+    /// the limit, so a whole second head can fill while the first is
+    /// written before the appender has to wait.
+    fn flush_threshold(&self) -> u64 {
+        self.config.head_max_bytes as u64 / 2
+    }
+
+    fn stopping(&self) -> bool {
+        *lock(&self.stop)
+    }
+
+    /// The sync thread's work: fsync what was written since the last one.
+    fn sync_due(&self) {
+        let lsn = lock(&self.wal).lsn;
+        if lsn > lock(&self.sync).synced_lsn {
+            if let Err(e) = self.sync_to(lsn) {
+                tracing::error!(error = %e, "WAL fsync failed");
+            }
+        }
+    }
+
+    /// The flush thread's work: write the head once it is old or big
+    /// enough, then let the compaction thread look at the new block.
+    fn flush_due(&self) {
+        let due = {
+            let mem = read(&self.mem);
+            mem.started
+                .is_some_and(|t| t.elapsed() >= self.config.flush_interval)
+                || mem.active.memory_bytes() >= self.flush_threshold()
+        };
+        if !due {
+            return;
+        }
+        let flushing = lock(&self.flushing);
+        let started = Instant::now();
+        match self.flush_head(&flushing) {
+            Ok(()) => {
+                tracing::debug!(ms = started.elapsed().as_millis() as u64, "head flushed");
+                self.wake.notify_all();
+            }
+            Err(e) => tracing::error!(error = %e, "background flush failed; will retry"),
+        }
+    }
+
+    /// The compaction thread's work: merges that are due, then retention.
+    fn compact_due(&self) {
+        if let Err(e) = self.maintain(false) {
+            tracing::error!(error = %e, "background compaction or retention failed; will retry");
+        }
+    }
+
+    /// Compaction (every day's blocks merged when `all`), then retention.
+    fn maintain(&self, all: bool) -> Result<()> {
+        let _compacting = lock(&self.compacting);
+        self.compact_locked(all)?;
+        self.retain_locked()
     }
 
     /// Waits until WAL record `lsn` is fsynced, fsyncing as the leader of a
@@ -946,11 +1049,13 @@ impl Inner {
         Ok(())
     }
 
-    fn flush_locked(&self, man: &mut Manifest) -> Result<()> {
+    /// Freezes the active head and writes it to blocks. The caller holds
+    /// `flushing`; appends go on into a fresh head meanwhile.
+    fn flush_head(&self, _flushing: &MutexGuard<'_, ()>) -> Result<()> {
         // A head frozen by a flush that failed is written first.
         let pending = read(&self.mem).frozen.clone();
         if let Some((head, through)) = pending {
-            self.write_frozen(man, &head, through)?;
+            self.write_frozen(&head, through)?;
         }
         let frozen = {
             let mut wal = lock(&self.wal);
@@ -965,12 +1070,34 @@ impl Inner {
             }
         };
         if let Some((head, through)) = frozen {
-            self.write_frozen(man, &head, through)?;
+            if let Some(hook) = &self.config.flush_hook {
+                (hook.0)();
+            }
+            self.write_frozen(&head, through)?;
         }
         Ok(())
     }
 
-    fn write_frozen(&self, man: &mut Manifest, head: &Head, through: u64) -> Result<()> {
+    /// A fresh block id (block files are never reused).
+    fn next_block_id(&self) -> u64 {
+        let mut man = lock(&self.manifest);
+        let id = man.next_block;
+        man.next_block += 1;
+        id
+    }
+
+    /// Saves the manifest with `change` applied; the in-memory manifest
+    /// changes only once the new one is durable.
+    fn commit(&self, change: impl FnOnce(&mut Manifest)) -> Result<()> {
+        let mut man = lock(&self.manifest);
+        let mut next = man.clone();
+        change(&mut next);
+        next.save(self.dir())?;
+        *man = next;
+        Ok(())
+    }
+
+    fn write_frozen(&self, head: &Head, through: u64) -> Result<()> {
         let metas = self.metas();
         let mut writers: BTreeMap<i64, BlockWriter> = BTreeMap::new();
         for (id, v) in head.series.iter().enumerate() {
@@ -983,11 +1110,9 @@ impl Inner {
                 let day = run[0].0.div_euclid(DAY_MS);
                 let w = match writers.entry(day) {
                     std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        let id = man.next_block;
-                        man.next_block += 1;
-                        v.insert(BlockWriter::create(block_path(self.dir(), id), 0, day)?)
-                    }
+                    std::collections::btree_map::Entry::Vacant(v) => v.insert(
+                        BlockWriter::create(block_path(self.dir(), self.next_block_id()), 0, day)?,
+                    ),
                 };
                 w.add(id as u64, meta.kind, meta.class(), run)?;
             }
@@ -1000,11 +1125,10 @@ impl Inner {
                 opened.push(Arc::new(Block::open(path, id)?));
             }
         }
-        let mut next = man.clone();
-        next.blocks.extend(opened.iter().map(|b| b.id));
-        next.wal_through = through;
-        next.save(self.dir())?;
-        *man = next;
+        self.commit(|next| {
+            next.blocks.extend(opened.iter().map(|b| b.id));
+            next.wal_through = through;
+        })?;
         {
             let mut mem = write(&self.mem);
             let mut blocks = (*mem.blocks).clone();
@@ -1025,7 +1149,8 @@ impl Inner {
 
     /// Merges blocks of one day: any level with `fanin` blocks goes up one
     /// level; a finished day (or every day, when `all`) becomes one block.
-    fn compact_locked(&self, man: &mut Manifest, all: bool) -> Result<()> {
+    /// The caller holds `compacting`.
+    fn compact_locked(&self, all: bool) -> Result<()> {
         loop {
             let (blocks, newest) = {
                 let mem = read(&self.mem);
@@ -1059,14 +1184,17 @@ impl Inner {
                 return Ok(());
             };
             let inputs: Vec<Arc<Block>> = inputs.into_iter().cloned().collect();
-            self.merge(man, day, level, &inputs)?;
+            if !self.merge(day, level, &inputs)? {
+                return Ok(());
+            }
         }
     }
 
-    fn merge(&self, man: &mut Manifest, day: i64, level: u32, inputs: &[Arc<Block>]) -> Result<()> {
+    /// Merges `inputs` into one block of `level`; false when it stopped
+    /// early because the store is closing (the partial file is removed).
+    fn merge(&self, day: i64, level: u32, inputs: &[Arc<Block>]) -> Result<bool> {
         let metas = self.metas();
-        let id = man.next_block;
-        man.next_block += 1;
+        let id = self.next_block_id();
         let path = block_path(self.dir(), id);
         let mut w = BlockWriter::create(path.clone(), level, day)?;
         // A k-way merge over the inputs' indexes, one page at a time each.
@@ -1088,13 +1216,13 @@ impl Inner {
                 c.0 += 1;
             }
         };
-        let abort = |b: &Block, e: Error| -> Result<()> {
+        let abort = |b: &Block, e: Error| -> Result<bool> {
             if matches!(e, Error::Corrupt { .. }) {
                 if b.report(&e) {
                     self.corrupt.fetch_add(1, Ordering::Relaxed);
                 }
                 // The corrupt block is left out of compaction from now on.
-                return Ok(());
+                return Ok(true);
             }
             Err(e)
         };
@@ -1103,7 +1231,14 @@ impl Inner {
                 return abort(b, e);
             }
         }
+        let mut merged = 0u64;
         while let Some(series) = cursors.iter().filter_map(|c| c.2.map(|e| e.series)).min() {
+            merged += 1;
+            if merged.is_multiple_of(4_096) && self.stopping() {
+                drop(w);
+                let _ = std::fs::remove_file(&path);
+                return Ok(false);
+            }
             let Some(meta) = metas.get(series as usize).copied() else {
                 return abort(
                     &inputs[0],
@@ -1132,11 +1267,10 @@ impl Inner {
             Some(_) => Some(Arc::new(Block::open(path, id)?)),
             None => None,
         };
-        let mut next = man.clone();
-        next.blocks.retain(|b| !ids.contains(b));
-        next.blocks.extend(block.iter().map(|b| b.id));
-        next.save(self.dir())?;
-        *man = next;
+        self.commit(|next| {
+            next.blocks.retain(|b| !ids.contains(b));
+            next.blocks.extend(block.iter().map(|b| b.id));
+        })?;
         {
             let mut mem = write(&self.mem);
             let mut blocks: Vec<Arc<Block>> = mem
@@ -1152,11 +1286,12 @@ impl Inner {
             std::fs::remove_file(&b.path).io("removing", &b.path)?;
         }
         self.compactions.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
     }
 
     /// Drops blocks whose newest sample is older than the retention window.
-    fn retain_locked(&self, man: &mut Manifest) -> Result<()> {
+    /// The caller holds `compacting`.
+    fn retain_locked(&self) -> Result<()> {
         let (blocks, newest) = {
             let mem = read(&self.mem);
             (mem.blocks.clone(), mem.newest)
@@ -1170,10 +1305,7 @@ impl Inner {
         if old.is_empty() {
             return Ok(());
         }
-        let mut next = man.clone();
-        next.blocks.retain(|b| !old.contains(b));
-        next.save(self.dir())?;
-        *man = next;
+        self.commit(|next| next.blocks.retain(|b| !old.contains(b)))?;
         {
             let mut mem = write(&self.mem);
             let kept: Vec<Arc<Block>> = mem

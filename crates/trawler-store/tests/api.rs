@@ -171,3 +171,91 @@ fn a_second_open_of_the_same_folder_is_refused_until_the_first_closes() {
     let again = c.open().unwrap();
     again.close().unwrap();
 }
+
+/// Waits for `cond` with a generous deadline (CI is a loaded 2-core box).
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Regression test for the flagship's stalls: the head used to be written
+/// by the appender itself at its size limit, so ingest stopped for the
+/// whole flush (10–14 s at a million accounts). Now the flush thread takes
+/// the head at half the limit and appends go on while it is written.
+#[test]
+fn appends_go_on_while_a_background_flush_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<Option<String>>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let entered_tx = std::sync::Mutex::new(entered_tx);
+    let mut c = StoreConfig::new(dir.path());
+    c.head_max_bytes = 256 << 10;
+    c.flush_interval = std::time::Duration::from_secs(3_600);
+    c.flush_hook = Some(trawler_store::FlushHook(Arc::new(move || {
+        let thread = std::thread::current().name().map(str::to_owned);
+        let _ = entered_tx.lock().unwrap().send(thread);
+        // Held until the test releases it (or gives up).
+        let _ = release_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(std::time::Duration::from_secs(120));
+    })));
+    let store = Arc::new(c.open().unwrap());
+    let ids: Vec<_> = (0..100)
+        .map(|e| store.series(key(e, "m"), ValueKind::Int).unwrap())
+        .collect();
+    let batch = |k: i64| -> Vec<Sample> {
+        ids.iter()
+            .map(|&id| Sample {
+                series: id,
+                ts_ms: k * 60_000,
+                value: Value::Int(k),
+            })
+            .collect()
+    };
+    // Fill the head past half its limit: the flush thread freezes it and
+    // stops in the hook.
+    let mut k = 0i64;
+    loop {
+        store.append(&batch(k)).unwrap();
+        k += 1;
+        if let Ok(thread) = entered_rx.try_recv() {
+            assert_eq!(thread.as_deref(), Some("trawler-store-flush"), "the head was flushed by the appender");
+            break;
+        }
+        assert!(k < 100_000, "the flush thread never took the head");
+        if store.stats().memory_bytes > (128 << 10) {
+            // Past the threshold: give the flush thread its moment.
+            std::thread::yield_now();
+        }
+    }
+    let frozen_at = k;
+    // The flush is held. Appends of a new head still return at once (on
+    // another thread, so a regression fails the test instead of hanging it).
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let more: Vec<Vec<Sample>> = (frozen_at..frozen_at + 20).map(batch).collect();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for b in &more {
+                store.append(b).unwrap();
+            }
+            done_tx.send(()).unwrap();
+        })
+    };
+    done_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("appends waited for a flush that was running in the background");
+    writer.join().unwrap();
+    assert_eq!(store.stats().flushes, 0, "the flush is still held");
+    release_tx.send(()).unwrap();
+    wait_for("the held flush to finish", || store.stats().flushes >= 1);
+    let total = frozen_at + 20;
+    assert_eq!(store.stats().samples, total as u64 * 100);
+    let points = store.range(ids[42], 0, i64::MAX).unwrap();
+    assert_eq!(points.len(), total as usize);
+}
