@@ -111,7 +111,7 @@ impl Hub {
 
     fn sample<B: Backend>(&self, backend: &B, seq: u64) -> Sample {
         let mut stats = serde_json::Map::new();
-        stats.insert("t".into(), crate::routes::now_ms().into());
+        stats.insert("t".into(), backend.now_ms().into());
         stats.insert("seq".into(), seq.into());
         stats.extend(backend.stats());
         serde_json::Value::Object(stats).to_string().into()

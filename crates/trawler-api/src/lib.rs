@@ -94,6 +94,14 @@ pub trait Backend: Send + Sync + 'static {
     fn suspicious(&self, after: Option<u64>, limit: usize) -> Vec<u64>;
     /// The history of the average of the ranked metric.
     fn average_series(&self, query: SeriesQuery) -> Result<Points, ApiError>;
+    /// Now, in unix ms, on the clock the job stamps its samples with: the
+    /// default end of a series read and the time of a live sample.
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
 }
 
 /// What `GET /api/v1/{job}/top` orders by.

@@ -150,7 +150,7 @@ async fn series<B: Backend>(
             format!("unknown metric {metric:?}; one of {}", metrics.join(", ")),
         ));
     }
-    let query = range(&q, ctx.max_points)?;
+    let query = range(&q, ctx.backend.now_ms(), ctx.max_points)?;
     let backend = ctx.backend.clone();
     let metric_name = metric.clone();
     let points = tokio::task::spawn_blocking(move || backend.series(pk, &metric_name, query))
@@ -268,16 +268,13 @@ async fn metrics<B: Backend>(State(ctx): Shared<B>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Parses `from`, `to` (default: the last hour) and `step` of a series read.
-fn range(q: &HashMap<String, String>, max_points: usize) -> Result<SeriesQuery, ApiError> {
-    let now = now_ms();
+/// Parses `from`, `to` (default: the last hour before `now`) and `step` of
+/// a series read.
+fn range(
+    q: &HashMap<String, String>,
+    now: i64,
+    max_points: usize,
+) -> Result<SeriesQuery, ApiError> {
     let to_ms = q
         .get("to")
         .map(|v| params::instant("to", v))
@@ -372,7 +369,7 @@ async fn average_series<B: Backend>(
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let q = query(q)?;
-    let query = range(&q, ctx.max_points)?;
+    let query = range(&q, ctx.backend.now_ms(), ctx.max_points)?;
     let backend = ctx.backend.clone();
     let points = tokio::task::spawn_blocking(move || backend.average_series(query))
         .await

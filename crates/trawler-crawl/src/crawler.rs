@@ -49,7 +49,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -88,13 +88,9 @@ struct Clock {
 
 impl Clock {
     fn new() -> Self {
-        let unix_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
         Self {
             start: Instant::now(),
-            start_unix_us: unix_us,
+            start_unix_us: crate::clock::unix_us(),
         }
     }
 

@@ -47,6 +47,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod clock;
 pub mod crawler;
 mod event;
 pub mod fetch;

@@ -506,10 +506,7 @@ impl Worker {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    trawler_crawl::clock::unix_ms()
 }
 
 #[cfg(test)]

@@ -755,6 +755,9 @@ fn remove_strays(dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
+/// A background thread: name, nice value, tick, and its work.
+type Worker = (&'static str, i32, Duration, fn(&Inner));
+
 /// The store's background threads. Each waits on `Inner::wake` (or its
 /// tick) and does one kind of work, so none holds up another: the WAL's
 /// fsync keeps its interval while a day of blocks is being merged, and a
@@ -774,7 +777,7 @@ impl Workers {
             SyncPolicy::Interval(d) => (d / 2).min(Duration::from_millis(200)),
             SyncPolicy::Always => Duration::from_millis(200),
         };
-        let workers: [(&str, i32, Duration, fn(&Inner)); 3] = [
+        let workers: [Worker; 3] = [
             ("trawler-store-sync", 0, sync_tick, Inner::sync_due),
             (
                 "trawler-store-flush",
@@ -1110,9 +1113,11 @@ impl Inner {
                 let day = run[0].0.div_euclid(DAY_MS);
                 let w = match writers.entry(day) {
                     std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => v.insert(
-                        BlockWriter::create(block_path(self.dir(), self.next_block_id()), 0, day)?,
-                    ),
+                    std::collections::btree_map::Entry::Vacant(v) => v.insert(BlockWriter::create(
+                        block_path(self.dir(), self.next_block_id()),
+                        0,
+                        day,
+                    )?),
                 };
                 w.add(id as u64, meta.kind, meta.class(), run)?;
             }

@@ -176,7 +176,10 @@ fn a_second_open_of_the_same_folder_is_refused_until_the_first_closes() {
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
@@ -224,7 +227,11 @@ fn appends_go_on_while_a_background_flush_is_held() {
         store.append(&batch(k)).unwrap();
         k += 1;
         if let Ok(thread) = entered_rx.try_recv() {
-            assert_eq!(thread.as_deref(), Some("trawler-store-flush"), "the head was flushed by the appender");
+            assert_eq!(
+                thread.as_deref(),
+                Some("trawler-store-flush"),
+                "the head was flushed by the appender"
+            );
             break;
         }
         assert!(k < 100_000, "the flush thread never took the head");

@@ -8,7 +8,7 @@
 //!
 //! * **at ingest**, [`Views::apply`] with a batch of [`Update`]s: the values
 //!   of an observation plus the ranked metric's values an hour and a day ago
-//!   ([`Reference`], read from the store's hourly rollups);
+//!   ([`Reference`], kept in memory by [`HourlyFirsts`], fed by ingest);
 //! * **from the enrichment**, [`Views::apply_suspicion`];
 //! * **when tracking stops**, [`Views::remove`];
 //! * **at start-up**, [`Views::rebuild`] with one [`Row`] per entity from the
@@ -75,6 +75,7 @@
 //! is entered anyway rather than turning every later read into a panic.
 
 mod config;
+mod hourly;
 mod index;
 mod ostree;
 mod state;
@@ -82,6 +83,7 @@ mod state;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use config::{RatioConfig, Schema, ViewsConfig, ViewsError, MAX_METRICS};
+pub use hourly::{HourlyFirsts, HOURS};
 use state::State;
 
 /// Updates applied per write-lock acquisition by [`Views::apply`]: bounds
@@ -108,13 +110,13 @@ pub struct Update<'a> {
     pub reference: Reference,
 }
 
-/// The ranked metric's values at the start of the movers' windows, from the
-/// store's rollups. `None` takes the entity out of that window's movers.
+/// The ranked metric's values at the start of the movers' windows (see
+/// [`HourlyFirsts`]). `None` takes the entity out of that window's movers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reference {
-    /// Value one hour before the update.
+    /// First value of the clock hour before the update's.
     pub hour_ago: Option<i64>,
-    /// Value 24 hours before the update.
+    /// First value of the clock hour 24 hours before the update's.
     pub day_ago: Option<i64>,
 }
 

@@ -8,13 +8,13 @@
 //! rate from the API while the load runs. A second child without the
 //! enrichment gives the crawl rate to compare.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
+use super::child::{self, get_json, Listening, TempDir};
 use super::sim::{ensure_wrk, wrk, WrkReport};
 
 /// Options of the API benchmark.
@@ -35,65 +35,28 @@ pub struct Args {
 }
 
 struct Run {
-    child: Child,
+    process: Listening,
     api: SocketAddr,
     _data: TempDir,
 }
 
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn start(args: &Args, enrich: bool, tag: &str) -> anyhow::Result<Run> {
-    let data = TempDir(
-        std::env::temp_dir().join(format!("trawler-bench-api-{}-{tag}", std::process::id())),
-    );
+    let data = TempDir::new(&format!("api-{tag}"));
     let ids = format!("1000000..={}", 1_000_000 + args.accounts - 1);
-    let mut cmd = Command::new(std::env::current_exe()?);
+    let mut cmd = child::this_binary()?;
     cmd.args(["run", "--listen", "127.0.0.1:0", "--ids", &ids, "--data"])
         .arg(&data.0)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
         .stderr(Stdio::null());
     if !enrich {
         cmd.arg("--no-suspicious");
     }
-    let mut child = cmd.spawn().context("starting trawler run")?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let Some(url) = line.trim().strip_prefix("listening on http://") else {
-        bail!("trawler run printed {line:?}");
-    };
-    let api = url.parse()?;
+    let process = Listening::start(cmd, "trawler run")?;
     Ok(Run {
-        child,
-        api,
+        api: process.addr,
+        process,
         _data: data,
     })
-}
-
-fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
-    let mut s = TcpStream::connect(addr)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok(serde_json::from_str(body)?)
 }
 
 /// Waits until every tracked account has a value (one full interval).
@@ -124,16 +87,7 @@ fn crawl_rate(run: &Run, seconds: u64) -> anyhow::Result<(f64, f64)> {
             .as_f64()
             .unwrap_or(0.0))
     };
-    let cpu = || -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/stat", run.child.id()))
-            .ok()
-            .and_then(|s| {
-                let rest = s.rsplit(')').next()?.to_owned();
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-            })
-            .unwrap_or(0.0)
-    };
+    let cpu = || child::cpu_seconds(run.process.pid());
     let (p0, c0, t0) = (polls(run.api)?, cpu(), Instant::now());
     std::thread::sleep(Duration::from_secs(seconds));
     let (p1, c1, dt) = (polls(run.api)?, cpu(), t0.elapsed().as_secs_f64());

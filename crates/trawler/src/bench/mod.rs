@@ -5,8 +5,10 @@
 //! on the same data), and ends with one machine-readable summary line.
 
 pub mod api;
+mod child;
 pub mod crawl;
 pub mod sim;
+pub mod soak;
 pub mod store;
 
 use clap::Subcommand;
@@ -20,6 +22,8 @@ pub enum Bench {
     Crawl(crawl::Args),
     /// GET throughput and latency of the Mockstagram simulator, measured with wrk.
     Sim(sim::Args),
+    /// The default job for hours across clock hours and midnight, minute by minute (simulator in its own process).
+    Soak(soak::Args),
     /// Bytes per sample, ingest rate and 30-day read latency of the store, beside VictoriaMetrics.
     Store(store::Args),
 }
@@ -30,6 +34,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Api(args) => api::run(args),
         Bench::Crawl(args) => crawl::run(args),
         Bench::Sim(args) => sim::run(args),
+        Bench::Soak(args) => soak::run(args),
         Bench::Store(args) => store::run(args),
     }
 }

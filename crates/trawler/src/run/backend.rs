@@ -299,6 +299,7 @@ impl Backend for NodeBackend {
             return Ok(false);
         }
         node.views.remove(&[id]);
+        node.forget_references(&[id]);
         if let Some(enrich) = node.enrich() {
             enrich.untrack(id);
         }
@@ -406,6 +407,10 @@ impl Backend for NodeBackend {
         self.node.views.suspicious(after, limit)
     }
 
+    fn now_ms(&self) -> i64 {
+        super::now_ms()
+    }
+
     fn average_series(&self, q: SeriesQuery) -> Result<Points, ApiError> {
         let node = &self.node;
         let job = super::node::aggregates_job(&node.job);
@@ -504,10 +509,34 @@ impl Backend for NodeBackend {
                     node.counters.store_errors.load(Ordering::Relaxed),
                 ),
                 (
+                    "trawler_ingest_queue_events",
+                    "Crawl events waiting for ingest (sampled at each batch).",
+                    "gauge",
+                    node.counters.queued.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_ingest_queue_peak_events",
+                    "Most crawl events ever waiting for ingest.",
+                    "gauge",
+                    node.counters.queued_peak.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_ingest_queue_capacity",
+                    "Crawl events the buffer between crawl and ingest holds.",
+                    "gauge",
+                    node.counters.queue_capacity.load(Ordering::Relaxed),
+                ),
+                (
                     "trawler_views_memory_bytes",
                     "Memory the live views hold.",
                     "gauge",
                     node.views.memory().total() as u64,
+                ),
+                (
+                    "trawler_views_references_memory_bytes",
+                    "Memory the movers' hourly references hold.",
+                    "gauge",
+                    node.references_memory_bytes() as u64,
                 ),
             ],
         );

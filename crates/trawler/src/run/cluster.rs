@@ -869,6 +869,10 @@ impl Backend for ClusterBackend {
         self.node.views.suspicious(after, limit)
     }
 
+    fn now_ms(&self) -> i64 {
+        super::now_ms()
+    }
+
     fn average_series(&self, q: SeriesQuery) -> Result<Points, ApiError> {
         let node = &self.node;
         let rank = &node.layout.stored[node.layout.rank_stored].name;

@@ -111,6 +111,21 @@ pub struct Args {
     /// A dead node's shards are taken over after about this (default 5s).
     #[arg(long, value_parser = parse_duration, help_heading = "Cluster mode")]
     pub lease_ttl: Option<Duration>,
+    /// Shift trawler's clock, e.g. `+55m` or `-2h`, for soak tests that must
+    /// cross a clock hour or midnight soon after they start. Samples are
+    /// stamped with the shifted time.
+    #[arg(long, value_parser = parse_offset, allow_hyphen_values = true, help_heading = "Testing")]
+    pub clock_offset: Option<i64>,
+}
+
+/// `+55m`, `-2h`, `30s`: a signed duration in milliseconds.
+fn parse_offset(s: &str) -> Result<i64, String> {
+    let (sign, rest) = match s.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let d = parse_duration(rest)?;
+    Ok(sign * d.as_millis() as i64)
 }
 
 /// Runs the job until Ctrl-C or SIGTERM.
@@ -122,18 +137,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(run_async(args))
 }
 
-/// Unix time in milliseconds.
+/// Unix time in milliseconds (with `--clock-offset`).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    trawler_crawl::clock::unix_ms()
 }
 
 /// Largest id range the built-in simulator is started for.
 const MAX_SIM_ACCOUNTS: u64 = 20_000_000;
 
 async fn run_async(args: Args) -> anyhow::Result<()> {
+    if let Some(offset) = args.clock_offset {
+        trawler_crawl::clock::set_offset_ms(offset);
+        tracing::warn!(
+            offset_ms = offset,
+            "the clock is shifted (--clock-offset): samples carry the shifted time"
+        );
+    }
     let config = match &args.config {
         Some(path) => JobConfig::load(path)?,
         None => JobConfig::from_toml(DEFAULT_JOB, "jobs/mockstagram.toml (built in)")?,
@@ -255,7 +274,13 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         "live views rebuilt"
     );
 
-    let (events_tx, events_rx) = mpsc::channel(65_536);
+    // Crawl and ingest are decoupled by a buffer of about 30 s of the
+    // job's observations: when ingest is briefly slow they queue here
+    // instead of holding slot tasks (which would stop dispatch and miss
+    // slots). Its depth is in /metrics.
+    let per_second = job.ids().len() as f64 / job.interval().as_secs_f64().max(0.001);
+    let buffer = ((per_second * 30.0) as usize).clamp(65_536, 4_000_000);
+    let (events_tx, events_rx) = mpsc::channel(buffer);
     let crawl = trawler_crawl::start_http(job.clone(), events_tx)?;
     let node = Arc::new(Node::new(
         job.name().to_owned(),
@@ -267,6 +292,18 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         invalid_file,
     ));
     node.save_state()?;
+    {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let restored = node.restore_references(now_ms());
+            tracing::info!(
+                entities = restored,
+                ms = started.elapsed().as_millis() as u64,
+                "movers' references restored from the store"
+            );
+        });
+    }
     let ingest = tokio::spawn(node::ingest_events(node.clone(), events_rx));
     let averages = tokio::spawn(node::record_averages(
         node.clone(),

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use trawler_crawl::{CrawlHandle, Event, IdSet, Observation};
 use trawler_enrich::{EnrichHandle, Verdict};
 use trawler_store::{Resolution, Sample, SeriesId, SeriesKey, Store, Value, ValueKind};
-use trawler_views::{Reference, Row, Suspicion, Update, Views};
+use trawler_views::{HourlyFirsts, Reference, Row, Suspicion, Update, Views, HOURS};
 
 use super::layout::Layout;
 use super::state::IdSetFile;
@@ -31,16 +31,6 @@ pub fn aggregates_job(job: &str) -> String {
 }
 
 const HOUR_MS: i64 = 3_600_000;
-
-/// Per entity, the ranked metric's reference values for the movers, taken
-/// from the store's hourly rollups and refreshed once per clock hour: the
-/// first value of the previous hour (gain1h spans 1–2 h) and the first
-/// value of the hour 24 h before (gain24h spans 24–25 h). One rollup read
-/// per entity per hour instead of a raw read per observation.
-#[derive(Debug, Default)]
-struct References {
-    by_entity: HashMap<u64, (i64, Reference)>,
-}
 
 /// Series ids of each entity, in [`Layout::stored`] order, created on first
 /// sight. A flat vector indexed through a map keeps it to ~24 bytes per
@@ -84,6 +74,12 @@ pub struct IngestCounters {
     pub gaps: AtomicU64,
     /// Suspicion verdicts received.
     pub verdicts: AtomicU64,
+    /// Crawl events waiting in the buffer before ingest, at the last batch.
+    pub queued: AtomicU64,
+    /// The most events ever seen waiting.
+    pub queued_peak: AtomicU64,
+    /// The buffer's capacity.
+    pub queue_capacity: AtomicU64,
 }
 
 /// Everything a running job shares between its tasks and the API.
@@ -104,8 +100,9 @@ pub struct Node {
     pub series: RwLock<SeriesTable>,
     /// Series of suspicion verdicts by entity.
     suspicious_series: Mutex<HashMap<u64, SeriesId>>,
-    /// Movers' reference values by entity.
-    references: Mutex<References>,
+    /// Movers' references by entity, fed by ingest (no store reads on the
+    /// ingest path) and restored from the store once at start-up.
+    references: Mutex<HourlyFirsts>,
     /// The persisted tracked set.
     pub tracked_file: IdSetFile,
     /// The persisted invalid set.
@@ -153,7 +150,7 @@ impl Node {
             enrich: OnceLock::new(),
             series: RwLock::new(table),
             suspicious_series: Mutex::new(suspicious),
-            references: Mutex::new(References::default()),
+            references: Mutex::new(HourlyFirsts::default()),
             tracked_file,
             invalid_file,
             state_lock: Mutex::new(()),
@@ -258,54 +255,91 @@ impl Node {
                     enrich.untrack(*id);
                 }
             }
-            {
-                let mut cache = self.references.lock().unwrap_or_else(|e| e.into_inner());
-                for id in &invalid {
-                    cache.by_entity.remove(id);
-                }
-            }
+            self.forget_references(&invalid);
             if let Err(e) = self.save_state() {
                 tracing::error!(error = %e, "could not persist the invalid ids");
             }
         }
     }
 
-    /// The movers' references of each observation, read from the hourly
-    /// rollups when an entity enters a new clock hour.
+    /// The movers' references of each observation, from memory.
     fn references(&self, observations: &[&Observation]) -> Vec<Reference> {
-        let rank_pos = self.layout.rank_stored;
-        let table = self.series.read().unwrap_or_else(|e| e.into_inner());
-        let mut cache = self.references.lock().unwrap_or_else(|e| e.into_inner());
+        let rank = self.layout.stored[self.layout.rank_stored].index;
+        let mut firsts = self.references.lock().unwrap_or_else(|e| e.into_inner());
         observations
             .iter()
             .map(|o| {
-                let hour = o.slot_ms.div_euclid(HOUR_MS) * HOUR_MS;
-                if let Some((h, r)) = cache.by_entity.get(&o.id) {
-                    if *h == hour {
-                        return *r;
-                    }
-                }
-                let Some(series) = table.get(o.id).map(|ids| ids[rank_pos]) else {
-                    return Reference::default();
-                };
-                let first_of = |start: i64| -> Option<i64> {
-                    let rollups = self
-                        .store
-                        .rollups(series, start, start + HOUR_MS - 1, Resolution::Hour)
-                        .ok()?;
-                    match rollups.first()?.first {
-                        Value::Int(v) => Some(v),
-                        Value::Float(v) => Some(v as i64),
-                    }
-                };
-                let r = Reference {
-                    hour_ago: first_of(hour - HOUR_MS),
-                    day_ago: first_of(hour - 24 * HOUR_MS),
-                };
-                cache.by_entity.insert(o.id, (hour, r));
-                r
+                let v = o.values[rank];
+                firsts.observe(o.id, o.slot_ms, (!v.is_nan()).then_some(v as i64))
             })
             .collect()
+    }
+
+    /// Drops the references of entities no longer tracked.
+    pub fn forget_references(&self, ids: &[u64]) {
+        let mut firsts = self.references.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            firsts.remove(*id);
+        }
+    }
+
+    /// Heap bytes of the movers' references, for `/metrics`.
+    pub fn references_memory_bytes(&self) -> usize {
+        self.references
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .memory_bytes()
+    }
+
+    /// Restores the movers' references from the store's hourly rollups of
+    /// the last [`HOURS`] clock hours up to `now_ms`'s, once at start-up and
+    /// beside the crawl: ingest fills the hours it sees meanwhile, and the
+    /// store's first value of an hour (older) replaces ingest's. Until an
+    /// entity is restored its movers may lack a reference (it is left out
+    /// of them for that observation). Returns the entities restored.
+    pub fn restore_references(&self, now_ms: i64) -> usize {
+        let hour = now_ms.div_euclid(HOUR_MS) * HOUR_MS;
+        let from = hour - (HOURS as i64 - 1) * HOUR_MS;
+        let rank = self.layout.rank_stored;
+        let entities: Vec<(u64, SeriesId)> = {
+            let table = self.series.read().unwrap_or_else(|e| e.into_inner());
+            table
+                .offsets
+                .keys()
+                .filter_map(|&e| table.get(e).map(|ids| (e, ids[rank])))
+                .collect()
+        };
+        let mut restored = 0;
+        for chunk in entities.chunks(1_024) {
+            let read: Vec<(u64, Vec<(i64, i64)>)> = chunk
+                .iter()
+                .filter_map(|&(entity, series)| {
+                    let rollups = self
+                        .store
+                        .rollups(series, from, hour + HOUR_MS, Resolution::Hour)
+                        .ok()?;
+                    let firsts = rollups
+                        .iter()
+                        .map(|r| match r.first {
+                            Value::Int(v) => (r.start_ms, v),
+                            Value::Float(v) => (r.start_ms, v as i64),
+                        })
+                        .collect();
+                    Some((entity, firsts))
+                })
+                .collect();
+            let mut firsts = self.references.lock().unwrap_or_else(|e| e.into_inner());
+            for (entity, hours) in read {
+                if !self.crawl.is_tracked(entity) {
+                    continue;
+                }
+                restored += usize::from(!hours.is_empty());
+                for (start, v) in hours {
+                    firsts.restore(entity, start, v);
+                }
+            }
+        }
+        restored
     }
 
     /// Appends the current average of the ranked metric to its history.
@@ -519,7 +553,14 @@ pub fn rebuild_views(
 /// Drains crawl events into the node until the crawl's channel closes.
 pub async fn ingest_events(node: Arc<Node>, mut events: mpsc::Receiver<Event>) {
     let mut batch = Vec::with_capacity(8_192);
+    let counters = &node.counters;
+    counters
+        .queue_capacity
+        .store(events.max_capacity() as u64, Ordering::Relaxed);
     while events.recv_many(&mut batch, 8_192).await > 0 {
+        let queued = events.len() as u64;
+        counters.queued.store(queued, Ordering::Relaxed);
+        counters.queued_peak.fetch_max(queued, Ordering::Relaxed);
         // Appending may wait on the disk: keep it off the async workers'
         // queue without a thread hop per batch.
         tokio::task::block_in_place(|| node.ingest(&batch));
