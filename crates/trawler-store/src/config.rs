@@ -52,20 +52,28 @@ pub struct StoreConfig {
     /// Run the background threads that fsync, flush and compact (default
     /// true). Tests turn it off to control every step.
     pub background: bool,
-    /// Called by a flush after the head is frozen and before it is written:
-    /// lets a test hold a flush in the middle (e.g. to show appends go on).
+    /// Points where a test can hold or fail the store's work.
     #[doc(hidden)]
-    pub flush_hook: Option<FlushHook>,
+    pub hooks: TestHooks,
 }
 
-/// A test hook run inside a flush; see [`StoreConfig::flush_hook`].
+/// Test hooks: a test holds a flush in the middle (to show appends go on)
+/// or fails an fsync (to show the store stops taking writes).
 #[doc(hidden)]
-#[derive(Clone)]
-pub struct FlushHook(pub Arc<dyn Fn() + Send + Sync>);
+#[derive(Clone, Default)]
+pub struct TestHooks {
+    /// Runs in a flush after the head is frozen, before it is written.
+    pub flush: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Runs before each fsync of the WAL; an error stands for the fsync's.
+    pub fsync: Option<Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>>,
+}
 
-impl std::fmt::Debug for FlushHook {
+impl std::fmt::Debug for TestHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FlushHook")
+        f.debug_struct("TestHooks")
+            .field("flush", &self.flush.is_some())
+            .field("fsync", &self.fsync.is_some())
+            .finish()
     }
 }
 
@@ -80,7 +88,7 @@ impl StoreConfig {
             head_max_bytes: 512 << 20,
             compaction_fanin: 4,
             background: true,
-            flush_hook: None,
+            hooks: TestHooks::default(),
         }
     }
 

@@ -89,6 +89,16 @@ pub enum Error {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// An fsync failed: the kernel may have dropped pages that were
+    /// written, so a later fsync that succeeds proves nothing about them.
+    /// The store takes no more writes until it is reopened, which replays
+    /// the WAL from what really reached the disk ("fsyncgate"; fjall's
+    /// `Poisoned`).
+    #[error("an fsync failed earlier ({detail}); the store refuses writes until it is reopened (the WAL is then replayed from what reached the disk)")]
+    Poisoned {
+        /// The fsync's error.
+        detail: String,
+    },
 }
 
 /// Result alias of the store.

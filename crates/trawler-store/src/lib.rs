@@ -135,7 +135,7 @@ mod store;
 mod types;
 mod wal;
 
-pub use config::{FlushHook, StoreConfig, SyncPolicy};
+pub use config::{StoreConfig, SyncPolicy, TestHooks};
 pub use error::{Error, Result};
 pub use store::{LatestEntry, Store};
 pub use types::{

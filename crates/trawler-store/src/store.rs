@@ -54,6 +54,9 @@ struct Inner {
     stop: Mutex<bool>,
     wake: Condvar,
     closed: AtomicBool,
+    /// Set by a failed fsync, with its error: no more writes (see
+    /// [`Error::Poisoned`]).
+    poisoned: Mutex<Option<String>>,
     compactions: AtomicU64,
     flushes: AtomicU64,
     corrupt: AtomicU64,
@@ -315,6 +318,7 @@ impl Store {
             stop: Mutex::new(false),
             wake: Condvar::new(),
             closed: AtomicBool::new(false),
+            poisoned: Mutex::new(None),
             compactions: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             corrupt,
@@ -349,6 +353,7 @@ impl Store {
     /// Gets or creates many series with one catalog write (what a job does
     /// at start-up for its million entities).
     pub fn series_batch(&self, keys: &[(SeriesKey<'_>, ValueKind)]) -> Result<Vec<SeriesId>> {
+        self.inner.check_poisoned()?;
         let ids = write(&self.inner.catalog).get_or_create(keys)?;
         let n = read(&self.inner.catalog).series.len();
         write(&self.inner.mem).grow(n);
@@ -365,6 +370,7 @@ impl Store {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        inner.check_poisoned()?;
         {
             let cat = read(&inner.catalog);
             for s in samples {
@@ -857,13 +863,25 @@ impl Inner {
         *lock(&self.stop)
     }
 
+    /// Fails once an fsync has failed.
+    fn check_poisoned(&self) -> Result<()> {
+        match &*lock(&self.poisoned) {
+            Some(detail) => Err(Error::Poisoned {
+                detail: detail.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The sync thread's work: fsync what was written since the last one.
     fn sync_due(&self) {
+        if lock(&self.poisoned).is_some() {
+            return;
+        }
         let lsn = lock(&self.wal).lsn;
         if lsn > lock(&self.sync).synced_lsn {
-            if let Err(e) = self.sync_to(lsn) {
-                tracing::error!(error = %e, "WAL fsync failed");
-            }
+            // A failure is logged and poisons the store inside `sync_to`.
+            let _ = self.sync_to(lsn);
         }
     }
 
@@ -909,6 +927,7 @@ impl Inner {
     fn sync_to(&self, lsn: u64) -> Result<()> {
         let mut s = lock(&self.sync);
         loop {
+            self.check_poisoned()?;
             if s.synced_lsn >= lsn {
                 return Ok(());
             }
@@ -919,6 +938,12 @@ impl Inner {
             s.leader = true;
             drop(s);
             let res = self.fsync_now();
+            if let Err(e) = &res {
+                // Never retried: a later fsync could succeed while the pages
+                // of this one were dropped.
+                lock(&self.poisoned).get_or_insert_with(|| e.to_string());
+                tracing::error!(error = %e, "fsync failed; the store refuses writes until it is reopened");
+            }
             s = lock(&self.sync);
             s.leader = false;
             if let Ok(done) = res {
@@ -943,6 +968,9 @@ impl Inner {
                 (f, p.to_path_buf())
             })
         };
+        if let Some(hook) = &self.config.hooks.fsync {
+            hook().io("fsync", &wal_path)?;
+        }
         if let Some((f, p)) = catalog {
             f.sync_data().io("fsync", &p)?;
         }
@@ -1073,8 +1101,8 @@ impl Inner {
             }
         };
         if let Some((head, through)) = frozen {
-            if let Some(hook) = &self.config.flush_hook {
-                (hook.0)();
+            if let Some(hook) = &self.config.hooks.flush {
+                hook();
             }
             self.write_frozen(&head, through)?;
         }

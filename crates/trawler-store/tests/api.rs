@@ -198,7 +198,7 @@ fn appends_go_on_while_a_background_flush_is_held() {
     let mut c = StoreConfig::new(dir.path());
     c.head_max_bytes = 256 << 10;
     c.flush_interval = std::time::Duration::from_secs(3_600);
-    c.flush_hook = Some(trawler_store::FlushHook(Arc::new(move || {
+    c.hooks.flush = Some(Arc::new(move || {
         let thread = std::thread::current().name().map(str::to_owned);
         let _ = entered_tx.lock().unwrap().send(thread);
         // Held until the test releases it (or gives up).
@@ -206,7 +206,7 @@ fn appends_go_on_while_a_background_flush_is_held() {
             .lock()
             .unwrap()
             .recv_timeout(std::time::Duration::from_secs(120));
-    })));
+    }));
     let store = Arc::new(c.open().unwrap());
     let ids: Vec<_> = (0..100)
         .map(|e| store.series(key(e, "m"), ValueKind::Int).unwrap())
@@ -265,4 +265,56 @@ fn appends_go_on_while_a_background_flush_is_held() {
     assert_eq!(store.stats().samples, total as u64 * 100);
     let points = store.range(ids[42], 0, i64::MAX).unwrap();
     assert_eq!(points.len(), total as usize);
+}
+
+/// After a failed fsync the kernel may have dropped the pages it could not
+/// write, and a later fsync can succeed without them. So the store never
+/// retries: it refuses every write until it is reopened, and the reopened
+/// store holds what reached the disk.
+#[test]
+fn a_failed_fsync_stops_writes_until_the_store_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut c = StoreConfig::new(dir.path());
+    c.background = false;
+    c.sync = SyncPolicy::Always;
+    {
+        let fail = fail.clone();
+        c.hooks.fsync = Some(Arc::new(move || {
+            if fail.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(std::io::Error::other("injected EIO"))
+            } else {
+                Ok(())
+            }
+        }));
+    }
+    let store = c.clone().open().unwrap();
+    let id = store.series(key(1, "m"), ValueKind::Int).unwrap();
+    let sample = |ts_ms: i64| Sample {
+        series: id,
+        ts_ms,
+        value: Value::Int(ts_ms),
+    };
+    store.append(&[sample(1)]).unwrap();
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = store.append(&[sample(2)]).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    // The fsync would succeed now, but the store does not try again.
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    for attempt in [store.append(&[sample(3)]), store.append(&[sample(4)])] {
+        let err = attempt.unwrap_err();
+        assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+        assert!(err.to_string().contains("injected EIO"), "{err}");
+    }
+    assert!(matches!(store.sync().unwrap_err(), Error::Poisoned { .. }));
+    assert!(matches!(
+        store.series(key(2, "m"), ValueKind::Int).unwrap_err(),
+        Error::Poisoned { .. }
+    ));
+    drop(store);
+    // Reopened: writes work again; what was acknowledged is there.
+    let store = c.open().unwrap();
+    let points = store.range(id, 0, i64::MAX).unwrap();
+    assert_eq!(points.first().map(|p| p.ts_ms), Some(1), "{points:?}");
+    store.append(&[sample(5)]).unwrap();
 }
