@@ -61,6 +61,7 @@ use crate::ids::IdSet;
 use crate::job::Job;
 use crate::limit::{Limiter, Permit};
 use crate::metrics::{ErrorKind, Gauges, Metrics, MetricsSnapshot};
+use crate::polite::Politeness;
 use crate::schedule::{Due, Wheel};
 
 /// How often the dispatcher looks for due slots when it has caught up. The
@@ -146,6 +147,8 @@ struct Shared {
     in_flight: Mutex<HashSet<u64>>,
     invalid: Mutex<BTreeSet<u64>>,
     limiter: Arc<Limiter>,
+    /// `max_rate` and the target-wide pause of `Retry-After`.
+    polite: Politeness,
     metrics: Metrics,
     log_budget: LogBudget,
 }
@@ -237,6 +240,7 @@ pub fn start<F: Fetch>(job: Job, fetcher: F, events: mpsc::Sender<Event>) -> Cra
             http.min_in_flight,
             http.max_in_flight,
         ),
+        polite: Politeness::new(http.max_rate),
         interval_ms,
         clock,
         wheel: Mutex::new(wheel),
@@ -416,14 +420,27 @@ async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Sta
             continue;
         }
         for due in batch.drain(..) {
-            let permit = tokio::select! {
-                permit = shared.limiter.acquire() => permit,
+            // The rate cap and any pause first, so that a slot waiting for
+            // its turn holds no concurrency permit; a slot whose turn would
+            // come after its id's next slot began takes none and is missed.
+            let expires = shared.clock.instant_of_ms(due.slot_ms + interval);
+            let turn = tokio::select! {
+                turn = shared.polite.turn_before(Some(expires)) => turn,
                 _ = stage_leaves(&mut stage, running) => return,
             };
+            let permit = if turn {
+                Some(tokio::select! {
+                    permit = shared.limiter.acquire() => permit,
+                    _ = stage_leaves(&mut stage, running) => return,
+                })
+            } else {
+                None
+            };
             let now_ms = shared.clock.unix_ms(Instant::now());
-            let claimed = now_ms < due.slot_ms + interval && lock(&shared.in_flight).insert(due.id);
-            if !claimed {
-                drop(permit);
+            let claimed = permit.is_some()
+                && now_ms < due.slot_ms + interval
+                && lock(&shared.in_flight).insert(due.id);
+            let Some(permit) = permit.filter(|_| claimed) else {
                 Metrics::add(&shared.metrics.missed, 1);
                 let gap = Event::Gap(Gap {
                     id: due.id,
@@ -436,7 +453,7 @@ async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Sta
                     _ = stage_leaves(&mut stage, running) => return,
                 }
                 continue;
-            }
+            };
             let claim = Claim {
                 shared: shared.clone(),
                 id: due.id,
@@ -455,6 +472,8 @@ enum Outcome {
         kind: ErrorKind,
         overload: bool,
         detail: String,
+        /// The target's `Retry-After` on a `429` or `503`.
+        retry_after: Option<Duration>,
     },
 }
 
@@ -467,6 +486,7 @@ fn classify(
             kind: ErrorKind::Timeout,
             overload: true,
             detail: "timed out".into(),
+            retry_after: None,
         },
         Ok(Err(e)) => Outcome::Failed {
             kind: if e.maybe_sent {
@@ -476,6 +496,7 @@ fn classify(
             },
             overload: !e.maybe_sent,
             detail: e.message,
+            retry_after: None,
         },
         Ok(Ok(response)) => {
             let status = response.status;
@@ -488,6 +509,7 @@ fn classify(
                         kind: ErrorKind::Malformed,
                         overload: false,
                         detail: e.to_string(),
+                        retry_after: None,
                     },
                 }
             } else if status >= 500 || status == 429 {
@@ -495,12 +517,16 @@ fn classify(
                     kind: ErrorKind::Status5xx,
                     overload: status == 429,
                     detail: format!("status {status}"),
+                    retry_after: response
+                        .retry_after
+                        .filter(|_| status == 429 || status == 503),
                 }
             } else {
                 Outcome::Failed {
                     kind: ErrorKind::Status,
                     overload: false,
                     detail: format!("status {status}"),
+                    retry_after: None,
                 }
             }
         }
@@ -562,10 +588,27 @@ async fn run_slot<F: Fetch>(
                 );
                 break Event::Invalid { id: due.id };
             }
-            Outcome::Failed { kind, detail, .. } => {
+            Outcome::Failed {
+                kind,
+                detail,
+                retry_after,
+                ..
+            } => {
                 metrics.error(kind);
                 let attempts = attempt + 1;
-                let wait = backoff(job.http().backoff, attempt, due.id);
+                let mut wait = backoff(job.http().backoff, attempt, due.id);
+                if let Some(pause) = retry_after {
+                    // The whole target backs off, not only this id.
+                    if shared.polite.pause_for(pause) {
+                        Metrics::add(&metrics.pauses, 1);
+                        tracing::warn!(
+                            job = job.name(),
+                            pause_ms = pause.min(crate::polite::MAX_PAUSE).as_millis() as u64,
+                            "the target asked to back off (Retry-After); every request waits"
+                        );
+                    }
+                    wait = wait.max(pause);
+                }
                 let retry = kind.retryable()
                     && attempt < job.http().retries
                     && Instant::now() + wait < deadline;
@@ -585,15 +628,27 @@ async fn run_slot<F: Fetch>(
                         reason: GapReason::Failed { kind, attempts },
                     });
                 }
-                Metrics::add(&metrics.retries, 1);
-                attempt += 1;
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
+                let turn = tokio::select! {
+                    turn = async {
+                        tokio::time::sleep(wait).await;
+                        shared.polite.turn_before(Some(deadline)).await
+                    } => turn,
                     _ = stage_leaves(&mut stage, not_abandoned) => {
                         Metrics::add(&metrics.abandoned, 1);
                         return;
                     }
+                };
+                if !turn {
+                    // The rate cap or a pause would start it after the slot.
+                    Metrics::add(&metrics.gaps, 1);
+                    break Event::Gap(Gap {
+                        id: due.id,
+                        slot_ms: due.slot_ms,
+                        reason: GapReason::Failed { kind, attempts },
+                    });
                 }
+                Metrics::add(&metrics.retries, 1);
+                attempt += 1;
             }
         }
     };

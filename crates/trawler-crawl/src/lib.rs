@@ -55,6 +55,7 @@ pub mod ids;
 pub mod job;
 pub mod limit;
 pub mod metrics;
+pub mod polite;
 pub mod schedule;
 
 pub use crawler::{start, start_http, CrawlHandle, ShutdownReport};

@@ -201,6 +201,7 @@ pub struct Metrics {
     pub(crate) polls_ok: AtomicU64,
     errors: [AtomicU64; 7],
     pub(crate) retries: AtomicU64,
+    pub(crate) pauses: AtomicU64,
     pub(crate) gaps: AtomicU64,
     pub(crate) missed: AtomicU64,
     pub(crate) abandoned: AtomicU64,
@@ -219,6 +220,7 @@ impl Default for Metrics {
             polls_ok: AtomicU64::new(0),
             errors: Default::default(),
             retries: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
@@ -274,6 +276,7 @@ impl Metrics {
             polls_ok,
             errors: ErrorKind::ALL.map(|k| (k, self.errors[k.index()].load(Ordering::Relaxed))),
             retries: self.retries.load(Ordering::Relaxed),
+            pauses: self.pauses.load(Ordering::Relaxed),
             gaps: self.gaps.load(Ordering::Relaxed),
             missed_slots: self.missed.load(Ordering::Relaxed),
             abandoned: self.abandoned.load(Ordering::Relaxed),
@@ -309,6 +312,8 @@ pub struct MetricsSnapshot {
     pub errors: [(ErrorKind, u64); 7],
     /// Attempts after the first within a slot.
     pub retries: u64,
+    /// Pauses of the whole target asked for by `Retry-After`.
+    pub pauses: u64,
     /// Slots that produced no observation, whatever the reason (missed
     /// slots included).
     pub gaps: u64,
@@ -374,6 +379,12 @@ impl MetricsSnapshot {
             "counter",
             "Retried attempts within a slot.",
             &[("", self.retries as f64)],
+        );
+        metric(
+            "pauses_total",
+            "counter",
+            "Pauses of every request to the target asked for by Retry-After.",
+            &[("", self.pauses as f64)],
         );
         metric(
             "gaps_total",

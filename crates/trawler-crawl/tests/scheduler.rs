@@ -26,6 +26,8 @@ enum Behave {
     Hang,
     /// Answers Mockstagram's not-found.
     NotFound,
+    /// Answers 429 with `Retry-After`, without reading.
+    TooMany(Duration),
 }
 
 type Script = dyn Fn(u64, usize) -> Behave + Send + Sync;
@@ -94,11 +96,13 @@ impl Fetch for Target {
                 Ok(Response {
                     status: 200,
                     body: Bytes::from(body),
+                    retry_after: None,
                 })
             }
             Behave::Unavailable => Ok(Response {
                 status: 503,
                 body: Bytes::from_static(b"{}"),
+                retry_after: None,
             }),
             Behave::Refused => Err(TransportError {
                 maybe_sent: false,
@@ -111,6 +115,12 @@ impl Fetch for Target {
             Behave::NotFound => Ok(Response {
                 status: 500,
                 body: Bytes::from_static(br#"{"error":{"name":"InfluencerNotFoundError"}}"#),
+                retry_after: None,
+            }),
+            Behave::TooMany(after) => Ok(Response {
+                status: 429,
+                body: Bytes::from_static(b"{}"),
+                retry_after: Some(after),
             }),
         }
     }
@@ -412,4 +422,87 @@ async fn shutdown_finishes_or_abandons_within_the_grace() {
         report.in_flight > 200 && report.abandoned == 0,
         "{report:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_rate_caps_every_attempt_retries_included() {
+    // Every tenth call answers 503 (retried): retries count against the cap.
+    let target = Target::new(|_, call| {
+        if call % 10 == 9 {
+            Behave::Unavailable
+        } else {
+            Behave::Ok(Duration::from_millis(2))
+        }
+    });
+    let (tx, mut rx) = mpsc::channel(100_000);
+    // 1,000 ids every second want 1,000 requests/s; the cap is 200.
+    let http = format!("{HTTP}max_rate = 200\n");
+    let crawl = trawler_crawl::start(job("1..=1000", "1s", &http), target.clone(), tx);
+    tokio::time::sleep(Duration::from_millis(5_000)).await;
+    let metrics = crawl.shutdown(Duration::from_secs(1)).await.metrics;
+    common::drain(&mut rx);
+    let mut times: Vec<Duration> = target
+        .calls()
+        .values()
+        .flat_map(|c| c.iter().map(|(at, _)| *at))
+        .collect();
+    times.sort();
+    // In any one second: at most the rate plus the bucket's burst (a tenth).
+    for (i, start) in times.iter().enumerate() {
+        let within = times[i..]
+            .iter()
+            .take_while(|t| **t < *start + Duration::from_secs(1))
+            .count();
+        assert!(
+            within <= 220,
+            "{within} calls in the second after {start:?}"
+        );
+    }
+    assert!(
+        times.len() >= 900,
+        "the cap is used: {} calls in 5 s; {metrics:?}",
+        times.len()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_pauses_every_id_not_only_the_one_answered() {
+    // The first call the target sees answers 429 with Retry-After: 3 s;
+    // after that it answers normally.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let target = {
+        let seen = seen.clone();
+        Target::new(move |_, _| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                Behave::TooMany(Duration::from_secs(3))
+            } else {
+                Behave::Ok(Duration::from_millis(1))
+            }
+        })
+    };
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let crawl = trawler_crawl::start(job("1..=500", "2s", HTTP), target.clone(), tx);
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
+    let metrics = crawl.shutdown(Duration::from_secs(1)).await.metrics;
+    common::drain(&mut rx);
+    let mut times: Vec<Duration> = target
+        .calls()
+        .values()
+        .flat_map(|c| c.iter().map(|(at, _)| *at))
+        .collect();
+    times.sort();
+    // Calls dispatched in the same instant as the first were already on
+    // their way; none may start after it within the pause.
+    let first = times[0];
+    let inside: Vec<Duration> = times
+        .iter()
+        .filter(|t| **t > first && **t < first + Duration::from_secs(3))
+        .map(|t| *t - first)
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "calls inside the Retry-After pause: {inside:?}"
+    );
+    assert_eq!(metrics.pauses, 1);
+    assert!(times.len() > 500, "polling resumed: {} calls", times.len());
 }

@@ -93,6 +93,11 @@ impl Fetch for HttpFetcher {
             }
         })?;
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| crate::polite::retry_after(v, std::time::SystemTime::now()));
         let body = Limited::new(response.into_body(), MAX_BODY)
             .collect()
             .await
@@ -101,6 +106,10 @@ impl Fetch for HttpFetcher {
                 message: format!("reading body: {e}"),
             })?
             .to_bytes();
-        Ok(Response { status, body })
+        Ok(Response {
+            status,
+            body,
+            retry_after,
+        })
     }
 }

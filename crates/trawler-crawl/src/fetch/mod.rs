@@ -23,6 +23,8 @@ pub struct Response {
     pub status: u16,
     /// The whole body.
     pub body: Bytes,
+    /// The `Retry-After` header, parsed (see [`crate::polite`]).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// A failed attempt without an answer.

@@ -198,6 +198,10 @@ pub struct HttpConfig {
     pub backoff: String,
     /// Extra request headers.
     pub headers: BTreeMap<String, String>,
+    /// At most this many requests per second to the target, retries
+    /// included (none by default). A `429`/`503` with `Retry-After` pauses
+    /// every request to the target whatever this is.
+    pub max_rate: Option<f64>,
 }
 
 impl Default for HttpConfig {
@@ -212,6 +216,7 @@ impl Default for HttpConfig {
             retries: 2,
             backoff: "200ms".into(),
             headers: BTreeMap::new(),
+            max_rate: None,
         }
     }
 }
@@ -283,6 +288,8 @@ pub struct HttpSettings {
     pub backoff: Duration,
     /// Extra request headers, validated.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// See [`HttpConfig::max_rate`].
+    pub max_rate: Option<f64>,
 }
 
 /// A validated job: the runtime object the crawler and fetcher use.
@@ -437,7 +444,16 @@ impl JobConfig {
                     Ok((name, value))
                 })
                 .collect::<Result<_, JobError>>()?,
+            max_rate: h.max_rate,
         };
+        if let Some(rate) = http.max_rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(invalid(
+                    "http.max_rate",
+                    format!("{rate} is not a positive number of requests per second"),
+                ));
+            }
+        }
         for (key, value) in [
             ("http.connect_timeout", http.connect_timeout),
             ("http.request_timeout", http.request_timeout),
