@@ -620,26 +620,20 @@ async fn run_slot<F: Fetch>(
                         tracing::debug!(job = job.name(), id = due.id, slot_ms = due.slot_ms, kind = kind.label(), attempts, retry, error = %detail, "poll failed");
                     }
                 }
+                // A retry waits for its backoff, then for its turn (the rate
+                // cap or a pause may start it only after the slot: a gap).
+                let retry = retry
+                    && tokio::select! {
+                        turn = async {
+                            tokio::time::sleep(wait).await;
+                            shared.polite.turn_before(Some(deadline)).await
+                        } => turn,
+                        _ = stage_leaves(&mut stage, not_abandoned) => {
+                            Metrics::add(&metrics.abandoned, 1);
+                            return;
+                        }
+                    };
                 if !retry {
-                    Metrics::add(&metrics.gaps, 1);
-                    break Event::Gap(Gap {
-                        id: due.id,
-                        slot_ms: due.slot_ms,
-                        reason: GapReason::Failed { kind, attempts },
-                    });
-                }
-                let turn = tokio::select! {
-                    turn = async {
-                        tokio::time::sleep(wait).await;
-                        shared.polite.turn_before(Some(deadline)).await
-                    } => turn,
-                    _ = stage_leaves(&mut stage, not_abandoned) => {
-                        Metrics::add(&metrics.abandoned, 1);
-                        return;
-                    }
-                };
-                if !turn {
-                    // The rate cap or a pause would start it after the slot.
                     Metrics::add(&metrics.gaps, 1);
                     break Event::Gap(Gap {
                         id: due.id,

@@ -59,6 +59,17 @@ impl Target {
     fn calls(&self) -> Calls {
         self.calls.lock().unwrap().clone()
     }
+
+    /// When every call started, all ids together, in order.
+    fn call_times(&self) -> Vec<Duration> {
+        let mut times: Vec<Duration> = self
+            .calls()
+            .values()
+            .flat_map(|c| c.iter().map(|(at, _)| *at))
+            .collect();
+        times.sort();
+        times
+    }
 }
 
 struct InFlight(Arc<AtomicUsize>);
@@ -441,12 +452,7 @@ async fn max_rate_caps_every_attempt_retries_included() {
     tokio::time::sleep(Duration::from_millis(5_000)).await;
     let metrics = crawl.shutdown(Duration::from_secs(1)).await.metrics;
     common::drain(&mut rx);
-    let mut times: Vec<Duration> = target
-        .calls()
-        .values()
-        .flat_map(|c| c.iter().map(|(at, _)| *at))
-        .collect();
-    times.sort();
+    let times = target.call_times();
     // In any one second: at most the rate plus the bucket's burst (a tenth).
     for (i, start) in times.iter().enumerate() {
         let within = times[i..]
@@ -485,12 +491,7 @@ async fn retry_after_pauses_every_id_not_only_the_one_answered() {
     tokio::time::sleep(Duration::from_millis(6_000)).await;
     let metrics = crawl.shutdown(Duration::from_secs(1)).await.metrics;
     common::drain(&mut rx);
-    let mut times: Vec<Duration> = target
-        .calls()
-        .values()
-        .flat_map(|c| c.iter().map(|(at, _)| *at))
-        .collect();
-    times.sort();
+    let times = target.call_times();
     // Calls dispatched in the same instant as the first were already on
     // their way; none may start after it within the pause.
     let first = times[0];
