@@ -162,6 +162,14 @@
     setText('stat-sweep', s.lastSuspiciousSweepProgress == null ? 'off'
       : `${fmtNum(100 * s.lastSuspiciousSweepProgress, 1)} %`);
     setText('suspicious-count', s.suspiciousCount == null ? '' : `(${fmtInt(s.suspiciousCount)})`);
+    // Said plainly when the target (or max_rate) cannot keep up.
+    const behind = $('behind');
+    behind.hidden = !s.behindSchedule;
+    if (s.behindSchedule) {
+      behind.textContent = `The schedule cannot be held: it needs ${fmtNum(s.neededPerSecond, 0)} polls/s, `
+        + `the target allows ${fmtNum(s.achievedPerSecond, 0)}/s, so each account is read about every `
+        + `${fmtNum(s.effectiveIntervalMs / 1000, 1)} s; slots are missed.`;
+    }
   }
 
   function drawHealth() {

@@ -107,7 +107,7 @@ pub fn document(job: &str, metrics: &[String], rank_metric: &str) -> Value {
     paths.insert(
         format!("{base}/stats"),
         json!({
-            "get": {"summary": "Job-wide figures: tracked, average, polls/s, lag, suspicious count",
+            "get": {"summary": "Job-wide figures: tracked, average, polls/s, lag, whether the schedule is held (behindSchedule, neededPerSecond, achievedPerSecond, effectiveIntervalMs), suspicious count",
                     "responses": ok("figures", json!({"type": "object"}), &[])}
         }),
     );

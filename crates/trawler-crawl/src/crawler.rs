@@ -151,6 +151,9 @@ struct Shared {
     polite: Politeness,
     metrics: Metrics,
     log_budget: LogBudget,
+    /// When the crawl last said the schedule cannot be held; `None` while
+    /// it is held.
+    announced: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -166,7 +169,41 @@ impl Shared {
             invalid: lock(&self.invalid).len() as u64,
             in_flight: self.limiter.in_flight() as u64,
             concurrency_limit: self.limiter.limit() as u64,
+            interval_ms: self.interval_ms as u64,
         }
+    }
+
+    /// Says in the log when the schedule stops being held (then once a
+    /// minute while it lasts) and when it is held again. Called about
+    /// once a second by the dispatcher.
+    fn announce(&self, now: Instant) {
+        let tracked = lock(&self.wheel).len() as u64;
+        let s = self.metrics.schedule(tracked, self.interval_ms as u64);
+        let mut last = lock(&self.announced);
+        match (*last, s.behind) {
+            (None, true) => {}
+            (Some(at), true) if now.duration_since(at) >= Duration::from_secs(60) => {}
+            (Some(_), false) => {
+                tracing::info!(
+                    job = self.job.name(),
+                    needed_per_s = s.needed_per_sec.round(),
+                    achieved_per_s = s.achieved_per_sec.round(),
+                    "the schedule is held again"
+                );
+                *last = None;
+                return;
+            }
+            _ => return,
+        }
+        tracing::warn!(
+            job = self.job.name(),
+            needed_per_s = s.needed_per_sec.round(),
+            achieved_per_s = s.achieved_per_sec.round(),
+            effective_interval_s = (s.effective_interval_ms / 1e3 * 10.0).round() / 10.0,
+            interval_s = self.interval_ms as f64 / 1e3,
+            "the schedule cannot be held: the target (or max_rate) allows fewer polls than the interval needs; slots are missed"
+        );
+        *last = Some(now);
     }
 }
 
@@ -248,6 +285,7 @@ pub fn start<F: Fetch>(job: Job, fetcher: F, events: mpsc::Sender<Event>) -> Cra
         invalid: Mutex::new(BTreeSet::new()),
         metrics: Metrics::default(),
         log_budget: LogBudget::default(),
+        announced: Mutex::new(None),
         job,
     });
     tracing::info!(
@@ -392,7 +430,9 @@ async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Sta
             return;
         }
         let now = Instant::now();
-        shared.metrics.tick(now);
+        if shared.metrics.tick(now) {
+            shared.announce(now);
+        }
         let now_ms = shared.clock.unix_ms(now);
         batch.clear();
         {
@@ -454,6 +494,7 @@ async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Sta
                 }
                 continue;
             };
+            Metrics::add(&shared.metrics.started, 1);
             let claim = Claim {
                 shared: shared.clone(),
                 id: due.id,

@@ -63,4 +63,4 @@ pub use event::{Event, Gap, GapReason, Observation};
 pub use fetch::{Fetch, HttpFetcher, Response, TransportError};
 pub use ids::{IdSet, IdSetError};
 pub use job::{Job, JobConfig, JobError, Overrides};
-pub use metrics::{ErrorKind, MetricsSnapshot};
+pub use metrics::{ErrorKind, MetricsSnapshot, Schedule};

@@ -204,12 +204,27 @@ pub struct Metrics {
     pub(crate) pauses: AtomicU64,
     pub(crate) gaps: AtomicU64,
     pub(crate) missed: AtomicU64,
+    /// Slots whose request started (claimed by the dispatcher).
+    pub(crate) started: AtomicU64,
     pub(crate) abandoned: AtomicU64,
     pub(crate) lag: Histogram,
-    /// One sample per second: polls so far and the lag histogram, for rates
-    /// and recent quantiles.
-    ring: Mutex<VecDeque<(Instant, u64, HistogramCounts)>>,
+    /// One sample per second, for rates and recent quantiles.
+    ring: Mutex<VecDeque<Tick>>,
 }
+
+/// A per-second sample of the counters.
+#[derive(Debug)]
+struct Tick {
+    at: Instant,
+    polls: u64,
+    started: u64,
+    missed: u64,
+    lag: HistogramCounts,
+}
+
+/// Below this share of the slots the schedule needs, it is not held
+/// (a few missed slots are a hiccup, not a target that cannot keep up).
+const HELD_SHARE: f64 = 0.99;
 
 /// How far back "recent" figures look.
 const RECENT: Duration = Duration::from_secs(10);
@@ -223,6 +238,7 @@ impl Default for Metrics {
             pauses: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             missed: AtomicU64::new(0),
+            started: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             lag: Histogram::default(),
             ring: Mutex::new(VecDeque::new()),
@@ -239,22 +255,58 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Records a ring sample if a second has passed; called by the dispatcher.
-    pub(crate) fn tick(&self, now: Instant) {
+    /// Records a ring sample if a second has passed (then true); called by
+    /// the dispatcher.
+    pub(crate) fn tick(&self, now: Instant) -> bool {
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         if ring
             .back()
-            .is_some_and(|(t, _, _)| now.duration_since(*t) < Duration::from_secs(1))
+            .is_some_and(|t| now.duration_since(t.at) < Duration::from_secs(1))
         {
-            return;
+            return false;
         }
-        ring.push_back((
-            now,
-            self.polls_ok.load(Ordering::Relaxed),
-            HistogramCounts(self.lag.counts()),
-        ));
-        while ring.len() > 2 && now.duration_since(ring[1].0) >= RECENT {
+        ring.push_back(Tick {
+            at: now,
+            polls: self.polls_ok.load(Ordering::Relaxed),
+            started: self.started.load(Ordering::Relaxed),
+            missed: self.missed.load(Ordering::Relaxed),
+            lag: HistogramCounts(self.lag.counts()),
+        });
+        while ring.len() > 2 && now.duration_since(ring[1].at) >= RECENT {
             ring.pop_front();
+        }
+        true
+    }
+
+    /// Whether the schedule was held over the recent window: the slots
+    /// started per second against what `tracked` ids every `interval_ms`
+    /// need, and the effective interval that rate gives every id.
+    pub(crate) fn schedule(&self, tracked: u64, interval_ms: u64) -> Schedule {
+        let needed = tracked as f64 * 1_000.0 / interval_ms.max(1) as f64;
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let (achieved, missed) = match (ring.front(), ring.back()) {
+            (Some(a), Some(b)) if b.at.duration_since(a.at) >= Duration::from_secs(1) => {
+                let dt = b.at.duration_since(a.at).as_secs_f64();
+                (
+                    (b.started - a.started) as f64 / dt,
+                    (b.missed - a.missed) as f64 / dt,
+                )
+            }
+            _ => return Schedule::held(needed, interval_ms),
+        };
+        // Held when (almost) no slot was missed; otherwise the rate the
+        // target sustained is what every id gets.
+        if missed <= (1.0 - HELD_SHARE) * needed || achieved >= needed {
+            return Schedule {
+                achieved_per_sec: achieved,
+                ..Schedule::held(needed, interval_ms)
+            };
+        }
+        Schedule {
+            needed_per_sec: needed,
+            achieved_per_sec: achieved,
+            effective_interval_ms: interval_ms as f64 * needed / achieved.max(needed * 1e-6),
+            behind: true,
         }
     }
 
@@ -265,12 +317,14 @@ impl Metrics {
         let lag_total = HistogramCounts(self.lag.counts());
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let (polls_per_sec, lag_recent) = match ring.front() {
-            Some((t, polls, lag)) if now.duration_since(*t) >= Duration::from_millis(500) => (
-                (polls_ok - polls) as f64 / now.duration_since(*t).as_secs_f64(),
-                lag_total.since(lag),
+            Some(t) if now.duration_since(t.at) >= Duration::from_millis(500) => (
+                (polls_ok - t.polls) as f64 / now.duration_since(t.at).as_secs_f64(),
+                lag_total.since(&t.lag),
             ),
             _ => (0.0, lag_total.clone()),
         };
+        drop(ring);
+        let schedule = self.schedule(gauges.tracked, gauges.interval_ms);
         let ms = |q| lag_recent.quantile(q).map(|us| us as f64 / 1e3);
         MetricsSnapshot {
             polls_ok,
@@ -285,6 +339,7 @@ impl Metrics {
             lag_p99_ms: ms(0.99),
             lag_total,
             lag_sum_us: self.lag.sum(),
+            schedule,
             gauges,
         }
     }
@@ -301,6 +356,33 @@ pub struct Gauges {
     pub in_flight: u64,
     /// The adaptive concurrency limit.
     pub concurrency_limit: u64,
+    /// The configured poll interval.
+    pub interval_ms: u64,
+}
+
+/// Whether the crawl holds its schedule, over the last 10 s.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Schedule {
+    /// Slots per second the schedule needs (tracked ids / interval).
+    pub needed_per_sec: f64,
+    /// Slots started per second.
+    pub achieved_per_sec: f64,
+    /// The interval every id actually gets: the configured one while the
+    /// schedule is held, else stretched by needed / achieved.
+    pub effective_interval_ms: f64,
+    /// More than 1 % of the needed slots were missed.
+    pub behind: bool,
+}
+
+impl Schedule {
+    fn held(needed: f64, interval_ms: u64) -> Self {
+        Self {
+            needed_per_sec: needed,
+            achieved_per_sec: needed,
+            effective_interval_ms: interval_ms as f64,
+            behind: false,
+        }
+    }
 }
 
 /// Every crawl metric at one moment.
@@ -331,6 +413,8 @@ pub struct MetricsSnapshot {
     pub lag_total: HistogramCounts,
     /// Sum of the lag of every observation since start, µs.
     pub lag_sum_us: u64,
+    /// Whether the schedule is held.
+    pub schedule: Schedule,
     /// Tracked, invalid, in flight, concurrency limit.
     pub gauges: Gauges,
 }
@@ -428,6 +512,31 @@ impl MetricsSnapshot {
             &lag,
         );
 
+        let s = self.schedule;
+        metric(
+            "needed_per_second",
+            "gauge",
+            "Slots per second the schedule needs.",
+            &[("", s.needed_per_sec)],
+        );
+        metric(
+            "achieved_per_second",
+            "gauge",
+            "Slots started per second, last 10 s.",
+            &[("", s.achieved_per_sec)],
+        );
+        metric(
+            "effective_interval_seconds",
+            "gauge",
+            "The interval every id gets at the achieved rate.",
+            &[("", s.effective_interval_ms / 1e3)],
+        );
+        metric(
+            "behind_schedule",
+            "gauge",
+            "1 while more than 1 % of the needed slots are missed.",
+            &[("", f64::from(u8::from(s.behind)))],
+        );
         metric(
             "tracked_ids",
             "gauge",

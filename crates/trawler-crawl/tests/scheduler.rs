@@ -507,3 +507,39 @@ async fn retry_after_pauses_every_id_not_only_the_one_answered() {
     assert_eq!(metrics.pauses, 1);
     assert!(times.len() > 500, "polling resumed: {} calls", times.len());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_schedule_that_cannot_be_held_is_announced_and_cleared_on_recovery() {
+    // Ten requests in flight at most: at 100 ms a call the target serves
+    // 100/s, a tenth of what 1,000 ids every second need; at 1 ms, plenty.
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let target = {
+        let slow = slow.clone();
+        Target::new(move |_, _| {
+            if slow.load(Ordering::SeqCst) {
+                Behave::Ok(Duration::from_millis(100))
+            } else {
+                Behave::Ok(Duration::from_millis(1))
+            }
+        })
+    };
+    let http = "min_in_flight = 10\nmax_in_flight = 10\nrequest_timeout = \"1s\"\n";
+    let (tx, mut rx) = mpsc::channel(1_000_000);
+    let crawl = trawler_crawl::start(job("1..=1000", "1s", http), target.clone(), tx);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let s = crawl.metrics().schedule;
+    assert!(s.behind, "{s:?}");
+    assert_eq!(s.needed_per_sec, 1_000.0);
+    assert!((80.0..=120.0).contains(&s.achieved_per_sec), "{s:?}");
+    assert!(
+        (8_000.0..=12_500.0).contains(&s.effective_interval_ms),
+        "{s:?}"
+    );
+    slow.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let s = crawl.metrics().schedule;
+    assert!(!s.behind, "recovered: {s:?}");
+    assert_eq!(s.effective_interval_ms, 1_000.0);
+    crawl.shutdown(Duration::from_secs(1)).await;
+    common::drain(&mut rx);
+}

@@ -407,9 +407,10 @@ fn api_errors_are_json_with_4xx_statuses() {
 }
 
 /// `[http] max_rate` holds, counted at the simulator: 3,000 accounts every
-/// second want 3,000 requests/s; the cap is 300.
+/// second want 3,000 requests/s; the cap is 300. The schedule cannot be
+/// held, and the stats and /metrics say so.
 #[test]
-fn max_rate_is_never_exceeded_at_the_target() {
+fn max_rate_is_never_exceeded_at_the_target_and_the_shortfall_is_announced() {
     let (_sim, sim) = start_sim(&["--accounts", "3000"]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("job.toml");
@@ -451,7 +452,23 @@ fn max_rate_is_never_exceeded_at_the_target() {
     // How close it gets to the cap depends on the machine's load (the
     // benchmark measures that); here it must keep polling.
     assert!(r1 > r0, "polling goes on under the cap");
-    assert!(stats(api)["missedSlots"].as_u64().unwrap() > 0);
+    // And it says so: the schedule cannot be held.
+    let s = eventually(30 * SECOND, || {
+        let s = stats(api);
+        (s["behindSchedule"] == true).then_some(s)
+    });
+    assert_eq!(s["neededPerSecond"], 3000.0, "{s}");
+    assert!(
+        s["achievedPerSecond"].as_f64().unwrap() <= 300.0 * 1.2,
+        "{s}"
+    );
+    assert!(s["effectiveIntervalMs"].as_f64().unwrap() >= 8_000.0, "{s}");
+    assert!(s["missedSlots"].as_u64().unwrap() > 0);
+    let metrics = http(api, "GET", "/metrics", None).body;
+    assert!(
+        metrics.contains("trawler_crawl_behind_schedule{job=\"influencers\"} 1"),
+        "{metrics}"
+    );
     assert!(run.terminate(30 * SECOND).success());
 }
 

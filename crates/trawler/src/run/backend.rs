@@ -343,6 +343,17 @@ impl Backend for NodeBackend {
         );
         out.insert("gaps".into(), json!(crawl.gaps));
         out.insert("missedSlots".into(), json!(crawl.missed_slots));
+        let schedule = crawl.schedule;
+        out.insert("behindSchedule".into(), json!(schedule.behind));
+        out.insert("neededPerSecond".into(), number(schedule.needed_per_sec));
+        out.insert(
+            "achievedPerSecond".into(),
+            number(schedule.achieved_per_sec),
+        );
+        out.insert(
+            "effectiveIntervalMs".into(),
+            number(schedule.effective_interval_ms),
+        );
         out.insert("suspiciousCount".into(), json!(views.suspicious));
         out.insert(
             "lastSuspiciousSweepProgress".into(),
