@@ -58,7 +58,7 @@ use tokio::time::Instant;
 use crate::event::{Event, Gap, GapReason, Observation};
 use crate::fetch::{Fetch, HttpFetcher, Response, TransportError};
 use crate::ids::IdSet;
-use crate::job::Job;
+use crate::job::{Job, Overload};
 use crate::limit::{Limiter, Permit};
 use crate::metrics::{ErrorKind, Gauges, Metrics, MetricsSnapshot};
 use crate::polite::Politeness;
@@ -424,6 +424,10 @@ fn not_abandoned(s: Stage) -> bool {
 async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Stage>) {
     let shared = &ctx.shared;
     let interval = shared.interval_ms;
+    let stretch = shared.job.overload() == Overload::Stretch;
+    // How late a slot may start before the stretch policy moves the whole
+    // schedule back by the excess: a second, or a tenth of a short interval.
+    let slack = (interval / 10).min(1_000);
     let mut batch: Vec<Due> = Vec::with_capacity(BATCH);
     loop {
         if !running(*stage.borrow()) || ctx.events.is_closed() {
@@ -434,10 +438,12 @@ async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Sta
             shared.announce(now);
         }
         let now_ms = shared.clock.unix_ms(now);
+        // The schedule's own time: behind the clock by the stretch so far.
+        let schedule_ms = now_ms - shared.metrics.stretch_ms.load(Ordering::Relaxed);
         batch.clear();
         {
             let mut wheel = lock(&shared.wheel);
-            if now_ms - wheel.cursor_ms() > 2 * interval {
+            if !stretch && now_ms - wheel.cursor_ms() > 2 * interval {
                 // More than two intervals behind (the process was stopped,
                 // or the consumer blocked for that long): jump, counting the
                 // skipped slots, rather than walk them one by one.
@@ -450,7 +456,7 @@ async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Sta
                     "crawl fell more than two intervals behind; skipped slots"
                 );
             }
-            wheel.advance(now_ms, BATCH, &mut batch);
+            wheel.advance(schedule_ms, BATCH, &mut batch);
         }
         if batch.is_empty() {
             tokio::select! {
@@ -461,11 +467,16 @@ async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Sta
         }
         for due in batch.drain(..) {
             // The rate cap and any pause first, so that a slot waiting for
-            // its turn holds no concurrency permit; a slot whose turn would
-            // come after its id's next slot began takes none and is missed.
-            let expires = shared.clock.instant_of_ms(due.slot_ms + interval);
+            // its turn holds no concurrency permit; under `skip`, a slot
+            // whose turn would come after its id's next slot began takes
+            // none and is missed. Under `stretch` every slot waits its turn.
+            let expires = (!stretch).then(|| {
+                shared
+                    .clock
+                    .instant_of_ms(due.slot_ms + shared.metrics.stretch_ms.load(Ordering::Relaxed) + interval)
+            });
             let turn = tokio::select! {
-                turn = shared.polite.turn_before(Some(expires)) => turn,
+                turn = shared.polite.turn_before(expires) => turn,
                 _ = stage_leaves(&mut stage, running) => return,
             };
             let permit = if turn {
@@ -477,6 +488,23 @@ async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Sta
                 None
             };
             let now_ms = shared.clock.unix_ms(Instant::now());
+            // The slot's time on the (possibly stretched) schedule. Under
+            // `stretch`, a slot starting more than `slack` late moves the
+            // schedule back by the excess, for good: every id keeps its turn
+            // in the phase ring, samples stay evenly spaced, and nothing is
+            // polled twice to catch up.
+            let mut offset = shared.metrics.stretch_ms.load(Ordering::Relaxed);
+            if stretch && permit.is_some() {
+                let late = now_ms - (due.slot_ms + offset) - slack;
+                if late > 0 {
+                    offset += late;
+                    shared.metrics.stretch_ms.store(offset, Ordering::Relaxed);
+                }
+            }
+            let due = Due {
+                slot_ms: due.slot_ms + offset,
+                ..due
+            };
             let claimed = permit.is_some()
                 && now_ms < due.slot_ms + interval
                 && lock(&shared.in_flight).insert(due.id);

@@ -62,5 +62,5 @@ pub use crawler::{start, start_http, CrawlHandle, ShutdownReport};
 pub use event::{Event, Gap, GapReason, Observation};
 pub use fetch::{Fetch, HttpFetcher, Response, TransportError};
 pub use ids::{IdSet, IdSetError};
-pub use job::{Job, JobConfig, JobError, Overrides};
+pub use job::{Job, JobConfig, JobError, Overload, Overrides};
 pub use metrics::{ErrorKind, MetricsSnapshot, Schedule};

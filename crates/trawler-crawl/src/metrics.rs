@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -206,6 +206,8 @@ pub struct Metrics {
     pub(crate) missed: AtomicU64,
     /// Slots whose request started (claimed by the dispatcher).
     pub(crate) started: AtomicU64,
+    /// How far the `stretch` policy has moved the schedule back, ms.
+    pub(crate) stretch_ms: AtomicI64,
     pub(crate) abandoned: AtomicU64,
     pub(crate) lag: Histogram,
     /// One sample per second, for rates and recent quantiles.
@@ -219,6 +221,7 @@ struct Tick {
     polls: u64,
     started: u64,
     missed: u64,
+    stretch_ms: i64,
     lag: HistogramCounts,
 }
 
@@ -239,6 +242,7 @@ impl Default for Metrics {
             gaps: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             started: AtomicU64::new(0),
+            stretch_ms: AtomicI64::new(0),
             abandoned: AtomicU64::new(0),
             lag: Histogram::default(),
             ring: Mutex::new(VecDeque::new()),
@@ -270,6 +274,7 @@ impl Metrics {
             polls: self.polls_ok.load(Ordering::Relaxed),
             started: self.started.load(Ordering::Relaxed),
             missed: self.missed.load(Ordering::Relaxed),
+            stretch_ms: self.stretch_ms.load(Ordering::Relaxed),
             lag: HistogramCounts(self.lag.counts()),
         });
         while ring.len() > 2 && now.duration_since(ring[1].at) >= RECENT {
@@ -284,21 +289,32 @@ impl Metrics {
     pub(crate) fn schedule(&self, tracked: u64, interval_ms: u64) -> Schedule {
         let needed = tracked as f64 * 1_000.0 / interval_ms.max(1) as f64;
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let (achieved, missed) = match (ring.front(), ring.back()) {
+        let stretched_ms = self.stretch_ms.load(Ordering::Relaxed) as f64;
+        let (achieved, missed, stretching) = match (ring.front(), ring.back()) {
             (Some(a), Some(b)) if b.at.duration_since(a.at) >= Duration::from_secs(1) => {
                 let dt = b.at.duration_since(a.at).as_secs_f64();
                 (
                     (b.started - a.started) as f64 / dt,
                     (b.missed - a.missed) as f64 / dt,
+                    // Share of the time the schedule stood still.
+                    (b.stretch_ms - a.stretch_ms) as f64 / 1e3 / dt,
                 )
             }
-            _ => return Schedule::held(needed, interval_ms),
+            _ => {
+                return Schedule {
+                    stretched_ms,
+                    ..Schedule::held(needed, interval_ms)
+                }
+            }
         };
-        // Held when (almost) no slot was missed; otherwise the rate the
-        // target sustained is what every id gets.
-        if missed <= (1.0 - HELD_SHARE) * needed || achieved >= needed {
+        // Held when (almost) no slot was missed and the schedule (almost)
+        // never had to stretch; otherwise the rate the target sustained is
+        // what every id gets.
+        let short = 1.0 - HELD_SHARE;
+        if (missed <= short * needed && stretching <= short) || achieved >= needed {
             return Schedule {
                 achieved_per_sec: achieved,
+                stretched_ms,
                 ..Schedule::held(needed, interval_ms)
             };
         }
@@ -307,6 +323,7 @@ impl Metrics {
             achieved_per_sec: achieved,
             effective_interval_ms: interval_ms as f64 * needed / achieved.max(needed * 1e-6),
             behind: true,
+            stretched_ms,
         }
     }
 
@@ -370,8 +387,12 @@ pub struct Schedule {
     /// The interval every id actually gets: the configured one while the
     /// schedule is held, else stretched by needed / achieved.
     pub effective_interval_ms: f64,
-    /// More than 1 % of the needed slots were missed.
+    /// More than 1 % of the needed slots were missed, or (`stretch`) the
+    /// schedule stood still more than 1 % of the time.
     pub behind: bool,
+    /// How far the `stretch` policy has moved the schedule back since the
+    /// start, ms (0 under `skip`).
+    pub stretched_ms: f64,
 }
 
 impl Schedule {
@@ -381,6 +402,7 @@ impl Schedule {
             achieved_per_sec: needed,
             effective_interval_ms: interval_ms as f64,
             behind: false,
+            stretched_ms: 0.0,
         }
     }
 }
@@ -530,6 +552,12 @@ impl MetricsSnapshot {
             "gauge",
             "The interval every id gets at the achieved rate.",
             &[("", s.effective_interval_ms / 1e3)],
+        );
+        metric(
+            "schedule_stretch_seconds",
+            "counter",
+            "How far the stretch policy has moved the schedule back.",
+            &[("", s.stretched_ms / 1e3)],
         );
         metric(
             "behind_schedule",

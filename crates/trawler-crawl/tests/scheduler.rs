@@ -543,3 +543,89 @@ async fn a_schedule_that_cannot_be_held_is_announced_and_cleared_on_recovery() {
     crawl.shutdown(Duration::from_secs(1)).await;
     common::drain(&mut rx);
 }
+
+/// The job of [`job`] with `[job] overload = "stretch"`.
+fn stretched_job(ids: &str, interval: &str, http: &str) -> trawler_crawl::Job {
+    let line = format!("interval = \"{interval}\"\n");
+    let text = common::job_text("http://127.0.0.1:9", ids, interval, http)
+        .replacen(&line, &format!("{line}overload = \"stretch\"\n"), 1);
+    assert!(text.contains("overload = \"stretch\""));
+    let job = trawler_crawl::JobConfig::from_toml(&text, "job.toml")
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(job.overload(), trawler_crawl::Overload::Stretch);
+    job
+}
+
+#[tokio::test(start_paused = true)]
+async fn stretch_covers_every_id_evenly_at_the_rate_the_target_allows_and_recovers() {
+    // At most 10 in flight at 100 ms a call: 100 polls/s for 500 ids every
+    // second (500/s needed), so each id is polled about every 5 s.
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let target = {
+        let slow = slow.clone();
+        Target::new(move |_, _| {
+            if slow.load(Ordering::SeqCst) {
+                Behave::Ok(Duration::from_millis(100))
+            } else {
+                Behave::Ok(Duration::from_millis(1))
+            }
+        })
+    };
+    let http = "min_in_flight = 10\nmax_in_flight = 10\nrequest_timeout = \"1s\"\n";
+    let (tx, mut rx) = mpsc::channel(1_000_000);
+    let crawl = trawler_crawl::start(stretched_job("1..=500", "1s", http), target.clone(), tx);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let s = crawl.metrics().schedule;
+    assert!(s.behind, "{s:?}");
+    assert!((4_000.0..=6_500.0).contains(&s.effective_interval_ms), "{s:?}");
+    let slow_calls = target.calls();
+    // Fair: every id within one poll of the median, evenly spaced.
+    let mut counts: Vec<usize> = slow_calls.values().map(Vec::len).collect();
+    counts.sort();
+    assert_eq!(counts.len(), 500, "every id polled");
+    let median = counts[counts.len() / 2];
+    assert!(
+        counts[0] + 1 >= median && counts[counts.len() - 1] <= median + 1,
+        "uneven coverage: {:?} … {:?}",
+        &counts[..5],
+        &counts[counts.len() - 5..]
+    );
+    for (id, calls) in &slow_calls {
+        for pair in calls.windows(2).skip(1) {
+            let gap = pair[1].0 - pair[0].0;
+            assert!(
+                (Duration::from_millis(3_500)..=Duration::from_millis(7_000)).contains(&gap),
+                "id {id}: polls {gap:?} apart: {calls:?}"
+            );
+        }
+    }
+    // Recovery: the configured interval again, no slot missed on the way.
+    slow.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let metrics = crawl.shutdown(Duration::from_secs(1)).await.metrics;
+    assert!(!metrics.schedule.behind, "{:?}", metrics.schedule);
+    assert_eq!(metrics.missed_slots, 0);
+    assert_eq!(metrics.gaps, 0);
+    for (id, calls) in target.calls() {
+        let last = &calls[calls.len() - 3..];
+        for pair in last.windows(2) {
+            let gap = pair[1].0 - pair[0].0;
+            assert!(
+                gap.abs_diff(Duration::from_secs(1)) <= Duration::from_millis(30),
+                "id {id}: after recovery polls {gap:?} apart"
+            );
+        }
+    }
+    // One observation per slot, stamped on increasing, distinct times.
+    let mut last: HashMap<u64, i64> = HashMap::new();
+    for event in common::drain(&mut rx) {
+        let Event::Observation(o) = event else {
+            panic!("unexpected {event:?}")
+        };
+        if let Some(before) = last.insert(o.id, o.slot_ms) {
+            assert!(o.slot_ms > before, "id {}: {} after {before}", o.id, o.slot_ms);
+        }
+    }
+}

@@ -127,6 +127,25 @@ pub struct JobSection {
     /// the API shows it as `username` and enrichments send it. Optional.
     #[serde(default)]
     pub label: Option<String>,
+    /// What the schedule does when the target cannot keep up with it
+    /// (default `skip`; see [`Overload`]).
+    #[serde(default)]
+    pub overload: Overload,
+}
+
+/// The policy when the target serves fewer requests than the schedule needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overload {
+    /// A slot that cannot start before its id's next slot is recorded as
+    /// missed; the grid never moves.
+    #[default]
+    Skip,
+    /// The schedule slows down to what the target serves: every id is
+    /// polled in turn, once per stretched interval, evenly spaced, and no
+    /// slot is missed; samples are stamped with their stretched slot time.
+    /// Back at the configured interval when the target recovers.
+    Stretch,
 }
 
 /// `[[field]]`: one number read from the JSON answer.
@@ -305,6 +324,7 @@ pub struct Job {
     not_found: NotFoundRule,
     http: HttpSettings,
     label: Option<String>,
+    overload: Overload,
 }
 
 impl JobConfig {
@@ -497,6 +517,7 @@ impl JobConfig {
             not_found,
             http,
             label: self.job.label.clone(),
+            overload: self.job.overload,
         })
     }
 
@@ -578,6 +599,11 @@ impl Job {
     /// The poll interval.
     pub fn interval(&self) -> Duration {
         self.interval
+    }
+
+    /// What the schedule does when the target cannot keep up.
+    pub fn overload(&self) -> Overload {
+        self.overload
     }
 
     /// The metrics, in the order of an observation's values.

@@ -8,7 +8,15 @@ use trawler_crawl::{Event, Job, JobConfig};
 /// A Mockstagram-shaped job for `ids` at `interval` against `base`, with
 /// extra lines for `[http]`.
 pub fn job(base: &str, ids: &str, interval: &str, http: &str) -> Job {
-    let text = format!(
+    JobConfig::from_toml(&job_text(base, ids, interval, http), "test.toml")
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+/// The job file [`job`] builds.
+pub fn job_text(base: &str, ids: &str, interval: &str, http: &str) -> String {
+    format!(
         r#"
 [job]
 name = "influencers"
@@ -33,11 +41,7 @@ formula = "followerCount / followingCount"
 [http]
 {http}
 "#
-    );
-    JobConfig::from_toml(&text, "test.toml")
-        .unwrap()
-        .build()
-        .unwrap()
+    )
 }
 
 /// Takes every event currently in the channel.
