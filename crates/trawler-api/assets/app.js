@@ -168,7 +168,7 @@
     if (s.behindSchedule) {
       behind.textContent = `The schedule cannot be held: it needs ${fmtNum(s.neededPerSecond, 0)} polls/s, `
         + `the target allows ${fmtNum(s.achievedPerSecond, 0)}/s, so each account is read about every `
-        + `${fmtNum(s.effectiveIntervalMs / 1000, 1)} s; slots are missed.`;
+        + `${fmtNum(s.effectiveIntervalMs / 1000, 1)} s instead of every ${fmtNum(s.intervalMs / 1000, 1)} s.`;
     }
   }
 

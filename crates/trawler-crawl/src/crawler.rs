@@ -195,13 +195,17 @@ impl Shared {
             }
             _ => return,
         }
+        let consequence = match self.job.overload() {
+            Overload::Skip => "slots are missed",
+            Overload::Stretch => "the schedule is stretched: every id is read in turn, less often",
+        };
         tracing::warn!(
             job = self.job.name(),
             needed_per_s = s.needed_per_sec.round(),
             achieved_per_s = s.achieved_per_sec.round(),
             effective_interval_s = (s.effective_interval_ms / 1e3 * 10.0).round() / 10.0,
             interval_s = self.interval_ms as f64 / 1e3,
-            "the schedule cannot be held: the target (or max_rate) allows fewer polls than the interval needs; slots are missed"
+            "the schedule cannot be held: the target (or max_rate) allows fewer polls than the interval needs; {consequence}"
         );
         *last = Some(now);
     }
@@ -471,9 +475,9 @@ async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Sta
             // whose turn would come after its id's next slot began takes
             // none and is missed. Under `stretch` every slot waits its turn.
             let expires = (!stretch).then(|| {
-                shared
-                    .clock
-                    .instant_of_ms(due.slot_ms + shared.metrics.stretch_ms.load(Ordering::Relaxed) + interval)
+                shared.clock.instant_of_ms(
+                    due.slot_ms + shared.metrics.stretch_ms.load(Ordering::Relaxed) + interval,
+                )
             });
             let turn = tokio::select! {
                 turn = shared.polite.turn_before(expires) => turn,

@@ -547,8 +547,11 @@ async fn a_schedule_that_cannot_be_held_is_announced_and_cleared_on_recovery() {
 /// The job of [`job`] with `[job] overload = "stretch"`.
 fn stretched_job(ids: &str, interval: &str, http: &str) -> trawler_crawl::Job {
     let line = format!("interval = \"{interval}\"\n");
-    let text = common::job_text("http://127.0.0.1:9", ids, interval, http)
-        .replacen(&line, &format!("{line}overload = \"stretch\"\n"), 1);
+    let text = common::job_text("http://127.0.0.1:9", ids, interval, http).replacen(
+        &line,
+        &format!("{line}overload = \"stretch\"\n"),
+        1,
+    );
     assert!(text.contains("overload = \"stretch\""));
     let job = trawler_crawl::JobConfig::from_toml(&text, "job.toml")
         .unwrap()
@@ -579,7 +582,10 @@ async fn stretch_covers_every_id_evenly_at_the_rate_the_target_allows_and_recove
     tokio::time::sleep(Duration::from_secs(40)).await;
     let s = crawl.metrics().schedule;
     assert!(s.behind, "{s:?}");
-    assert!((4_000.0..=6_500.0).contains(&s.effective_interval_ms), "{s:?}");
+    assert!(
+        (4_000.0..=6_500.0).contains(&s.effective_interval_ms),
+        "{s:?}"
+    );
     let slow_calls = target.calls();
     // Fair: every id within one poll of the median, evenly spaced.
     let mut counts: Vec<usize> = slow_calls.values().map(Vec::len).collect();
@@ -625,7 +631,12 @@ async fn stretch_covers_every_id_evenly_at_the_rate_the_target_allows_and_recove
             panic!("unexpected {event:?}")
         };
         if let Some(before) = last.insert(o.id, o.slot_ms) {
-            assert!(o.slot_ms > before, "id {}: {} after {before}", o.id, o.slot_ms);
+            assert!(
+                o.slot_ms > before,
+                "id {}: {} after {before}",
+                o.id,
+                o.slot_ms
+            );
         }
     }
 }

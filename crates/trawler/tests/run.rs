@@ -472,6 +472,59 @@ fn max_rate_is_never_exceeded_at_the_target_and_the_shortfall_is_announced() {
     assert!(run.terminate(30 * SECOND).success());
 }
 
+/// `overload = "stretch"` with the real binary and simulator: 500 accounts
+/// every second against a cap of 100 requests/s; every account is read in
+/// turn, so after a few effective intervals all have the same number of
+/// samples give or take one, none is missed, and the stats say how long
+/// the effective interval is.
+#[test]
+fn stretch_covers_every_account_evenly_under_a_rate_cap() {
+    let (_sim, sim) = start_sim(&["--accounts", "500"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.toml");
+    let text = trawler_default_job()
+        .replace("# max_rate = 5000", "max_rate = 100")
+        .replace("# overload = \"skip\"", "overload = \"stretch\"");
+    assert!(
+        text.contains("\noverload = \"stretch\""),
+        "the job file documents overload"
+    );
+    std::fs::write(&path, text).unwrap();
+    let (mut run, api) = start_run(
+        sim,
+        dir.path(),
+        &[
+            "--config",
+            path.to_str().unwrap(),
+            "--ids",
+            "1000000..=1000499",
+            "--no-suspicious",
+        ],
+    );
+    // Three effective intervals (about 5 s each at 100 of 500 per second).
+    let s = eventually(120 * SECOND, || {
+        let s = stats(api);
+        (s["polls"].as_u64()? >= 1_500 && s["behindSchedule"] == true).then_some(s)
+    });
+    let effective = s["effectiveIntervalMs"].as_f64().unwrap();
+    assert!((2_500.0..=20_000.0).contains(&effective), "{s}");
+    assert_eq!(s["missedSlots"], 0, "{s}");
+    let mut counts: Vec<usize> = (1_000_000..1_000_500u64)
+        .map(|pk| series(api, pk, "followerCount").len())
+        .collect();
+    counts.sort();
+    let median = counts[counts.len() / 2];
+    // Read one after the other while the crawl goes on: one more poll may
+    // land during the reads.
+    assert!(
+        counts[0] + 1 >= median && counts[counts.len() - 1] <= median + 2,
+        "uneven: min {} median {median} max {}",
+        counts[0],
+        counts[counts.len() - 1]
+    );
+    assert!(run.terminate(30 * SECOND).success());
+}
+
 #[test]
 fn a_bad_job_file_names_the_file_and_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -345,6 +345,10 @@ impl Backend for NodeBackend {
         out.insert("missedSlots".into(), json!(crawl.missed_slots));
         let schedule = crawl.schedule;
         out.insert("behindSchedule".into(), json!(schedule.behind));
+        out.insert(
+            "intervalMs".into(),
+            json!(node.crawl.job().interval().as_millis() as u64),
+        );
         out.insert("neededPerSecond".into(), number(schedule.needed_per_sec));
         out.insert(
             "achievedPerSecond".into(),
