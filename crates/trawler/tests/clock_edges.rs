@@ -64,34 +64,37 @@ fn check_gainers(api: SocketAddr, boundary_ms: i64) -> usize {
 
 #[test]
 fn a_clock_hour_misses_no_slot_and_the_movers_are_right_before_and_after_a_restart() {
-    let accounts = 10_000u64;
+    // 1,000 polls/s: within what debug builds of trawler and the simulator
+    // sustain on a loaded 2-core CI machine beside the other test.
+    let accounts = 12_000u64;
     let (_sim, sim) = start_sim(&["--accounts", &accounts.to_string(), "--seed", "5"]);
     let data = tempfile::tempdir().unwrap();
-    // The job's clock starts 12 s before a clock hour.
+    // The job's clock starts 15 s before a clock hour: every account has
+    // one slot (12 s apart) in the previous hour.
     let now = real_now_ms();
     let boundary = (now.div_euclid(HOUR_MS) + 1) * HOUR_MS;
-    let offset_ms = boundary - 12_000 - now;
+    let offset_ms = boundary - 15_000 - now;
     let offset = format!("--clock-offset=+{offset_ms}ms");
     let ids = format!("1000000..={}", 1_000_000 + accounts - 1);
     let args = [
         "--ids",
         &ids,
         "--interval",
-        "4s",
+        "12s",
         "--no-suspicious",
         &offset,
     ];
     let (mut run, api) = start_run(sim, data.path(), &args);
 
-    // Until four intervals past the hour, in the job's clock.
+    // Until two intervals past the hour, in the job's clock.
     let job_now = || real_now_ms() + offset_ms;
     eventually(Duration::from_secs(120), || {
-        (job_now() > boundary + 16_000).then_some(())
+        (job_now() > boundary + 24_000).then_some(())
     });
     let stats = get(api, "/api/v1/influencers/stats");
     assert_eq!(stats["missedSlots"], 0, "{stats}");
     assert_eq!(stats["gaps"], 0, "{stats}");
-    assert!(stats["polls"].as_u64().unwrap() >= 5 * accounts, "{stats}");
+    assert!(stats["polls"].as_u64().unwrap() >= 3 * accounts, "{stats}");
     assert!(check_gainers(api, boundary) > 0, "no gainers over the hour");
     assert!(run.terminate(60 * SECOND).success());
 
@@ -100,7 +103,7 @@ fn a_clock_hour_misses_no_slot_and_the_movers_are_right_before_and_after_a_resta
     let (mut run, api) = start_run(sim, data.path(), &args);
     let restarted = job_now();
     eventually(Duration::from_secs(120), || {
-        (job_now() > restarted + 8_000).then_some(())
+        (job_now() > restarted + 14_000).then_some(())
     });
     assert!(
         check_gainers(api, boundary) > 0,
