@@ -554,7 +554,7 @@ impl MetricsSnapshot {
             &[("", s.effective_interval_ms / 1e3)],
         );
         metric(
-            "schedule_stretch_seconds",
+            "schedule_stretch_seconds_total",
             "counter",
             "How far the stretch policy has moved the schedule back.",
             &[("", s.stretched_ms / 1e3)],
