@@ -71,6 +71,24 @@ async fn collect(rx: &mut mpsc::Receiver<Verdict>, window: Duration) -> Vec<Verd
     out
 }
 
+/// Verdicts until every one of `n` ids has one, with a generous deadline
+/// (a loaded machine is slow; a fixed window made this test flaky).
+async fn collect_all(rx: &mut mpsc::Receiver<Verdict>, n: u64) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while (ids.len() as u64) < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(v)) => {
+                ids.insert(v.id);
+                out.push(v);
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
 /// A simulator with `faults` and an enrichment of its first `n` accounts
 /// (half suspicious, half not) with the given period.
 async fn start(
@@ -183,7 +201,7 @@ async fn failures_are_retried_then_put_off_and_counted() {
         1_000,
     )
     .await;
-    let verdicts = collect(&mut rx, Duration::from_millis(1_500)).await;
+    let verdicts = collect_all(&mut rx, n).await;
     let distinct: std::collections::HashSet<u64> = verdicts.iter().map(|v| v.id).collect();
     assert_eq!(distinct.len() as u64, n);
     assert!(handle.metrics().retries > 0);
