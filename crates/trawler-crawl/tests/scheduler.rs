@@ -508,22 +508,29 @@ async fn retry_after_pauses_every_id_not_only_the_one_answered() {
     assert!(times.len() > 500, "polling resumed: {} calls", times.len());
 }
 
+/// Ten requests in flight at most, a fixed limit.
+const TEN_IN_FLIGHT: &str = "min_in_flight = 10\nmax_in_flight = 10\nrequest_timeout = \"1s\"\n";
+
+/// A target answering in 100 ms while the flag is set, in 1 ms after.
+fn slow_then_fast() -> (Target, Arc<std::sync::atomic::AtomicBool>) {
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = slow.clone();
+    let target = Target::new(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            Behave::Ok(Duration::from_millis(100))
+        } else {
+            Behave::Ok(Duration::from_millis(1))
+        }
+    });
+    (target, slow)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_schedule_that_cannot_be_held_is_announced_and_cleared_on_recovery() {
     // Ten requests in flight at most: at 100 ms a call the target serves
     // 100/s, a tenth of what 1,000 ids every second need; at 1 ms, plenty.
-    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let target = {
-        let slow = slow.clone();
-        Target::new(move |_, _| {
-            if slow.load(Ordering::SeqCst) {
-                Behave::Ok(Duration::from_millis(100))
-            } else {
-                Behave::Ok(Duration::from_millis(1))
-            }
-        })
-    };
-    let http = "min_in_flight = 10\nmax_in_flight = 10\nrequest_timeout = \"1s\"\n";
+    let (target, slow) = slow_then_fast();
+    let http = TEN_IN_FLIGHT;
     let (tx, mut rx) = mpsc::channel(1_000_000);
     let crawl = trawler_crawl::start(job("1..=1000", "1s", http), target.clone(), tx);
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -565,18 +572,8 @@ fn stretched_job(ids: &str, interval: &str, http: &str) -> trawler_crawl::Job {
 async fn stretch_covers_every_id_evenly_at_the_rate_the_target_allows_and_recovers() {
     // At most 10 in flight at 100 ms a call: 100 polls/s for 500 ids every
     // second (500/s needed), so each id is polled about every 5 s.
-    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let target = {
-        let slow = slow.clone();
-        Target::new(move |_, _| {
-            if slow.load(Ordering::SeqCst) {
-                Behave::Ok(Duration::from_millis(100))
-            } else {
-                Behave::Ok(Duration::from_millis(1))
-            }
-        })
-    };
-    let http = "min_in_flight = 10\nmax_in_flight = 10\nrequest_timeout = \"1s\"\n";
+    let (target, slow) = slow_then_fast();
+    let http = TEN_IN_FLIGHT;
     let (tx, mut rx) = mpsc::channel(1_000_000);
     let crawl = trawler_crawl::start(stretched_job("1..=500", "1s", http), target.clone(), tx);
     tokio::time::sleep(Duration::from_secs(40)).await;
