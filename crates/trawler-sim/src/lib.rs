@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use model::{Counts, Dynamics, Realistic};
-pub use server::{suspicious_delay, MAX_BODY_BYTES};
+pub use server::{suspicious_delay, Counters, MAX_BODY_BYTES};
 
 /// Fault injection, for testing how a crawler copes with a bad target.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +44,15 @@ pub struct Faults {
     pub latency: Duration,
     /// Multiplies the `is_suspicious` delay (1.0 = the contract, 0.0 = none).
     pub suspicious_delay_scale: f64,
+    /// Most API requests served per second (0 = no limit): a target slower
+    /// than the schedule. Requests beyond it wait their turn, the way a
+    /// saturated server's queue makes them wait, unless `retry_after` is
+    /// set.
+    pub max_rps: f64,
+    /// With `max_rps`: requests beyond the rate are answered `429` with
+    /// this `Retry-After` (whole seconds) at once, as rate-limited APIs do,
+    /// instead of waiting.
+    pub retry_after: Option<Duration>,
 }
 
 impl Default for Faults {
@@ -52,6 +61,8 @@ impl Default for Faults {
             error_rate: 0.0,
             latency: Duration::ZERO,
             suspicious_delay_scale: 1.0,
+            max_rps: 0.0,
+            retry_after: None,
         }
     }
 }
@@ -147,6 +158,13 @@ impl SimConfig {
                 value: f.suspicious_delay_scale,
             });
         }
+        if !(f.max_rps >= 0.0 && f.max_rps <= 1e9) {
+            return Err(ConfigError::BadFault {
+                knob: "max rps",
+                expected: "between 0 (no limit) and 1e9",
+                value: f.max_rps,
+            });
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::NoConnections);
         }
@@ -164,6 +182,7 @@ impl SimConfig {
                 faults: self.faults.clone(),
                 entropy: rng::Entropy::new(self.seed ^ 0x5EED),
                 counters: server::Counters::default(),
+                pacer: server::Pacer::default(),
                 max_connections: self.max_connections,
             }),
         })
@@ -188,6 +207,11 @@ impl Simulator {
     /// The account table, for in-process inspection.
     pub fn accounts(&self) -> &model::Accounts {
         &self.shared.accounts
+    }
+
+    /// What the simulator answered besides reads (as in `/_sim/stats`).
+    pub fn counters(&self) -> &server::Counters {
+        &self.shared.counters
     }
 
     /// Serves the API on `listener` until `shutdown` completes.

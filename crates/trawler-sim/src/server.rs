@@ -37,6 +37,33 @@ pub struct Counters {
     pub injected_errors: AtomicU64,
     /// `is_suspicious` calls answered.
     pub suspicious_calls: AtomicU64,
+    /// Requests answered `429` beyond `max_rps`.
+    pub rate_limited: AtomicU64,
+}
+
+/// The turn of each request under `max_rps`: a virtual queue (the
+/// generic cell rate algorithm), one slot every `1 / max_rps` seconds.
+#[derive(Debug, Default)]
+pub(crate) struct Pacer {
+    next: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Pacer {
+    /// Requests allowed ahead of the rate at once: a tenth of a second's.
+    const BURST: Duration = Duration::from_millis(100);
+
+    /// When the request may be served; `None` when `queue` is false and
+    /// it would have to wait beyond the burst (then it takes no turn).
+    fn turn(&self, max_rps: f64, queue: bool) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let at = next.map_or(now, |n| n.max(now.checked_sub(Self::BURST).unwrap_or(now)));
+        if !queue && at > now {
+            return None;
+        }
+        *next = Some(at + Duration::from_secs_f64(1.0 / max_rps));
+        Some(at)
+    }
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -46,6 +73,7 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) entropy: Entropy,
     pub(crate) counters: Counters,
+    pub(crate) pacer: Pacer,
     pub(crate) max_connections: usize,
 }
 
@@ -214,6 +242,7 @@ fn sim_stats(shared: &Shared) -> Response<Body> {
         "notFound": c.not_found.load(Ordering::Relaxed),
         "injectedErrors": c.injected_errors.load(Ordering::Relaxed),
         "suspiciousCalls": c.suspicious_calls.load(Ordering::Relaxed),
+        "rateLimited": c.rate_limited.load(Ordering::Relaxed),
     });
     json(StatusCode::OK, body.to_string())
 }
@@ -237,6 +266,24 @@ impl Faults {
     /// Applies the added latency, then maybe answers with an injected 503
     /// *before* the account is touched, so a failed call never moves data.
     async fn inject(&self, shared: &Shared) -> Option<Response<Body>> {
+        if self.max_rps > 0.0 {
+            match shared.pacer.turn(self.max_rps, self.retry_after.is_none()) {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => {
+                    shared.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let seconds = self.retry_after.unwrap_or_default().as_secs().max(1);
+                    let mut response = error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "RateLimited",
+                        "more requests per second than the simulator's --max-rps",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
+                    return Some(response);
+                }
+            }
+        }
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }

@@ -381,3 +381,74 @@ async fn realistic_values_follow_the_clock_not_the_reads() {
     }
     panic!("could not read within one minute three times");
 }
+
+#[tokio::test]
+async fn max_rps_makes_requests_wait_their_turn() {
+    let h = start(SimConfig {
+        faults: Faults {
+            max_rps: 50.0,
+            ..Faults::default()
+        },
+        ..small()
+    })
+    .await;
+    let started = Instant::now();
+    let answers = get_concurrently(&h, 40).await;
+    assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
+    // 40 requests at 50/s, a burst of a tenth of a second allowed: at
+    // least 34 / 50 s. (Only a lower bound: the machine may be slower.)
+    assert!(
+        started.elapsed() >= Duration::from_millis(680),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn max_rps_with_retry_after_answers_429_without_touching_accounts() {
+    let h = start(SimConfig {
+        faults: Faults {
+            max_rps: 5.0,
+            retry_after: Some(Duration::from_secs(2)),
+            ..Faults::default()
+        },
+        ..small()
+    })
+    .await;
+    let answers = get_concurrently(&h, 20).await;
+    let limited: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert!(limited.len() >= 10, "{answers:?}");
+    assert!(limited
+        .iter()
+        .all(|(_, retry)| retry.as_deref() == Some("2")));
+    let (_, stats) = h.get("/_sim/stats").await;
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["rateLimited"], limited.len());
+    assert_eq!(stats["reads"], 20 - limited.len());
+}
+
+/// `n` concurrent GETs of different accounts: each answer's status and
+/// `Retry-After`.
+async fn get_concurrently(h: &Harness, n: u64) -> Vec<(StatusCode, Option<String>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let client = h.client.clone();
+        let uri = format!("http://{}/api/v1/influencers/{}", h.addr, 1_000_000 + i);
+        tasks.spawn(async move {
+            let request = Request::builder()
+                .uri(uri)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = client.request(request).await.expect("request");
+            let retry = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (response.status(), retry)
+        });
+    }
+    tasks.join_all().await
+}

@@ -42,6 +42,14 @@ pub struct Args {
     /// Multiplier of the is_suspicious delay (0 = answer at once).
     #[arg(long, default_value_t = 1.0)]
     pub suspicious_delay_scale: f64,
+    /// Most API requests served per second (0 = no limit); the rest wait
+    /// their turn, as in a saturated server's queue.
+    #[arg(long, default_value_t = 0.0)]
+    pub max_rps: f64,
+    /// With --max-rps: answer requests beyond the rate with 429 and this
+    /// Retry-After (e.g. `2s`, whole seconds) instead of making them wait.
+    #[arg(long, value_parser = parse_duration)]
+    pub retry_after: Option<Duration>,
     /// Connections served at once.
     #[arg(long, default_value_t = 4_096)]
     pub max_connections: usize,
@@ -60,6 +68,8 @@ impl Args {
                 error_rate: self.error_rate,
                 latency: self.latency,
                 suspicious_delay_scale: self.suspicious_delay_scale,
+                max_rps: self.max_rps,
+                retry_after: self.retry_after,
             },
             max_connections: self.max_connections,
         }
