@@ -230,6 +230,7 @@ pub async fn run(job: &JobConfig, args: &BenchArgs) -> Result<BenchReport, Bench
             first_pk + u64::from(args.accounts)
         )),
         interval: Some(format!("{}ms", args.interval.as_millis())),
+        overload: None,
     })?;
     let (events_tx, mut events) = mpsc::channel(65_536);
     let consumer = tokio::spawn(async move {

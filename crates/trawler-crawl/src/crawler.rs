@@ -46,8 +46,8 @@
 //! monotonic clock, so the grid never jumps with wall-clock adjustments and
 //! tests can run the whole crawl under paused time.
 
-use std::collections::{BTreeSet, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -69,6 +69,11 @@ use crate::schedule::{Due, Wheel};
 const TICK: Duration = Duration::from_millis(2);
 /// Most due slots taken from the wheel at once.
 const BATCH: usize = 1_024;
+/// Most newly tracked ids waiting for their first read; beyond that they
+/// wait for their slot (a bulk track must not hold up the schedule).
+const FRESH_MAX: usize = 10_000;
+/// Most first reads taken at once, ahead of the due slots.
+const FRESH_BATCH: usize = 64;
 
 /// Where the crawl is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +159,10 @@ struct Shared {
     /// When the crawl last said the schedule cannot be held; `None` while
     /// it is held.
     announced: Mutex<Option<Instant>>,
+    /// Ids tracked through [`CrawlHandle::track`] waiting for their first
+    /// read, which goes before the due slots; at most [`FRESH_MAX`].
+    fresh: Mutex<VecDeque<u64>>,
+    fresh_waiting: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -163,6 +172,64 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// The schedule's own time at `now`: behind the clock by the stretch so
+    /// far.
+    fn schedule_ms(&self, now: Instant) -> i64 {
+        self.clock.unix_ms(now) - self.metrics.stretch_ms.load(Ordering::Relaxed)
+    }
+
+    /// Moves up to [`FRESH_BATCH`] newly tracked ids into `out` as their
+    /// first reads, stamped with the schedule's time now (the read time,
+    /// on the stretched schedule): the wheel hands out their next slots as
+    /// usual, so the first two samples of a new id may be less than an
+    /// interval apart, never more.
+    fn take_fresh(&self, schedule_ms: i64, out: &mut Vec<Due>) {
+        let ids: Vec<u64> = {
+            let mut fresh = lock(&self.fresh);
+            let n = fresh.len().min(FRESH_BATCH);
+            let ids = fresh.drain(..n).collect();
+            self.fresh_waiting
+                .store(!fresh.is_empty(), Ordering::Relaxed);
+            ids
+        };
+        let wheel = lock(&self.wheel);
+        out.extend(
+            ids.into_iter()
+                .filter(|&id| wheel.contains(id))
+                .map(|id| Due {
+                    id,
+                    slot_ms: schedule_ms,
+                }),
+        );
+    }
+
+    /// Tracks `ids`; the new ones are read at once when `first`.
+    fn track(&self, ids: impl IntoIterator<Item = u64>, first: bool) -> usize {
+        let mut ids: Vec<u64> = ids.into_iter().collect();
+        {
+            let mut invalid = lock(&self.invalid);
+            if !invalid.is_empty() {
+                for id in &ids {
+                    invalid.remove(id);
+                }
+            }
+        }
+        let mut wheel = lock(&self.wheel);
+        ids.retain(|&id| !wheel.contains(id));
+        ids.sort_unstable();
+        ids.dedup();
+        let added = wheel.insert_many(ids.iter().copied());
+        drop(wheel);
+        if first && !ids.is_empty() {
+            let mut fresh = lock(&self.fresh);
+            let room = FRESH_MAX.saturating_sub(fresh.len());
+            fresh.extend(ids.iter().take(room));
+            self.fresh_waiting.store(true, Ordering::Relaxed);
+        }
+        tracing::debug!(job = self.job.name(), added, first, "tracked");
+        added
+    }
+
     fn gauges(&self) -> Gauges {
         Gauges {
             tracked: lock(&self.wheel).len() as u64,
@@ -290,6 +357,8 @@ pub fn start<F: Fetch>(job: Job, fetcher: F, events: mpsc::Sender<Event>) -> Cra
         metrics: Metrics::default(),
         log_budget: LogBudget::default(),
         announced: Mutex::new(None),
+        fresh: Mutex::default(),
+        fresh_waiting: AtomicBool::new(false),
         job,
     });
     tracing::info!(
@@ -318,21 +387,20 @@ impl CrawlHandle {
         &self.shared.job
     }
 
-    /// Starts polling `ids` from their next slot; returns how many were not
-    /// tracked before. An id once reported invalid is tried again.
+    /// Starts polling `ids`; returns how many were not tracked before. The
+    /// new ones are read at once, ahead of the due slots even when the
+    /// schedule cannot be held (at most 10,000 waiting; the rest from their
+    /// next slot), then in turn. An id once reported invalid is tried
+    /// again.
     pub fn track(&self, ids: impl IntoIterator<Item = u64>) -> usize {
-        let ids: Vec<u64> = ids.into_iter().collect();
-        {
-            let mut invalid = lock(&self.shared.invalid);
-            if !invalid.is_empty() {
-                for id in &ids {
-                    invalid.remove(id);
-                }
-            }
-        }
-        let added = lock(&self.shared.wheel).insert_many(ids.into_iter());
-        tracing::debug!(job = self.shared.job.name(), added, "tracked");
-        added
+        self.shared.track(ids, true)
+    }
+
+    /// Starts polling `ids` from their next slot, without a first read out
+    /// of turn: for ids taken over from another node, which may have read
+    /// their latest slot.
+    pub fn track_in_turn(&self, ids: impl IntoIterator<Item = u64>) -> usize {
+        self.shared.track(ids, false)
     }
 
     /// Stops polling `id` (a request in flight still completes and reports);
@@ -429,112 +497,150 @@ async fn dispatch<F: Fetch>(ctx: Arc<Context<F>>, mut stage: watch::Receiver<Sta
     let shared = &ctx.shared;
     let interval = shared.interval_ms;
     let stretch = shared.job.overload() == Overload::Stretch;
-    // How late a slot may start before the stretch policy moves the whole
-    // schedule back by the excess: a second, or a tenth of a short interval.
-    let slack = (interval / 10).min(1_000);
+    // Due slots in reverse slot order (popped from the end), and newly
+    // tracked ids' first reads, which go before them.
     let mut batch: Vec<Due> = Vec::with_capacity(BATCH);
+    let mut fresh: Vec<Due> = Vec::new();
     loop {
-        if !running(*stage.borrow()) || ctx.events.is_closed() {
-            return;
-        }
-        let now = Instant::now();
-        if shared.metrics.tick(now) {
-            shared.announce(now);
-        }
-        let now_ms = shared.clock.unix_ms(now);
-        // The schedule's own time: behind the clock by the stretch so far.
-        let schedule_ms = now_ms - shared.metrics.stretch_ms.load(Ordering::Relaxed);
-        batch.clear();
-        {
-            let mut wheel = lock(&shared.wheel);
-            if !stretch && now_ms - wheel.cursor_ms() > 2 * interval {
-                // More than two intervals behind (the process was stopped,
-                // or the consumer blocked for that long): jump, counting the
-                // skipped slots, rather than walk them one by one.
-                let skipped = wheel.skip_to(now_ms - interval);
-                Metrics::add(&shared.metrics.missed, skipped);
-                Metrics::add(&shared.metrics.gaps, skipped);
-                tracing::warn!(
-                    job = shared.job.name(),
-                    skipped,
-                    "crawl fell more than two intervals behind; skipped slots"
-                );
-            }
-            wheel.advance(schedule_ms, BATCH, &mut batch);
-        }
         if batch.is_empty() {
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
-                _ = stage_leaves(&mut stage, running) => return,
+            if !running(*stage.borrow()) || ctx.events.is_closed() {
+                return;
             }
-            continue;
-        }
-        for due in batch.drain(..) {
-            // The rate cap and any pause first, so that a slot waiting for
-            // its turn holds no concurrency permit; under `skip`, a slot
-            // whose turn would come after its id's next slot began takes
-            // none and is missed. Under `stretch` every slot waits its turn.
-            let expires = (!stretch).then(|| {
-                shared.clock.instant_of_ms(
-                    due.slot_ms + shared.metrics.stretch_ms.load(Ordering::Relaxed) + interval,
-                )
-            });
-            let turn = tokio::select! {
-                turn = shared.polite.turn_before(expires) => turn,
-                _ = stage_leaves(&mut stage, running) => return,
-            };
-            let permit = if turn {
-                Some(tokio::select! {
-                    permit = shared.limiter.acquire() => permit,
-                    _ = stage_leaves(&mut stage, running) => return,
-                })
-            } else {
-                None
-            };
-            let now_ms = shared.clock.unix_ms(Instant::now());
-            // The slot's time on the (possibly stretched) schedule. Under
-            // `stretch`, a slot starting more than `slack` late moves the
-            // schedule back by the excess, for good: every id keeps its turn
-            // in the phase ring, samples stay evenly spaced, and nothing is
-            // polled twice to catch up.
-            let mut offset = shared.metrics.stretch_ms.load(Ordering::Relaxed);
-            if stretch && permit.is_some() {
-                let late = now_ms - (due.slot_ms + offset) - slack;
-                if late > 0 {
-                    offset += late;
-                    shared.metrics.stretch_ms.store(offset, Ordering::Relaxed);
+            let now = Instant::now();
+            if shared.metrics.tick(now) {
+                shared.announce(now);
+            }
+            let now_ms = shared.clock.unix_ms(now);
+            {
+                let mut wheel = lock(&shared.wheel);
+                if !stretch && now_ms - wheel.cursor_ms() > 2 * interval {
+                    // More than two intervals behind (the process was stopped,
+                    // or the consumer blocked for that long): jump, counting the
+                    // skipped slots, rather than walk them one by one.
+                    let skipped = wheel.skip_to(now_ms - interval);
+                    Metrics::add(&shared.metrics.missed, skipped);
+                    Metrics::add(&shared.metrics.gaps, skipped);
+                    tracing::warn!(
+                        job = shared.job.name(),
+                        skipped,
+                        "crawl fell more than two intervals behind; skipped slots"
+                    );
                 }
+                wheel.advance(shared.schedule_ms(now), BATCH, &mut batch);
             }
-            let due = Due {
-                slot_ms: due.slot_ms + offset,
-                ..due
-            };
-            let claimed = permit.is_some()
-                && now_ms < due.slot_ms + interval
-                && lock(&shared.in_flight).insert(due.id);
-            let Some(permit) = permit.filter(|_| claimed) else {
-                Metrics::add(&shared.metrics.missed, 1);
-                let gap = Event::Gap(Gap {
-                    id: due.id,
-                    slot_ms: due.slot_ms,
-                    reason: GapReason::Missed,
-                });
-                Metrics::add(&shared.metrics.gaps, 1);
+            batch.reverse();
+            if batch.is_empty() && !shared.fresh_waiting.load(Ordering::Relaxed) {
                 tokio::select! {
-                    _ = ctx.events.send(gap) => {}
+                    _ = tokio::time::sleep(TICK) => {}
                     _ = stage_leaves(&mut stage, running) => return,
                 }
                 continue;
-            };
-            Metrics::add(&shared.metrics.started, 1);
-            let claim = Claim {
-                shared: shared.clone(),
-                id: due.id,
-                _permit: permit,
-            };
-            tokio::spawn(run_slot(ctx.clone(), due, claim, stage.clone()));
+            }
+        }
+        if shared.fresh_waiting.load(Ordering::Relaxed) {
+            shared.take_fresh(shared.schedule_ms(Instant::now()), &mut fresh);
+        }
+        let next = match fresh.pop() {
+            Some(due) => Some((due, true)),
+            None => batch.pop().map(|due| (due, false)),
+        };
+        if let Some((due, first)) = next {
+            if !start_slot(&ctx, due, first, &mut stage).await {
+                return;
+            }
         }
     }
+}
+
+/// Starts one slot's request, or records it as missed; false when the crawl
+/// stops. `first` marks a newly tracked id's first read, which neither
+/// stretches the schedule nor counts in the lag.
+async fn start_slot<F: Fetch>(
+    ctx: &Arc<Context<F>>,
+    due: Due,
+    first: bool,
+    stage: &mut watch::Receiver<Stage>,
+) -> bool {
+    let shared = &ctx.shared;
+    let interval = shared.interval_ms;
+    let stretch = shared.job.overload() == Overload::Stretch;
+    // How late a slot may start before the stretch policy moves the whole
+    // schedule back by the excess: a second, or a tenth of a short interval.
+    let slack = (interval / 10).min(1_000);
+    if stretch && !first {
+        // Slots of one batch were due on the schedule as it stood; after a
+        // stretch, the later ones may not be due yet: wait, so that no
+        // sample is stamped in the future and spacing stays even.
+        let due_at = due.slot_ms + shared.metrics.stretch_ms.load(Ordering::Relaxed);
+        if due_at > shared.clock.unix_ms(Instant::now()) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(shared.clock.instant_of_ms(due_at)) => {}
+                _ = stage_leaves(stage, running) => return false,
+            }
+        }
+    }
+    // The rate cap and any pause first, so that a slot waiting for its turn
+    // holds no concurrency permit; under `skip`, a slot whose turn would
+    // come after its id's next slot began takes none and is missed. Under
+    // `stretch` every slot waits its turn.
+    let expires = (!stretch).then(|| {
+        shared.clock.instant_of_ms(
+            due.slot_ms + shared.metrics.stretch_ms.load(Ordering::Relaxed) + interval,
+        )
+    });
+    let turn = tokio::select! {
+        turn = shared.polite.turn_before(expires) => turn,
+        _ = stage_leaves(stage, running) => return false,
+    };
+    let permit = if turn {
+        Some(tokio::select! {
+            permit = shared.limiter.acquire() => permit,
+            _ = stage_leaves(stage, running) => return false,
+        })
+    } else {
+        None
+    };
+    let now_ms = shared.clock.unix_ms(Instant::now());
+    // The slot's time on the (possibly stretched) schedule. Under `stretch`,
+    // a slot starting more than `slack` late moves the schedule back by the
+    // excess, for good: every id keeps its turn in the phase ring, samples
+    // stay evenly spaced, and nothing is polled twice to catch up.
+    let mut offset = shared.metrics.stretch_ms.load(Ordering::Relaxed);
+    if stretch && !first && permit.is_some() {
+        let late = now_ms - (due.slot_ms + offset) - slack;
+        if late > 0 {
+            offset += late;
+            shared.metrics.stretch_ms.store(offset, Ordering::Relaxed);
+        }
+    }
+    let due = Due {
+        slot_ms: due.slot_ms + offset,
+        ..due
+    };
+    let claimed = permit.is_some()
+        && now_ms < due.slot_ms + interval
+        && lock(&shared.in_flight).insert(due.id);
+    let Some(permit) = permit.filter(|_| claimed) else {
+        Metrics::add(&shared.metrics.missed, 1);
+        let gap = Event::Gap(Gap {
+            id: due.id,
+            slot_ms: due.slot_ms,
+            reason: GapReason::Missed,
+        });
+        Metrics::add(&shared.metrics.gaps, 1);
+        return tokio::select! {
+            _ = ctx.events.send(gap) => true,
+            _ = stage_leaves(stage, running) => false,
+        };
+    };
+    Metrics::add(&shared.metrics.started, 1);
+    let claim = Claim {
+        shared: shared.clone(),
+        id: due.id,
+        _permit: permit,
+    };
+    tokio::spawn(run_slot(ctx.clone(), due, first, claim, stage.clone()));
+    true
 }
 
 /// What one attempt came to.
@@ -618,6 +724,7 @@ fn backoff(base: Duration, attempt: u32, id: u64) -> Duration {
 async fn run_slot<F: Fetch>(
     ctx: Arc<Context<F>>,
     due: Due,
+    first: bool,
     claim: Claim,
     mut stage: watch::Receiver<Stage>,
 ) {
@@ -642,8 +749,10 @@ async fn run_slot<F: Fetch>(
         match outcome {
             Outcome::Read(values) => {
                 Metrics::add(&metrics.polls_ok, 1);
-                let lag_us = shared.clock.unix_us(finished) - due.slot_ms * 1_000;
-                metrics.lag.record(lag_us.max(0) as u64);
+                if !first {
+                    let lag_us = shared.clock.unix_us(finished) - due.slot_ms * 1_000;
+                    metrics.lag.record(lag_us.max(0) as u64);
+                }
                 break Event::Observation(Observation {
                     id: due.id,
                     slot_ms: due.slot_ms,

@@ -106,7 +106,8 @@ fn assert_one_read_per_observation(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_account_once_per_slot_aligned_and_without_gaps() {
     let target = simulator(200, Faults::default()).await;
-    let job = common::job(&target.base, "1000000..1000200", "1s", "");
+    // `skip` keeps the grid fixed whatever the machine's hiccups.
+    let job = common::job_overload("skip", &target.base, "1000000..1000200", "1s", "");
     let (events, metrics) = crawl(job, 3.6).await;
 
     assert_eq!(metrics.gaps, 0, "{metrics:?}");
@@ -304,4 +305,38 @@ async fn malformed_json_is_counted_not_retried_and_never_panics() {
     }
     assert_eq!(per_id.len(), 50);
     assert_eq!(events.len() as u64, malformed);
+}
+
+/// A rate-limited target answering `429` with `Retry-After: 1` beyond
+/// 50 requests/s, asked for 200/s: the whole crawl backs off for the
+/// second after each `429`, so the target sees a handful of requests per
+/// second, not a retry storm of hundreds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_from_a_rate_limited_target_backs_off_the_whole_crawl() {
+    let target = simulator(
+        200,
+        Faults {
+            max_rps: 50.0,
+            retry_after: Some(Duration::from_secs(1)),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let http = "min_in_flight = 4\nmax_in_flight = 4\nretries = 3\nbackoff = \"20ms\"";
+    let job = common::job(&target.base, "1000000..1000200", "1s", http);
+    let (events, metrics) = crawl(job, 5.0).await;
+
+    let counters = target.sim.counters();
+    let limited = counters.rate_limited.load(Ordering::Relaxed);
+    let reads = target.sim.accounts().reads();
+    assert!(limited > 0, "the target rate-limited the crawl");
+    assert!(metrics.pauses > 0, "{metrics:?}");
+    // Per pause of a second: the requests already in flight (4) and the
+    // target's burst (5) at most. Without the pause, 200 ids a second
+    // retried three times would send well over a thousand.
+    assert!(
+        limited + reads <= 6 * (4 + 5) + 10,
+        "{limited} answered 429, {reads} read in 5 s"
+    );
+    assert!(reads > 0 && observations(&events).len() as u64 <= reads);
 }

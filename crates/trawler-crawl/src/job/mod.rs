@@ -128,7 +128,7 @@ pub struct JobSection {
     #[serde(default)]
     pub label: Option<String>,
     /// What the schedule does when the target cannot keep up with it
-    /// (default `skip`; see [`Overload`]).
+    /// (default `stretch`; see [`Overload`]).
     #[serde(default)]
     pub overload: Overload,
 }
@@ -139,12 +139,13 @@ pub struct JobSection {
 pub enum Overload {
     /// A slot that cannot start before its id's next slot is recorded as
     /// missed; the grid never moves.
-    #[default]
     Skip,
-    /// The schedule slows down to what the target serves: every id is
-    /// polled in turn, once per stretched interval, evenly spaced, and no
-    /// slot is missed; samples are stamped with their stretched slot time.
-    /// Back at the configured interval when the target recovers.
+    /// The default. The schedule slows down to what the target serves:
+    /// every id is polled in turn, once per stretched interval, evenly
+    /// spaced, and no slot is missed; samples are stamped with their
+    /// stretched slot time. Back at the configured interval when the target
+    /// recovers (the schedule stays moved back by the stretch).
+    #[default]
     Stretch,
 }
 
@@ -250,6 +251,8 @@ pub struct Overrides {
     pub ids: Option<String>,
     /// Interval replacing `job.interval`.
     pub interval: Option<String>,
+    /// Overload policy (`stretch` or `skip`) replacing `job.overload`.
+    pub overload: Option<String>,
 }
 
 /// A job file that cannot be used.
@@ -517,7 +520,17 @@ impl JobConfig {
             not_found,
             http,
             label: self.job.label.clone(),
-            overload: self.job.overload,
+            overload: match overrides.overload.as_deref() {
+                None => self.job.overload,
+                Some("stretch") => Overload::Stretch,
+                Some("skip") => Overload::Skip,
+                Some(other) => {
+                    return Err(flag(
+                        "--overload",
+                        format!("{other:?} is not a policy: use \"stretch\" or \"skip\""),
+                    ))
+                }
+            },
         })
     }
 
@@ -862,8 +875,11 @@ mod tests {
                 target: Some("http://192.168.1.9:8000/".into()),
                 ids: Some("1000000..1000100,1500000".into()),
                 interval: Some("500ms".into()),
+                overload: Some("skip".into()),
             })
             .unwrap();
+        assert_eq!(job.overload(), Overload::Skip);
+        assert_eq!(c.build().unwrap().overload(), Overload::Stretch);
         assert_eq!(
             job.url_for(7),
             "http://192.168.1.9:8000/api/v1/influencers/7"
@@ -882,6 +898,11 @@ mod tests {
             ..Overrides::default()
         })
         .starts_with("command line: --interval: invalid duration"));
+        assert!(err(Overrides {
+            overload: Some("drop".into()),
+            ..Overrides::default()
+        })
+        .starts_with("command line: --overload: \"drop\" is not a policy"));
         assert!(err(Overrides {
             target: Some("http://h:1/api".into()),
             ..Overrides::default()

@@ -44,6 +44,23 @@ formula = "followerCount / followingCount"
     )
 }
 
+/// [`job`] with `[job] overload = "{policy}"` (`skip` for the tests of
+/// the fixed grid: `stretch`, the default, moves it back after a hiccup
+/// of a loaded machine).
+pub fn job_overload(policy: &str, base: &str, ids: &str, interval: &str, http: &str) -> Job {
+    let line = format!("interval = \"{interval}\"\n");
+    let text = job_text(base, ids, interval, http).replacen(
+        &line,
+        &format!("{line}overload = \"{policy}\"\n"),
+        1,
+    );
+    assert!(text.contains(&format!("overload = \"{policy}\"")));
+    JobConfig::from_toml(&text, "test.toml")
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
 /// Takes every event currently in the channel.
 pub fn drain(events: &mut mpsc::Receiver<Event>) -> Vec<Event> {
     let mut out = Vec::new();

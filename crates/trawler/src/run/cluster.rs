@@ -157,7 +157,7 @@ pub struct ClusterNode {
 impl ShardOwner for ClusterNode {
     fn gained(&self, shard: u32) {
         let ids = &self.shard_ids[shard as usize];
-        self.crawl.track(ids.iter().copied());
+        self.crawl.track_in_turn(ids.iter().copied());
         if let Some(enrich) = self.enrich.get() {
             enrich.track(ids.clone());
         }

@@ -59,6 +59,11 @@ pub struct Args {
     /// Poll interval, e.g. `60s`.
     #[arg(long)]
     pub interval: Option<String>,
+    /// When the target cannot keep up: `stretch` (every id read in turn,
+    /// less often) or `skip` (the grid stays, slots are missed). Replaces
+    /// the job file's `overload`.
+    #[arg(long)]
+    pub overload: Option<String>,
     /// Data folder (store, tracked set).
     #[arg(long, default_value = "trawler-data")]
     pub data: PathBuf,
@@ -168,6 +173,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             target,
             ids: args.ids.clone(),
             interval: args.interval.clone(),
+            overload: args.overload.clone(),
         };
         let job = config.build_with(&overrides)?;
         return cluster::run(args, job, settings).await;
@@ -183,6 +189,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         target: args.target.clone(),
         ids: args.ids.clone(),
         interval: args.interval.clone(),
+        overload: args.overload.clone(),
     };
     if overrides.ids.is_none() {
         if let Some(saved) = tracked_file.load()? {
