@@ -76,10 +76,19 @@ try {
   // Searching a pk shows its chart, rank and status — once the account has
   // been crawled (its first slot may come up to one interval after start).
   const job = await page.getAttribute('meta[name="trawler-job"]', 'content');
-  await page.waitForFunction(async ([job, pk]) => {
-    const r = await fetch(`/api/v1/${job}/${pk}`);
-    return r.ok && (await r.json()).lastCrawledAt != null;
-  }, [job, pk], { timeout: 20_000, polling: 250 }).catch(() => fail(`account ${pk} was never crawled`));
+  // (A loop, not waitForFunction: an async predicate returns a Promise,
+  // which waitForFunction takes as true at once; that let this check pass
+  // before the account had a stored point, and the chart came up empty.)
+  const crawledBy = Date.now() + 60_000;
+  for (;;) {
+    const points = await page.evaluate(async ([job, pk]) => {
+      const r = await fetch(`/api/v1/${job}/${pk}/series?metric=followerCount`);
+      return r.ok ? (await r.json()).points.length : 0;
+    }, [job, pk]);
+    if (points > 0) break;
+    if (Date.now() > crawledBy) fail(`account ${pk} has no stored point after 60 s`);
+    await page.waitForTimeout(250);
+  }
   await page.fill('#search-pk', pk);
   await page.click('#search button[type=submit]');
   await page.waitForSelector(`body[data-account="${pk}"]`, { timeout: 20_000 })

@@ -116,10 +116,20 @@
     return () => current;
   }
 
+  // The server's clock minus this browser's, from the stats samples' `t`:
+  // ranges end at the server's now (its job clock may run ahead, e.g. with
+  // --clock-offset, or this machine's clock may be behind), else the
+  // newest samples would fall outside the range.
+  let serverSkew = 0;
+  function serverNow() { return Date.now() + serverSkew; }
+  function noteServerTime(t) { if (Number.isFinite(t)) serverSkew = t - Date.now(); }
+
   // The API path of a series read over `range` ending now, and the time
   // axis to draw it on.
   function seriesRead(base, range, extra) {
-    const to = Date.now();
+    // A second past now: a sample is never stamped later than its read,
+    // and the skew is only known to within the stats' delivery time.
+    const to = serverNow() + 1000;
     const from = to - range.span;
     const params = new URLSearchParams({ ...extra, from: String(from), to: String(to) });
     if (range.step) params.set('step', range.step);
@@ -304,6 +314,8 @@
         }
         lineChart(box, [{ label: metric, color: '#2563eb' }], columns(body.points), read);
       } catch (e) {
+        // Tried again on the next stats event, like an empty chart.
+        accountChartsEmpty = true;
         emptyChart(box, e.message);
       }
     }));
@@ -358,6 +370,7 @@
     source.addEventListener('error', () => { live.textContent = 'reconnecting'; live.className = 'live off'; });
     source.addEventListener('stats', (event) => {
       const sample = JSON.parse(event.data);
+      noteServerTime(sample.t);
       renderStats(sample);
       addHealth(sample);
       if (!$('overview').hidden) drawHealth();

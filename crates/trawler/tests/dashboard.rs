@@ -113,3 +113,28 @@ fn the_dashboard_shows_live_health_leaderboard_and_an_account_in_a_real_browser(
     }
     drop(run);
 }
+
+/// Playwright's `waitForFunction` takes the Promise an async predicate
+/// returns as true at once, so such a wait never waits: it once let the
+/// dashboard check open an account before it had a stored point (an empty
+/// chart, seen as a flake under load). Browser scripts wait in a loop of
+/// `page.evaluate` instead.
+#[test]
+fn browser_scripts_never_wait_on_an_async_predicate() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/browser");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "mjs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let compact: String = text.split_whitespace().collect();
+            assert!(
+                !compact.contains("waitForFunction(async"),
+                "{}: waitForFunction with an async predicate does not wait",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no browser script found in {dir}");
+}
