@@ -21,6 +21,7 @@ mod metrics;
 mod openapi;
 pub mod params;
 mod routes;
+pub mod runtime;
 
 use std::future::Future;
 use std::net::SocketAddr;

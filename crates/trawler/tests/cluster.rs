@@ -357,6 +357,14 @@ fn three_nodes_share_the_accounts_survive_a_kill_9_and_rebalance_on_a_join() {
     for api in &apis {
         let stats = get(*api, "/api/v1/influencers/stats");
         assert_eq!(stats["crawledAccounts"], 30_000, "{stats}");
+        // The whole cluster's schedule: 30,000 accounts every 5 s.
+        assert_eq!(stats["intervalMs"], 5_000, "{stats}");
+        let needed = stats["neededPerSecond"].as_f64().unwrap();
+        assert!((needed - 6_000.0).abs() < 0.01, "{stats}");
+        assert!(
+            stats["effectiveIntervalMs"].as_f64().unwrap() >= 5_000.0,
+            "{stats}"
+        );
     }
     let series = get(
         apis[0],

@@ -32,6 +32,10 @@ pub struct Args {
     /// wrk connections.
     #[arg(long, default_value_t = 32)]
     pub connections: u32,
+    /// The API threads' nice value in the child (`trawler run --api-nice`);
+    /// 0 gives the API the crawl's priority, for comparison.
+    #[arg(long, default_value_t = trawler_api::runtime::DEFAULT_NICE)]
+    pub api_nice: i32,
 }
 
 struct Run {
@@ -46,6 +50,7 @@ fn start(args: &Args, enrich: bool, tag: &str) -> anyhow::Result<Run> {
     let mut cmd = child::this_binary()?;
     cmd.args(["run", "--listen", "127.0.0.1:0", "--ids", &ids, "--data"])
         .arg(&data.0)
+        .args(["--api-nice", &args.api_nice.to_string()])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null());
     if !enrich {
@@ -123,9 +128,10 @@ fn load(
 pub fn run(args: Args) -> anyhow::Result<()> {
     ensure_wrk()?;
     println!(
-        "API benchmark: trawler run with {} accounts every 60 s, built-in simulator",
-        args.accounts
+        "API benchmark: trawler run with {} accounts every 60 s, built-in simulator, API threads at nice {}",
+        args.accounts, args.api_nice
     );
+    let schedule = args.accounts as f64 / 60.0;
     let run = start(&args, true, "on")?;
     wait_crawled(&run, args.accounts)?;
     let (idle_rate, idle_cpu) = crawl_rate(&run, args.measure_seconds)?;
@@ -147,8 +153,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("GET /stats", &stats, stats_crawl),
     ] {
         println!(
-            "{name:>17}: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  non-2xx {}  | crawl during load {crawl:.0} polls/s",
-            r.requests_per_sec, r.p50_ms, r.p99_ms, r.non_2xx
+            "{name:>17}: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  non-2xx {}  | crawl during load {crawl:.0} polls/s ({:.1} % of the schedule)",
+            r.requests_per_sec, r.p50_ms, r.p99_ms, r.non_2xx, 100.0 * crawl / schedule
         );
     }
     drop(run);
@@ -165,8 +171,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         100.0 * (idle_rate - off_rate) / off_rate
     );
     println!(
-        "api: entity_rps={:.0} entity_p99_ms={:.2} stats_rps={:.0} stats_p99_ms={:.2} crawl_during_load={:.0} crawl_enrich_on={idle_rate:.0} crawl_enrich_off={off_rate:.0}",
-        entity.requests_per_sec, entity.p99_ms, stats.requests_per_sec, stats.p99_ms, entity_crawl.min(stats_crawl)
+        "api: entity_rps={:.0} entity_p99_ms={:.2} stats_rps={:.0} stats_p99_ms={:.2} crawl_during_load={:.0} crawl_during_load_pct={:.1} crawl_enrich_on={idle_rate:.0} crawl_enrich_off={off_rate:.0} api_nice={}",
+        entity.requests_per_sec, entity.p99_ms, stats.requests_per_sec, stats.p99_ms, entity_crawl.min(stats_crawl),
+        100.0 * entity_crawl.min(stats_crawl) / schedule, args.api_nice
     );
     Ok(())
 }

@@ -184,6 +184,9 @@ impl ClusterNode {
             "errors": m.errors.iter().map(|(_, n)| n).sum::<u64>(),
             "gaps": m.gaps,
             "missedSlots": m.missed_slots,
+            "behindSchedule": m.schedule.behind,
+            "neededPerSecond": m.schedule.needed_per_sec,
+            "achievedPerSecond": m.schedule.achieved_per_sec,
             "tracked": m.gauges.tracked,
             "invalid": m.gauges.invalid,
             "vmSamples": self.writer.samples.load(Ordering::Relaxed),
@@ -391,7 +394,12 @@ async fn refresh_movers(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>)
 }
 
 /// Runs this process as a cluster node until a signal.
-pub async fn run(args: Args, job: Job, settings: Settings) -> anyhow::Result<()> {
+pub async fn run(
+    args: Args,
+    job: Job,
+    settings: Settings,
+    api_runtime: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
     let Settings { config, vm_url } = settings;
     let vm = VmClient::new(&vm_url)?;
     let cluster = config.connect().await.context("joining the cluster")?;
@@ -489,9 +497,7 @@ pub async fn run(args: Args, job: Job, settings: Settings) -> anyhow::Result<()>
         ..Default::default()
     }
     .build(Arc::new(ClusterBackend { node: node.clone() }))?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding the API to {}", args.listen))?;
+    let listener = super::bind_api(args.listen)?;
     let api_addr = listener.local_addr()?;
     tracing::info!(addr = %api_addr, job = job.name(), node = %cluster.config.node_id, vm = %vm.url(), "API listening (cluster mode)");
     println!("listening on http://{api_addr}");
@@ -501,7 +507,7 @@ pub async fn run(args: Args, job: Job, settings: Settings) -> anyhow::Result<()>
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let api_task = tokio::spawn(api.serve(listener, api_stop));
+    let api_task = api.spawn_on(&api_runtime, listener, api_stop)?;
 
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     let signal = crate::cli::mockstagram::shutdown_signal();
@@ -709,6 +715,24 @@ impl Backend for ClusterBackend {
         out.insert("errors".into(), json!(sum("errors") as u64));
         out.insert("gaps".into(), json!(sum("gaps") as u64));
         out.insert("missedSlots".into(), json!(sum("missedSlots") as u64));
+        // The cluster's schedule: every node's shards together. Behind when
+        // any node is; the effective interval is what the whole set gets.
+        let interval_ms = node.crawl.job().interval().as_millis() as f64;
+        let needed = sum("neededPerSecond");
+        let achieved = sum("achievedPerSecond");
+        let behind = beats.iter().any(|b| b["behindSchedule"] == true);
+        out.insert("behindSchedule".into(), json!(behind));
+        out.insert("intervalMs".into(), json!(interval_ms as u64));
+        out.insert("neededPerSecond".into(), json!(needed));
+        out.insert("achievedPerSecond".into(), json!(achieved));
+        out.insert(
+            "effectiveIntervalMs".into(),
+            json!(if behind && achieved > 0.0 {
+                interval_ms * needed / achieved
+            } else {
+                interval_ms
+            }),
+        );
         out.insert("suspiciousCount".into(), json!(views.suspicious));
         out.insert(
             "lastSuspiciousSweepProgress".into(),

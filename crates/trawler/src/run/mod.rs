@@ -73,6 +73,11 @@ pub struct Args {
     /// Bearer token required by state-changing endpoints.
     #[arg(long, env = "TRAWLER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// How much lower than the crawl the API's threads run (Linux nice,
+    /// 0–19): readers get the CPU the crawl leaves. 0 = equal priority.
+    #[arg(long, default_value_t = trawler_api::runtime::DEFAULT_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub api_nice: i32,
     /// Check every account's suspicious status once per this period.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub suspicious_period: Duration,
@@ -139,7 +144,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(run_async(args))
+    // The API on threads of its own, below the crawl in priority: readers
+    // take what the crawl leaves (see trawler_api::runtime).
+    let api_runtime =
+        trawler_api::runtime::runtime(trawler_api::runtime::DEFAULT_THREADS, args.api_nice)
+            .context("starting the API's tokio runtime")?;
+    let result = runtime.block_on(run_async(args, api_runtime.handle().clone()));
+    api_runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Binds the API's address (std, so that the API's runtime can own it).
+fn bind_api(listen: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(listen).with_context(|| format!("binding the API to {listen}"))
 }
 
 /// Unix time in milliseconds (with `--clock-offset`).
@@ -150,7 +167,7 @@ pub fn now_ms() -> i64 {
 /// Largest id range the built-in simulator is started for.
 const MAX_SIM_ACCOUNTS: u64 = 20_000_000;
 
-async fn run_async(args: Args) -> anyhow::Result<()> {
+async fn run_async(args: Args, api_runtime: tokio::runtime::Handle) -> anyhow::Result<()> {
     if let Some(offset) = args.clock_offset {
         trawler_crawl::clock::set_offset_ms(offset);
         tracing::warn!(
@@ -176,7 +193,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             overload: args.overload.clone(),
         };
         let job = config.build_with(&overrides)?;
-        return cluster::run(args, job, settings).await;
+        return cluster::run(args, job, settings, api_runtime).await;
     }
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating the data folder {}", args.data.display()))?;
@@ -351,14 +368,12 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     }
     .build(Arc::new(backend::NodeBackend::new(node.clone())))?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding the API to {}", args.listen))?;
+    let listener = bind_api(args.listen)?;
     let api_addr = listener.local_addr()?;
     tracing::info!(addr = %api_addr, job = job.name(), target, "API listening");
     // Machine-readable, for scripts and tests that asked for port 0.
     println!("listening on http://{api_addr}");
-    let api_task = tokio::spawn(api.serve(listener, stopped()));
+    let api_task = api.spawn_on(&api_runtime, listener, stopped())?;
 
     // Status until a signal.
     let mut display = status::Display::new();
