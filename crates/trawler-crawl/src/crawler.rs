@@ -69,6 +69,8 @@ use crate::schedule::{Due, Wheel};
 const TICK: Duration = Duration::from_millis(2);
 /// Most due slots taken from the wheel at once.
 const BATCH: usize = 1_024;
+/// The stretch policy's slack while the schedule is behind, ms.
+const OVERLOAD_SLACK_MS: i64 = 20;
 /// Most newly tracked ids waiting for their first read; beyond that they
 /// wait for their slot (a bulk track must not hold up the schedule).
 const FRESH_MAX: usize = 10_000;
@@ -159,6 +161,8 @@ struct Shared {
     /// When the crawl last said the schedule cannot be held; `None` while
     /// it is held.
     announced: Mutex<Option<Instant>>,
+    /// Whether the schedule was behind at the last announcement check.
+    behind: AtomicBool,
     /// Ids tracked through [`CrawlHandle::track`] waiting for their first
     /// read, which goes before the due slots; at most [`FRESH_MAX`].
     fresh: Mutex<VecDeque<u64>>,
@@ -246,6 +250,7 @@ impl Shared {
     fn announce(&self, now: Instant) {
         let tracked = lock(&self.wheel).len() as u64;
         let s = self.metrics.schedule(tracked, self.interval_ms as u64);
+        self.behind.store(s.behind, Ordering::Relaxed);
         let mut last = lock(&self.announced);
         match (*last, s.behind) {
             (None, true) => {}
@@ -357,6 +362,7 @@ pub fn start<F: Fetch>(job: Job, fetcher: F, events: mpsc::Sender<Event>) -> Cra
         metrics: Metrics::default(),
         log_budget: LogBudget::default(),
         announced: Mutex::new(None),
+        behind: AtomicBool::new(false),
         fresh: Mutex::default(),
         fresh_waiting: AtomicBool::new(false),
         job,
@@ -565,8 +571,15 @@ async fn start_slot<F: Fetch>(
     let interval = shared.interval_ms;
     let stretch = shared.job.overload() == Overload::Stretch;
     // How late a slot may start before the stretch policy moves the whole
-    // schedule back by the excess: a second, or a tenth of a short interval.
-    let slack = (interval / 10).min(1_000);
+    // schedule back by the excess: a second, or a tenth of a short
+    // interval, so that a hiccup of the machine does not move it; once the
+    // schedule is behind (a lasting shortfall), a few milliseconds, so that
+    // lag keeps measuring the target's answer, not the slack.
+    let slack = if shared.behind.load(Ordering::Relaxed) {
+        (interval / 10).min(OVERLOAD_SLACK_MS)
+    } else {
+        (interval / 10).min(1_000)
+    };
     if stretch && !first {
         // Slots of one batch were due on the schedule as it stood; after a
         // stretch, the later ones may not be due yet: wait, so that no

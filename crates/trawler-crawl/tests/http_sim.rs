@@ -340,3 +340,76 @@ async fn retry_after_from_a_rate_limited_target_backs_off_the_whole_crawl() {
     );
     assert!(reads > 0 && observations(&events).len() as u64 <= reads);
 }
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most
+/// `deadline`.
+async fn until<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "condition not met within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A target slower than the schedule, then recovered, over real HTTP: the
+/// simulator serves 250 requests/s (the rest queue) to a job asking 1,000/s.
+/// Under the default `stretch` the shortfall is announced with the
+/// effective interval, every account is read in turn (all within one
+/// sample of the median), and once the target recovers the announcement
+/// clears and the interval is the configured one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_target_is_announced_covered_evenly_and_cleared_on_recovery() {
+    let target = simulator(
+        1_000,
+        Faults {
+            max_rps: 250.0,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let job = common::job(&target.base, "1000000..1001000", "1s", "");
+    let (tx, mut rx) = mpsc::channel(1_000_000);
+    let crawl = trawler_crawl::start_http(job, tx).unwrap();
+    let s = until(Duration::from_secs(60), || {
+        let s = crawl.metrics().schedule;
+        s.behind.then_some(s)
+    })
+    .await;
+    assert_eq!(s.needed_per_sec, 1_000.0);
+    assert!(s.achieved_per_sec <= 250.0 * 1.5, "{s:?}");
+    assert!(
+        (2_000.0..=10_000.0).contains(&s.effective_interval_ms),
+        "{s:?}"
+    );
+    // About three effective intervals, then the coverage so far.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let events = common::drain(&mut rx);
+    let mut counts: Vec<usize> = observations(&events).values().map(Vec::len).collect();
+    assert_eq!(counts.len(), 1_000, "every account read");
+    counts.sort();
+    let median = counts[counts.len() / 2];
+    assert!(
+        counts[0] + 1 >= median && counts[counts.len() - 1] <= median + 1,
+        "uneven coverage: {:?} … {:?}",
+        &counts[..5],
+        &counts[counts.len() - 5..]
+    );
+    assert_eq!(crawl.metrics().missed_slots, 0);
+
+    // The target recovers.
+    target.sim.set_max_rps(0.0);
+    let s = until(Duration::from_secs(60), || {
+        let s = crawl.metrics().schedule;
+        (!s.behind).then_some(s)
+    })
+    .await;
+    assert_eq!(s.effective_interval_ms, 1_000.0, "{s:?}");
+    let report = crawl.shutdown(Duration::from_secs(3)).await;
+    assert_eq!(report.metrics.missed_slots, 0);
+}

@@ -182,7 +182,7 @@ impl SimConfig {
                 faults: self.faults.clone(),
                 entropy: rng::Entropy::new(self.seed ^ 0x5EED),
                 counters: server::Counters::default(),
-                pacer: server::Pacer::default(),
+                pacer: server::Pacer::new(self.faults.max_rps),
                 max_connections: self.max_connections,
             }),
         })
@@ -207,6 +207,12 @@ impl Simulator {
     /// The account table, for in-process inspection.
     pub fn accounts(&self) -> &model::Accounts {
         &self.shared.accounts
+    }
+
+    /// Changes `Faults::max_rps` while serving (0 = no limit): a target
+    /// that slows down and recovers, for tests.
+    pub fn set_max_rps(&self, max_rps: f64) {
+        self.shared.pacer.set_rate(max_rps.max(0.0));
     }
 
     /// What the simulator answered besides reads (as in `/_sim/stats`).

@@ -45,10 +45,27 @@ pub struct Counters {
 /// generic cell rate algorithm), one slot every `1 / max_rps` seconds.
 #[derive(Debug, Default)]
 pub(crate) struct Pacer {
+    /// Requests per second (`f64` bits; 0 = no limit), changeable while
+    /// serving.
+    rate: AtomicU64,
     next: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Pacer {
+    pub(crate) fn new(max_rps: f64) -> Self {
+        let pacer = Self::default();
+        pacer.set_rate(max_rps);
+        pacer
+    }
+
+    pub(crate) fn set_rate(&self, max_rps: f64) {
+        self.rate.store(max_rps.to_bits(), Ordering::Relaxed);
+    }
+
+    fn rate(&self) -> f64 {
+        f64::from_bits(self.rate.load(Ordering::Relaxed))
+    }
+
     /// Requests allowed ahead of the rate at once: a tenth of a second's.
     const BURST: Duration = Duration::from_millis(100);
 
@@ -266,8 +283,9 @@ impl Faults {
     /// Applies the added latency, then maybe answers with an injected 503
     /// *before* the account is touched, so a failed call never moves data.
     async fn inject(&self, shared: &Shared) -> Option<Response<Body>> {
-        if self.max_rps > 0.0 {
-            match shared.pacer.turn(self.max_rps, self.retry_after.is_none()) {
+        let max_rps = shared.pacer.rate();
+        if max_rps > 0.0 {
+            match shared.pacer.turn(max_rps, self.retry_after.is_none()) {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => {
                     shared.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
