@@ -30,6 +30,9 @@ pub struct BenchArgs {
     pub latency: Duration,
     /// Fraction of requests the simulator fails with 503.
     pub error_rate: f64,
+    /// Most requests per second the simulator serves (0: no limit); the
+    /// rest queue, as at a saturated server.
+    pub max_rps: f64,
     /// Print a progress line this often (`None`: quiet).
     pub progress: Option<Duration>,
 }
@@ -43,6 +46,7 @@ impl Default for BenchArgs {
             sim_threads: 2,
             latency: Duration::ZERO,
             error_rate: 0.0,
+            max_rps: 0.0,
             progress: Some(Duration::from_secs(10)),
         }
     }
@@ -105,6 +109,46 @@ pub struct BenchReport {
     pub rss_mb: f64,
     /// Final concurrency limit.
     pub concurrency_limit: u64,
+    /// The simulator's `max_rps` (0: no limit).
+    pub limit_per_sec: f64,
+    /// Whether the schedule was held over the last seconds, and the
+    /// effective interval then (the configured one when held), seconds.
+    pub behind: bool,
+    /// See `behind`.
+    pub effective_interval_s: f64,
+    /// Samples per account over the run.
+    pub samples: Spread,
+}
+
+/// How evenly the accounts were covered: samples per account.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Spread {
+    /// Fewest samples of one account.
+    pub min: u32,
+    /// The median account's samples.
+    pub median: u32,
+    /// Most samples of one account.
+    pub max: u32,
+    /// Share of the accounts within one sample of the median, %.
+    pub fair_pct: f64,
+}
+
+impl Spread {
+    /// The spread of `counts` (samples per account).
+    pub fn of(mut counts: Vec<u32>) -> Self {
+        if counts.is_empty() {
+            return Self::default();
+        }
+        counts.sort_unstable();
+        let median = counts[counts.len() / 2];
+        let fair = counts.iter().filter(|&&n| n.abs_diff(median) <= 1).count();
+        Self {
+            min: counts[0],
+            median,
+            max: counts[counts.len() - 1],
+            fair_pct: 100.0 * fair as f64 / counts.len() as f64,
+        }
+    }
 }
 
 impl fmt::Display for BenchReport {
@@ -192,6 +236,7 @@ pub async fn run(job: &JobConfig, args: &BenchArgs) -> Result<BenchReport, Bench
         faults: trawler_sim::Faults {
             latency: args.latency,
             error_rate: args.error_rate,
+            max_rps: args.max_rps,
             ..trawler_sim::Faults::default()
         },
         ..trawler_sim::SimConfig::default()
@@ -233,19 +278,26 @@ pub async fn run(job: &JobConfig, args: &BenchArgs) -> Result<BenchReport, Bench
         overload: None,
     })?;
     let (events_tx, mut events) = mpsc::channel(65_536);
+    let accounts = args.accounts as usize;
     let consumer = tokio::spawn(async move {
         let (mut polls, mut gaps) = (0u64, 0u64);
+        let mut per_account = vec![0u32; accounts];
         let mut batch = Vec::with_capacity(1_024);
         while events.recv_many(&mut batch, 1_024).await > 0 {
             for event in batch.drain(..) {
                 match event {
-                    Event::Observation(_) => polls += 1,
+                    Event::Observation(o) => {
+                        polls += 1;
+                        if let Some(n) = per_account.get_mut((o.id - first_pk) as usize) {
+                            *n += 1;
+                        }
+                    }
                     Event::Gap(_) => gaps += 1,
                     Event::Invalid { .. } => {}
                 }
             }
         }
-        (polls, gaps)
+        (polls, gaps, per_account)
     });
 
     let (cpu0, sim_cpu0) = cpu_seconds();
@@ -283,7 +335,7 @@ pub async fn run(job: &JobConfig, args: &BenchArgs) -> Result<BenchReport, Bench
     let rss = rss_mb();
     let metrics = crawl.metrics();
     crawl.shutdown(Duration::from_secs(5)).await;
-    let (observations, gaps) = consumer.await.unwrap_or_default();
+    let (observations, gaps, per_account) = consumer.await.unwrap_or_default();
     let _ = stop_sim.send(());
     let sim_reads = sim.accounts().reads();
     sim_runtime.shutdown_background();
@@ -313,5 +365,22 @@ pub async fn run(job: &JobConfig, args: &BenchArgs) -> Result<BenchReport, Bench
         crawler_cpu_pct: (process_cpu_s - sim_cpu_s) / seconds * 100.0,
         rss_mb: rss,
         concurrency_limit: metrics.gauges.concurrency_limit,
+        limit_per_sec: args.max_rps,
+        behind: metrics.schedule.behind,
+        effective_interval_s: metrics.schedule.effective_interval_ms / 1e3,
+        samples: Spread::of(per_account),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spread;
+
+    #[test]
+    fn spread_counts_accounts_within_one_of_the_median() {
+        let s = Spread::of(vec![3, 4, 4, 4, 5, 7, 0, 4]);
+        assert_eq!((s.min, s.median, s.max), (0, 4, 7));
+        assert_eq!(s.fair_pct, 75.0);
+        assert_eq!(Spread::of(Vec::new()), Spread::default());
+    }
 }

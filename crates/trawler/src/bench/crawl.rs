@@ -7,6 +7,15 @@
 //! subtracted) and the process RSS. The ceiling is what wrk gets from the
 //! same simulator with 64 keep-alive connections: a crawler at half of it
 //! is spending as much per request as a bare load generator.
+//!
+//! Then the overload case: the simulator limited to `--max-rps` (requests
+//! beyond it queue, as at a saturated server) and a job asking twice that.
+//! Under the default `stretch` policy it prints the rate achieved against
+//! the limit, the effective interval, the lag on the stretched schedule
+//! and how evenly the accounts were covered (samples per account; the
+//! share within one sample of the median). The last line is
+//! `overload: needed_per_s=… achieved_per_s=… limit_per_s=… fair_pct=…
+//! effective_interval_s=…`.
 
 use std::time::Duration;
 
@@ -32,6 +41,32 @@ pub struct Args {
     /// Seconds of wrk against the simulator for the ceiling.
     #[arg(long, default_value_t = 10)]
     pub wrk_seconds: u64,
+    /// The overload case, ACCOUNTS@INTERVAL/MAX_RPS (the simulator serves
+    /// MAX_RPS requests/s), or `none`.
+    #[arg(long, default_value = "100000@10s/5000")]
+    pub overload: String,
+    /// How long the overload case runs (a few effective intervals).
+    #[arg(long, default_value = "80s", value_parser = parse_duration)]
+    pub overload_duration: Duration,
+}
+
+/// `ACCOUNTS@INTERVAL/MAX_RPS`, or `none`.
+fn parse_overload(spec: &str) -> anyhow::Result<Option<(u32, Duration, f64)>> {
+    if spec == "none" {
+        return Ok(None);
+    }
+    let (level, rps) = spec
+        .split_once('/')
+        .with_context(|| format!("overload {spec:?}: expected ACCOUNTS@INTERVAL/MAX_RPS"))?;
+    let (accounts, interval) = parse_levels(level)?
+        .pop()
+        .with_context(|| format!("overload {spec:?}: no level"))?;
+    let rps: f64 = rps
+        .parse()
+        .ok()
+        .filter(|r: &f64| *r > 0.0)
+        .with_context(|| format!("overload {spec:?}: MAX_RPS must be a positive number"))?;
+    Ok(Some((accounts, interval, rps)))
 }
 
 fn parse_levels(spec: &str) -> anyhow::Result<Vec<(u32, Duration)>> {
@@ -105,6 +140,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         reports.push(r);
     }
+    let overload = match parse_overload(&args.overload)? {
+        Some((accounts, interval, max_rps)) => {
+            let bench = BenchArgs {
+                accounts,
+                interval,
+                duration: args.overload_duration,
+                max_rps,
+                progress: None,
+                ..BenchArgs::default()
+            };
+            let progress = crate::progress::spinner(&format!(
+                "overload: {accounts} accounts every {interval:?} against {max_rps} requests/s"
+            ));
+            let r = runtime.block_on(trawler_crawl::bench::run(&job, &bench))?;
+            progress.finish_and_clear();
+            Some(r)
+        }
+        None => None,
+    };
     drop(runtime);
     let ceiling = super::sim::ceiling(1_000_000, args.wrk_seconds)?;
     let best = reports.iter().map(|r| r.polls_per_sec).fold(0.0, f64::max);
@@ -131,6 +185,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             r.accounts, r.interval_s, r.polls_per_sec, ceiling.requests_per_sec, r.lag_p99_ms, r.crawler_cpu_pct, r.rss_mb
         );
     }
+    if let Some(r) = overload {
+        let s = r.samples;
+        println!(
+            "overload case: {} accounts every {} s need {:.0} polls/s; the simulator serves {:.0}/s",
+            r.accounts, r.interval_s, r.target_per_sec, r.limit_per_sec
+        );
+        println!(
+            "  achieved {:.0} polls/s ({:.1} % of the limit) over {:.0} s; schedule {}; effective interval {:.1} s; \
+             lag p50 {:.1} ms p99 {:.1} ms (on the stretched schedule); missed {} gaps {}",
+            r.polls_per_sec,
+            100.0 * r.polls_per_sec / r.limit_per_sec,
+            r.seconds,
+            if r.behind { "stretched" } else { "held" },
+            r.effective_interval_s,
+            r.lag_p50_ms,
+            r.lag_p99_ms,
+            r.missed,
+            r.gaps
+        );
+        println!(
+            "  samples per account: min {} median {} max {}; {:.2} % within one of the median",
+            s.min, s.median, s.max, s.fair_pct
+        );
+        println!(
+            "overload: needed_per_s={:.0} achieved_per_s={:.0} limit_per_s={:.0} fair_pct={:.2} effective_interval_s={:.1} lag_p99_ms={:.1} samples_min={} samples_median={} samples_max={}",
+            r.target_per_sec, r.polls_per_sec, r.limit_per_sec, s.fair_pct, r.effective_interval_s, r.lag_p99_ms, s.min, s.median, s.max
+        );
+    }
     Ok(())
 }
 
@@ -150,5 +232,12 @@ mod tests {
         );
         assert!(parse_levels("1000").is_err());
         assert!(parse_levels("x@1s").is_err());
+        assert_eq!(
+            parse_overload("100000@10s/5000").unwrap(),
+            Some((100_000, Duration::from_secs(10), 5_000.0))
+        );
+        assert_eq!(parse_overload("none").unwrap(), None);
+        assert!(parse_overload("100000@10s").is_err());
+        assert!(parse_overload("100000@10s/0").is_err());
     }
 }
