@@ -14,8 +14,8 @@ use trawler_api::{ApiError, Backend, Points, SeriesQuery, TopBy, TrackOutcome};
 use trawler_store::{Aggregate, Point};
 use trawler_views::{Views, Window};
 
-use super::layout::{Layout, Term};
-use super::node::Node;
+use crate::layout::{Layout, Term};
+use crate::node::Node;
 
 /// [`Backend`] over a [`Node`].
 pub struct NodeBackend {
@@ -423,12 +423,12 @@ impl Backend for NodeBackend {
     }
 
     fn now_ms(&self) -> i64 {
-        super::now_ms()
+        crate::now_ms()
     }
 
     fn average_series(&self, q: SeriesQuery) -> Result<Points, ApiError> {
         let node = &self.node;
-        let job = super::node::aggregates_job(&node.job);
+        let job = crate::node::aggregates_job(&node.job);
         let metric = node.average_metric();
         let series = node
             .store

@@ -14,108 +14,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use bytes::Bytes;
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::{mpsc, watch};
 use trawler_api::{ApiError, Backend, Points, SeriesQuery, TopBy, TrackOutcome};
 use trawler_cluster::stream::{self, Message};
 use trawler_cluster::{
-    Batch, Cluster, ClusterConfig, LeaseState, Publisher, Row, ShardOwner, VerdictRow, Verdicts,
-    VmClient, WriterMetrics,
+    Batch, Cluster, LeaseState, Publisher, Row, ShardOwner, VerdictRow, Verdicts, VmClient,
+    WriterMetrics,
 };
-use trawler_crawl::{CrawlHandle, Event, IdSet, Job, JobConfig};
+use trawler_crawl::{CrawlHandle, Event, IdSet, Job};
 use trawler_enrich::{EnrichHandle, Verdict};
 use trawler_views::{Suspicion, Update, Views};
 
-use super::backend::{
+use crate::backend::{
     entity_json, invalid_page, metric_points, rank_metric_of, ranked_json, write_metrics,
 };
-use super::layout::Layout;
-use super::node::SUSPICIOUS_METRIC;
-use super::{now_ms, Args};
-use crate::cli::mockstagram::parse_duration;
-
-/// The cluster settings, from the command line or the job file's
-/// `[cluster]` (the command line wins).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// How to join.
-    pub config: ClusterConfig,
-    /// The VictoriaMetrics base URL.
-    pub vm_url: String,
-}
-
-/// The settings `args` and `config` ask for, or `None` for the embedded
-/// mode. Errors name the flag or the file and key.
-pub fn settings(args: &Args, config: &JobConfig) -> anyhow::Result<Option<Settings>> {
-    let file = config.cluster.as_ref();
-    let in_file = |key: &str| format!("{}: [cluster] {key}", config.source);
-    let servers: Vec<String> = match (&args.cluster, file) {
-        (Some(flag), _) => flag
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        (None, Some(f)) => f.servers.clone(),
-        (None, None) => {
-            if args.store.is_some() {
-                bail!("--store needs --cluster: the embedded mode stores into --data");
-            }
-            return Ok(None);
-        }
-    };
-    for s in &servers {
-        if !s.starts_with("nats://") {
-            bail!("--cluster: {s:?} is not a nats://host:port URL");
-        }
-    }
-    let store = match (&args.store, file) {
-        (Some(s), _) => s.clone(),
-        (None, Some(f)) => f.store.clone(),
-        (None, None) => bail!(
-            "--cluster needs --store victoriametrics=http://HOST:PORT: in cluster mode series live in VictoriaMetrics"
-        ),
-    };
-    let Some(vm_url) = store.strip_prefix("victoriametrics=") else {
-        bail!("--store {store:?}: expected victoriametrics=http://HOST:PORT");
-    };
-    let node_id = args
-        .node_id
-        .clone()
-        .or_else(|| file.and_then(|f| f.node_id.clone()))
-        .unwrap_or_else(default_node_id);
-    let mut cluster = ClusterConfig::new(servers, node_id);
-    if let Some(shards) = args.shards.or_else(|| file.and_then(|f| f.shards)) {
-        cluster.shards = shards;
-    }
-    match (args.lease_ttl, file.and_then(|f| f.lease_ttl.as_deref())) {
-        (Some(ttl), _) => cluster.lease_ttl = ttl,
-        (None, Some(text)) => {
-            cluster.lease_ttl = parse_duration(text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", in_file("lease_ttl")))?
-        }
-        (None, None) => {}
-    }
-    Ok(Some(Settings {
-        config: cluster,
-        vm_url: vm_url.to_owned(),
-    }))
-}
-
-fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "node".into());
-    let host: String = host
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    format!("{host}-{}", std::process::id())
-}
+use crate::config::{ClusterSettings, NodeConfig};
+use crate::error::{Result, Step};
+use crate::layout::Layout;
+use crate::node::SUSPICIOUS_METRIC;
+use crate::now_ms;
 
 /// How long a batch is retried before its observations count as dropped.
 const PUBLISH_GIVE_UP: Duration = Duration::from_secs(60);
@@ -393,18 +312,19 @@ async fn refresh_movers(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>)
     }
 }
 
-/// Runs this process as a cluster node until a signal.
-pub async fn run(
-    args: Args,
+/// Runs this process as a cluster node until `shutdown` completes.
+pub(crate) async fn run(
+    node_config: &NodeConfig,
     job: Job,
-    settings: Settings,
+    settings: ClusterSettings,
     api_runtime: tokio::runtime::Handle,
-) -> anyhow::Result<()> {
-    let Settings { config, vm_url } = settings;
-    let vm = VmClient::new(&vm_url)?;
-    let cluster = config.connect().await.context("joining the cluster")?;
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let ClusterSettings { config, vm_url } = settings;
+    let vm = VmClient::new(&vm_url).step("the VictoriaMetrics client")?;
+    let cluster = config.connect().await.step("joining the cluster")?;
     let layout = Layout::of(&job)?;
-    let views = layout.views.build()?;
+    let views = layout.views.build().step("the live views")?;
     let all_ids = job.ids().clone();
     let mut shard_ids = vec![Vec::new(); cluster.config.shards as usize];
     for id in all_ids.iter() {
@@ -414,7 +334,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events_tx, events_rx) = mpsc::channel(65_536);
     // No ids at start: the node polls the shards it leases.
-    let crawl = trawler_crawl::start_http(job.with_ids(IdSet::default()), events_tx)?;
+    let crawl = trawler_crawl::start_http(job.with_ids(IdSet::default()), events_tx)
+        .step("the HTTP client")?;
     let node = Arc::new(ClusterNode {
         publisher: Publisher::new(cluster.js.clone(), &cluster.config.node_id),
         job: job.clone(),
@@ -455,7 +376,7 @@ pub async fn run(
     };
 
     let mut verdicts_task = None;
-    if !args.no_suspicious {
+    if let Some(period) = node_config.suspicious_period {
         let target = job.url_for(0);
         let base = target
             .find("/api/")
@@ -464,10 +385,11 @@ pub async fn run(
             .to_owned();
         let enrichment = trawler_enrich::EnrichConfig {
             url: format!("{base}/api/v1/{}/is_suspicious", job.name()),
-            period: args.suspicious_period,
+            period,
             ..Default::default()
         }
-        .build()?;
+        .build()
+        .step("the suspicious enrichment")?;
         let (verdicts_tx, verdicts_rx) = mpsc::channel(4_096);
         let (handle, _task) = enrichment.spawn(
             std::iter::empty(),
@@ -492,13 +414,14 @@ pub async fn run(
 
     // The API.
     let api = trawler_api::ApiConfig {
-        listen: args.listen,
-        token: args.api_token.clone(),
+        listen: node_config.listen,
+        token: node_config.api_token.clone(),
         ..Default::default()
     }
-    .build(Arc::new(ClusterBackend { node: node.clone() }))?;
-    let listener = super::bind_api(args.listen)?;
-    let api_addr = listener.local_addr()?;
+    .build(Arc::new(ClusterBackend { node: node.clone() }))
+    .step("the API")?;
+    let listener = crate::bind_api(node_config.listen)?;
+    let api_addr = listener.local_addr().step("binding the API")?;
     tracing::info!(addr = %api_addr, job = job.name(), node = %cluster.config.node_id, vm = %vm.url(), "API listening (cluster mode)");
     println!("listening on http://{api_addr}");
     let api_stop = {
@@ -507,14 +430,15 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let api_task = api.spawn_on(&api_runtime, listener, api_stop)?;
+    let api_task = api
+        .spawn_on(&api_runtime, listener, api_stop)
+        .step("starting the API")?;
 
     let mut tick = tokio::time::interval(Duration::from_secs(10));
-    let signal = crate::cli::mockstagram::shutdown_signal();
-    tokio::pin!(signal);
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut signal => break,
+            _ = &mut shutdown => break,
             _ = tick.tick() => {
                 let m = node.crawl.metrics();
                 let leases = node.leases.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -538,7 +462,7 @@ pub async fn run(
     tracing::info!("shutting down: giving the leases back");
     let _ = stop_tx.send(true);
     let _ = leases_task.await;
-    let report = node.crawl.shutdown(args.grace).await;
+    let report = node.crawl.shutdown(node_config.grace).await;
     // The crawl's sender is gone once it stopped: the publisher drains.
     let _ = tokio::time::timeout(Duration::from_secs(30), publish_task).await;
     if let Some(task) = verdicts_task {
@@ -546,10 +470,10 @@ pub async fn run(
     }
     // The writer finishes what was published, within the grace period.
     let _ = writer_stop_tx.send(true);
-    let _ = tokio::time::timeout(args.grace, writer_task).await;
+    let _ = tokio::time::timeout(node_config.grace, writer_task).await;
     follow_task.abort();
     movers_task.abort();
-    let _ = tokio::time::timeout(args.grace, api_task).await;
+    let _ = tokio::time::timeout(node_config.grace, api_task).await;
     tracing::info!(
         polls = report.metrics.polls_ok,
         acknowledged = node.acknowledged.load(Ordering::Relaxed),

@@ -76,7 +76,7 @@ pub struct Layout {
 
 impl Layout {
     /// Sorts the metrics of `job`.
-    pub fn of(job: &Job) -> anyhow::Result<Self> {
+    pub fn of(job: &Job) -> crate::Result<Self> {
         let metrics = job.metrics();
         let mut stored = Vec::new();
         let mut position = vec![None; metrics.len()];
@@ -124,10 +124,10 @@ impl Layout {
         }
         let ints: Vec<&Stored> = stored.iter().filter(|s| s.kind == ValueKind::Int).collect();
         let Some(first) = ints.first() else {
-            anyhow::bail!(
+            return Err(crate::error::config_error!(
                 "job {}: the live views need at least one integer field (type = \"integer\")",
                 job.name()
-            );
+            ));
         };
         let views = ViewsConfig {
             metrics: ints.iter().map(|s| s.name.clone()).collect(),
@@ -165,8 +165,7 @@ mod tests {
     #[test]
     fn the_flagship_job_stores_two_series_and_derives_the_ratio() {
         let config =
-            trawler_crawl::JobConfig::from_toml(crate::run::DEFAULT_JOB, "mockstagram.toml")
-                .unwrap();
+            trawler_crawl::JobConfig::from_toml(crate::DEFAULT_JOB, "mockstagram.toml").unwrap();
         let layout = Layout::of(&config.build().unwrap()).unwrap();
         let names: Vec<_> = layout.stored.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["followerCount", "followingCount"]);

@@ -17,8 +17,8 @@ use trawler_enrich::{EnrichHandle, Verdict};
 use trawler_store::{Resolution, Sample, SeriesId, SeriesKey, Store, Value, ValueKind};
 use trawler_views::{HourlyFirsts, Reference, Row, Suspicion, Update, Views, HOURS};
 
-use super::layout::Layout;
-use super::state::IdSetFile;
+use crate::layout::Layout;
+use crate::state::IdSetFile;
 
 /// The metric under which suspicion verdicts are stored (1 = suspicious),
 /// one point per check.
@@ -480,7 +480,7 @@ impl Node {
     }
 
     /// Writes the tracked and invalid sets to their files.
-    pub fn save_state(&self) -> anyhow::Result<()> {
+    pub fn save_state(&self) -> crate::Result<()> {
         let _guard = self.state_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.tracked_file.save(&self.crawl.tracked_ids())?;
         self.invalid_file
@@ -496,7 +496,7 @@ pub fn rebuild_views(
     layout: &Layout,
     job: &str,
     tracked: &IdSet,
-) -> anyhow::Result<usize> {
+) -> crate::Result<usize> {
     let stored = &layout.stored;
     let viewed: Vec<usize> = layout
         .viewed
@@ -511,30 +511,35 @@ pub fn rebuild_views(
     /// Per entity: newest timestamp, viewed values, last suspicion check.
     type Latest = (i64, Vec<Option<i64>>, Option<Suspicion>);
     let mut latest: HashMap<u64, Latest> = HashMap::new();
-    store.for_each_latest(job, |entry| {
-        if !tracked.contains(entry.entity) {
-            return;
-        }
-        let row = latest
-            .entry(entry.entity)
-            .or_insert_with(|| (i64::MIN, vec![None; viewed.len()], None));
-        if entry.metric == SUSPICIOUS_METRIC {
-            row.2 = Some(Suspicion {
-                suspicious: entry.point.value.as_f64() != 0.0,
-                checked_at_ms: entry.point.ts_ms,
-            });
-            return;
-        }
-        let Some(pos) = stored.iter().position(|s| s.name == entry.metric) else {
-            return;
-        };
-        if let Some(slot) = viewed.iter().position(|&v| v == pos) {
-            if let Value::Int(v) = entry.point.value {
-                row.1[slot] = Some(v);
-                row.0 = row.0.max(entry.point.ts_ms);
+    store
+        .for_each_latest(job, |entry| {
+            if !tracked.contains(entry.entity) {
+                return;
             }
-        }
-    })?;
+            let row = latest
+                .entry(entry.entity)
+                .or_insert_with(|| (i64::MIN, vec![None; viewed.len()], None));
+            if entry.metric == SUSPICIOUS_METRIC {
+                row.2 = Some(Suspicion {
+                    suspicious: entry.point.value.as_f64() != 0.0,
+                    checked_at_ms: entry.point.ts_ms,
+                });
+                return;
+            }
+            let Some(pos) = stored.iter().position(|s| s.name == entry.metric) else {
+                return;
+            };
+            if let Some(slot) = viewed.iter().position(|&v| v == pos) {
+                if let Value::Int(v) = entry.point.value {
+                    row.1[slot] = Some(v);
+                    row.0 = row.0.max(entry.point.ts_ms);
+                }
+            }
+        })
+        .map_err(|e| crate::Error::Step {
+            step: "reading the latest values from the store".into(),
+            source: e.into(),
+        })?;
     let rows = latest
         .iter()
         .filter(|(_, r)| r.0 != i64::MIN)
@@ -547,7 +552,10 @@ pub fn rebuild_views(
             },
             suspicion: *s,
         });
-    Ok(views.rebuild(rows)?)
+    views.rebuild(rows).map_err(|e| crate::Error::Step {
+        step: "rebuilding the live views".into(),
+        source: e.into(),
+    })
 }
 
 /// Drains crawl events into the node until the crawl's channel closes.
@@ -572,7 +580,7 @@ pub async fn ingest_events(node: Arc<Node>, mut events: mpsc::Receiver<Event>) {
 pub async fn record_averages(node: Arc<Node>, every: std::time::Duration) {
     let every_ms = every.as_millis().max(1) as i64;
     loop {
-        let now = super::now_ms();
+        let now = crate::now_ms();
         let next = (now.div_euclid(every_ms) + 1) * every_ms;
         tokio::time::sleep(std::time::Duration::from_millis((next - now) as u64)).await;
         let node = node.clone();

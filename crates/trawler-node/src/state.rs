@@ -12,8 +12,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use trawler_crawl::IdSet;
+
+use crate::error::{config_error, Result, Step};
 
 /// An id set persisted in one file.
 #[derive(Debug, Clone)]
@@ -33,22 +34,22 @@ impl IdSetFile {
     }
 
     /// Reads the set, or `None` if the file does not exist.
-    pub fn load(&self) -> anyhow::Result<Option<IdSet>> {
+    pub fn load(&self) -> Result<Option<IdSet>> {
         match fs::read_to_string(&self.path) {
             Ok(text) if text.trim().is_empty() => Ok(Some(IdSet::new())),
             Ok(text) => {
                 let set = text.trim().parse::<IdSet>().map_err(|e| {
-                    anyhow::anyhow!("{}: not a valid id set: {e}", self.path.display())
+                    config_error!("{}: not a valid id set: {e}", self.path.display())
                 })?;
                 Ok(Some(set))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
+            Err(e) => Err(e).with_step(|| format!("reading {}", self.path.display())),
         }
     }
 
     /// Replaces the file's content with `set`, atomically and durably.
-    pub fn save(&self, set: &IdSet) -> anyhow::Result<()> {
+    pub fn save(&self, set: &IdSet) -> Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
@@ -58,7 +59,7 @@ impl IdSetFile {
             fs::rename(&tmp, &self.path)?;
             fs::File::open(dir)?.sync_all()
         };
-        write().with_context(|| format!("writing {}", self.path.display()))
+        write().with_step(|| format!("writing {}", self.path.display()))
     }
 }
 

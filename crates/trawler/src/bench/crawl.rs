@@ -88,7 +88,10 @@ fn parse_levels(spec: &str) -> anyhow::Result<Vec<(u32, Duration)>> {
 /// Runs every level, then the ceiling, and prints the figures.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let levels = parse_levels(&args.levels)?;
-    let job = JobConfig::from_toml(crate::run::DEFAULT_JOB, "jobs/mockstagram.toml (built in)")?;
+    let job = JobConfig::from_toml(
+        trawler_node::DEFAULT_JOB,
+        "jobs/mockstagram.toml (built in)",
+    )?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

@@ -1,42 +1,18 @@
-//! `trawler run`: the main job. Turns a job file into running tasks joined
-//! by channels:
-//!
-//! ```text
-//! simulator (when no --target) ◄── HTTP ── crawl ──events──► ingest ──► store (WAL, blocks)
-//!                                                                  └──► views ◄── API ── clients
-//!                               ◄── HTTP ── enrichment ──verdicts──► ingest
-//! ```
-//!
-//! Start-up order matters: the store opens (replaying its WAL), the views
-//! are rebuilt from the store's latest values, and only then does the crawl
-//! start, so no observation can be overwritten by the rebuild. Shutdown runs
-//! the other way: stop the API and the crawl (requests in flight get a grace
-//! period), drain the ingest path, sync the store, exit 0.
+//! `trawler run`: the main job. Resolves the flags and the job file into
+//! one [`NodeConfig`], starts the runtimes and hands over to
+//! [`trawler_node::run`]; shows the status line until a signal.
 
-mod backend;
-mod cluster;
-mod layout;
-mod node;
-pub mod state;
 mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use tokio::sync::{mpsc, watch};
-use trawler_crawl::{IdSet, JobConfig, Overrides};
-use trawler_store::{StoreConfig, SyncPolicy};
+use anyhow::Context;
+use trawler_crawl::Overrides;
+use trawler_node::{ClusterFlags, Flags, NodeConfig, SimSettings};
 
 use crate::cli::mockstagram::{parse_duration, shutdown_signal};
-use layout::Layout;
-use node::Node;
-use state::IdSetFile;
-
-/// The default job: every Mockstagram influencer, every minute.
-pub const DEFAULT_JOB: &str = include_str!("../../../../jobs/mockstagram.toml");
 
 /// Run a job: poll, store, keep live views, serve the API.
 ///
@@ -138,8 +114,52 @@ fn parse_offset(s: &str) -> Result<i64, String> {
     Ok(sign * d.as_millis() as i64)
 }
 
+impl Args {
+    /// The one resolved configuration: these flags over the job file.
+    pub fn resolve(&self) -> anyhow::Result<NodeConfig> {
+        let flags = Flags {
+            config: self.config.clone(),
+            overrides: Overrides {
+                target: self.target.clone(),
+                ids: self.ids.clone(),
+                interval: self.interval.clone(),
+                overload: self.overload.clone(),
+            },
+            cluster: ClusterFlags {
+                servers: self.cluster.clone(),
+                store: self.store.clone(),
+                node_id: self.node_id.clone(),
+                shards: self.shards,
+                lease_ttl: self.lease_ttl,
+            },
+        };
+        let mut config = NodeConfig::resolve(&flags)?;
+        config.data = self.data.clone();
+        config.listen = self.listen;
+        config.api_token = self.api_token.clone();
+        config.suspicious_period = (!self.no_suspicious).then_some(self.suspicious_period);
+        config.simulator = SimSettings {
+            dynamics: self.sim_dynamics,
+            seed: self.sim_seed,
+            suspicious_delay_scale: self.sim_suspicious_delay_scale,
+        };
+        config.grace = self.grace;
+        config.retention = self.retention;
+        config.fsync_interval = self.fsync_interval;
+        Ok(config)
+    }
+}
+
 /// Runs the job until Ctrl-C or SIGTERM.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(offset) = args.clock_offset {
+        trawler_crawl::clock::set_offset_ms(offset);
+        tracing::warn!(
+            offset_ms = offset,
+            "the clock is shifted (--clock-offset): samples carry the shifted time"
+        );
+    }
+    let config = args.resolve()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -149,271 +169,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let api_runtime =
         trawler_api::runtime::runtime(trawler_api::runtime::DEFAULT_THREADS, args.api_nice)
             .context("starting the API's tokio runtime")?;
-    let result = runtime.block_on(run_async(args, api_runtime.handle().clone()));
-    api_runtime.shutdown_timeout(Duration::from_secs(1));
-    result
-}
-
-/// Binds the API's address (std, so that the API's runtime can own it).
-fn bind_api(listen: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    std::net::TcpListener::bind(listen).with_context(|| format!("binding the API to {listen}"))
-}
-
-/// Unix time in milliseconds (with `--clock-offset`).
-pub fn now_ms() -> i64 {
-    trawler_crawl::clock::unix_ms()
-}
-
-/// Largest id range the built-in simulator is started for.
-const MAX_SIM_ACCOUNTS: u64 = 20_000_000;
-
-async fn run_async(args: Args, api_runtime: tokio::runtime::Handle) -> anyhow::Result<()> {
-    if let Some(offset) = args.clock_offset {
-        trawler_crawl::clock::set_offset_ms(offset);
-        tracing::warn!(
-            offset_ms = offset,
-            "the clock is shifted (--clock-offset): samples carry the shifted time"
-        );
-    }
-    let config = match &args.config {
-        Some(path) => JobConfig::load(path)?,
-        None => JobConfig::from_toml(DEFAULT_JOB, "jobs/mockstagram.toml (built in)")?,
-    };
-    if let Some(settings) = cluster::settings(&args, &config)? {
-        // Every node must poll the same target; the tracked set is the
-        // job's (or --ids), identical on every node.
-        let target = args.target.clone();
-        if target.is_none() && args.config.is_none() {
-            bail!("cluster mode needs --target http://HOST:PORT (or a job file whose url names the target): every node must poll the same API");
-        }
-        let overrides = Overrides {
-            target,
-            ids: args.ids.clone(),
-            interval: args.interval.clone(),
-            overload: args.overload.clone(),
-        };
-        let job = config.build_with(&overrides)?;
-        return cluster::run(args, job, settings, api_runtime).await;
-    }
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("creating the data folder {}", args.data.display()))?;
-    let tracked_file = IdSetFile::new(args.data.join("tracked.ids"));
-    let invalid_file = IdSetFile::new(args.data.join("invalid.ids"));
-
-    // The tracked set: --ids, else the set saved by the last run (minus ids
-    // the target said do not exist), else the job's.
-    let mut overrides = Overrides {
-        target: args.target.clone(),
-        ids: args.ids.clone(),
-        interval: args.interval.clone(),
-        overload: args.overload.clone(),
-    };
-    if overrides.ids.is_none() {
-        if let Some(saved) = tracked_file.load()? {
-            let invalid = invalid_file.load()?.unwrap_or_default();
-            let resumed: IdSet = saved.iter().filter(|id| !invalid.contains(*id)).collect();
-            tracing::info!(ids = resumed.len(), file = %tracked_file.path().display(), "resuming the saved tracked set");
-            overrides.ids = Some(resumed.to_string());
-        }
-    }
-    let mut job = config.build_with(&overrides)?;
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-
-    // The built-in simulator, when no target is given.
-    let mut sim_task = None;
-    if args.target.is_none() {
-        let (first, last) = match (job.ids().ranges().first(), job.ids().ranges().last()) {
-            (Some(f), Some(l)) => (f.0, l.1),
-            _ => (1_000_000, 1_000_000),
-        };
-        let accounts = last - first + 1;
-        if accounts > MAX_SIM_ACCOUNTS {
-            bail!("the ids span {accounts} accounts, more than the built-in simulator serves ({MAX_SIM_ACCOUNTS}); use --target");
-        }
-        let sim = trawler_sim::SimConfig {
-            accounts: accounts as u32,
-            first_pk: first,
-            seed: args.sim_seed,
-            dynamics: args.sim_dynamics,
-            faults: trawler_sim::Faults {
-                suspicious_delay_scale: args.sim_suspicious_delay_scale,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .build()?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, accounts, first_pk = first, threshold = sim.accounts().threshold(), "built-in simulator started");
-        let stop = stopped();
-        sim_task = Some(tokio::spawn(async move { sim.serve(listener, stop).await }));
-        overrides.target = Some(format!("http://{addr}"));
-        job = config.build_with(&overrides)?;
-    }
-    let target = overrides.target.clone().unwrap_or_default();
-
-    // Store, then views from the store, then the crawl.
-    let layout = Layout::of(&job)?;
-    let store_dir = args.data.join("store");
-    let progress = crate::progress::spinner("opening the store");
-    let mut store_config = StoreConfig::new(store_dir);
-    store_config.retention = args.retention;
-    store_config.sync = if args.fsync_interval.is_zero() {
-        SyncPolicy::Always
-    } else {
-        SyncPolicy::Interval(args.fsync_interval)
-    };
-    let store = tokio::task::spawn_blocking(move || store_config.open())
-        .await?
-        .context("opening the store")?;
-    let store = Arc::new(store);
-    progress.set_message("rebuilding the live views");
-    let views = layout.views.build()?;
-    let started = std::time::Instant::now();
-    let rebuilt = {
-        let (store, views, layout, ids, name) = (
-            store.clone(),
-            views,
-            layout.clone(),
-            job.ids().clone(),
-            job.name().to_owned(),
-        );
-        tokio::task::spawn_blocking(move || {
-            node::rebuild_views(&store, &views, &layout, &name, &ids).map(|n| (n, views))
-        })
-        .await??
-    };
-    let (rebuilt, views) = rebuilt;
-    progress.finish_and_clear();
-    tracing::info!(
-        entities = rebuilt,
-        ms = started.elapsed().as_millis() as u64,
-        "live views rebuilt"
-    );
-
-    // Crawl and ingest are decoupled by a buffer of about 30 s of the
-    // job's observations: when ingest is briefly slow they queue here
-    // instead of holding slot tasks (which would stop dispatch and miss
-    // slots). Its depth is in /metrics.
-    let per_second = job.ids().len() as f64 / job.interval().as_secs_f64().max(0.001);
-    let buffer = ((per_second * 30.0) as usize).clamp(65_536, 4_000_000);
-    let (events_tx, events_rx) = mpsc::channel(buffer);
-    let crawl = trawler_crawl::start_http(job.clone(), events_tx)?;
-    let node = Arc::new(Node::new(
-        job.name().to_owned(),
-        layout,
-        store.clone(),
-        views,
-        crawl,
-        tracked_file,
-        invalid_file,
-    ));
-    node.save_state()?;
-    {
-        let node = node.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let restored = node.restore_references(now_ms());
-            tracing::info!(
-                entities = restored,
-                ms = started.elapsed().as_millis() as u64,
-                "movers' references restored from the store"
-            );
-        });
-    }
-    let ingest = tokio::spawn(node::ingest_events(node.clone(), events_rx));
-    let averages = tokio::spawn(node::record_averages(
-        node.clone(),
-        job.interval().min(Duration::from_secs(60)),
-    ));
-
-    // The suspicious-status enrichment, with its own pool and budget.
-    let mut verdicts_task = None;
-    if !args.no_suspicious {
-        let enrichment = trawler_enrich::EnrichConfig {
-            url: format!(
-                "{}/api/v1/{}/is_suspicious",
-                target.trim_end_matches('/'),
-                job.name()
-            ),
-            period: args.suspicious_period,
-            ..Default::default()
-        }
-        .build()?;
-        let (verdicts_tx, verdicts_rx) = mpsc::channel(4_096);
-        let (handle, _task) = enrichment.spawn(
-            job.ids().iter(),
-            Arc::new(node::SuspiciousInputs::new(node.clone())),
-            verdicts_tx,
-            stop_rx.clone(),
-        );
-        node.set_enrich(handle);
-        verdicts_task = Some(tokio::spawn(node::ingest_verdicts(
-            node.clone(),
-            verdicts_rx,
-        )));
-    }
-
-    // The API.
-    let api = trawler_api::ApiConfig {
-        listen: args.listen,
-        token: args.api_token.clone(),
-        ..Default::default()
-    }
-    .build(Arc::new(backend::NodeBackend::new(node.clone())))?;
-    let listener = bind_api(args.listen)?;
-    let api_addr = listener.local_addr()?;
-    tracing::info!(addr = %api_addr, job = job.name(), target, "API listening");
-    // Machine-readable, for scripts and tests that asked for port 0.
-    println!("listening on http://{api_addr}");
-    let api_task = api.spawn_on(&api_runtime, listener, stopped())?;
-
-    // Status until a signal.
     let mut display = status::Display::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    loop {
-        tokio::select! {
-            _ = &mut signal => break,
-            _ = tick.tick() => display.update(&status::snapshot(&node)),
-        }
-    }
+    let result = runtime.block_on(trawler_node::run(
+        config,
+        api_runtime.handle().clone(),
+        shutdown_signal(),
+        |snapshot| display.update(snapshot),
+    ));
     display.finish();
-
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    let report = node.crawl.shutdown(args.grace).await;
-    let _ = ingest.await;
-    averages.abort();
-    if let Some(task) = verdicts_task {
-        task.abort();
-    }
-    // Event streams end at shutdown; a client that stopped reading could
-    // still hold its connection, so the API gets the grace period and no more.
-    if tokio::time::timeout(args.grace, api_task).await.is_err() {
-        tracing::warn!(grace = ?args.grace, "API connections still open after the grace period; closing them");
-    }
-    if let Some(task) = sim_task {
-        let _ = task.await;
-    }
-    node.save_state()?;
-    let store_stats = store.stats();
-    tokio::task::spawn_blocking(move || store.sync())
-        .await?
-        .context("syncing the store")?;
-    tracing::info!(
-        polls = report.metrics.polls_ok,
-        abandoned = report.abandoned,
-        samples = store_stats.samples,
-        "stopped; everything acknowledged is durable"
-    );
-    Ok(())
+    api_runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(result?)
 }

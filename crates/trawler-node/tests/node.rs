@@ -1,0 +1,134 @@
+//! The ingest path and the read model as a library, without a process:
+//! a node over a store in a temporary folder, observations handed to
+//! `Node::ingest` as the crawl would, and reads through the API's
+//! `Backend` implementation.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use trawler_api::{Backend, SeriesQuery, TopBy};
+use trawler_crawl::{Event, JobConfig, Observation, Overrides};
+use trawler_node::backend::NodeBackend;
+use trawler_node::layout::Layout;
+use trawler_node::node::Node;
+use trawler_node::state::IdSetFile;
+
+struct Fixture {
+    node: Arc<Node>,
+    backend: NodeBackend,
+    _dir: tempfile::TempDir,
+}
+
+/// A node for the built-in job's ids 1..=3 over a fresh store. Its crawl
+/// has no consumer (the receiver is dropped), so it stops at once: every
+/// observation here is handed in by the test.
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let job = JobConfig::from_toml(trawler_node::DEFAULT_JOB, "mockstagram.toml")
+        .unwrap()
+        .build_with(&Overrides {
+            target: Some("http://127.0.0.1:9".into()),
+            ids: Some("1..=3".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+    let layout = Layout::of(&job).unwrap();
+    let store = Arc::new(
+        trawler_store::StoreConfig::new(dir.path().join("store"))
+            .open()
+            .unwrap(),
+    );
+    let views = layout.views.build().unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    drop(rx);
+    let crawl = trawler_crawl::start_http(job.clone(), tx).unwrap();
+    let node = Arc::new(Node::new(
+        job.name().to_owned(),
+        layout,
+        store,
+        views,
+        crawl,
+        IdSetFile::new(dir.path().join("tracked.ids")),
+        IdSetFile::new(dir.path().join("invalid.ids")),
+    ));
+    Fixture {
+        backend: NodeBackend::new(node.clone()),
+        node,
+        _dir: dir,
+    }
+}
+
+fn observation(id: u64, slot_ms: i64, followers: f64, following: f64) -> Event {
+    Event::Observation(Observation {
+        id,
+        slot_ms,
+        values: vec![followers, following, followers / following].into_boxed_slice(),
+    })
+}
+
+fn all() -> SeriesQuery {
+    SeriesQuery {
+        from_ms: 0,
+        to_ms: i64::MAX / 2,
+        step_ms: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingested_observation_is_stored_and_shown_at_once() {
+    let f = fixture();
+    let t = trawler_node::now_ms() - 60_000;
+    // Not crawled yet: tracked, no values, an empty series.
+    assert_eq!(
+        f.backend.series(1, "followerCount", all()).unwrap(),
+        Some(vec![])
+    );
+    f.node.ingest(&[
+        observation(1, t, 10_000.0, 100.0),
+        observation(2, t + 5, 50_000.0, 200.0),
+        Event::Invalid { id: 3 },
+    ]);
+    f.node
+        .ingest(&[observation(1, t + 60_000, 10_400.0, 100.0)]);
+
+    // The series, stored fields and derived ones alike.
+    assert_eq!(
+        f.backend
+            .series(1, "followerCount", all())
+            .unwrap()
+            .unwrap(),
+        vec![(t, 10_000.0), (t + 60_000, 10_400.0)]
+    );
+    assert_eq!(
+        f.backend
+            .series(1, "followerRatio", all())
+            .unwrap()
+            .unwrap(),
+        vec![(t, 100.0), (t + 60_000, 104.0)]
+    );
+    // The latest view, the rank and the stats.
+    let e = f.backend.entity(1).unwrap().unwrap();
+    assert_eq!(e["followerCount"], 10_400, "{e:?}");
+    assert_eq!(e["rank"], 2, "{e:?}");
+    assert!(e["lastCrawledAt"].is_string(), "{e:?}");
+    let top = f.backend.top(TopBy::Ranked, 10);
+    let order: Vec<u64> = top.iter().map(|r| r["pk"].as_u64().unwrap()).collect();
+    assert_eq!(order, [2, 1]);
+    let stats = f.backend.stats();
+    assert_eq!(stats["crawledAccounts"], 2, "{stats:?}");
+    assert_eq!(stats["averageFollowerCount"], 30_200.0, "{stats:?}");
+    // Not tracked: no entity, no series.
+    assert_eq!(f.backend.entity(99).unwrap(), None);
+    assert_eq!(f.backend.series(99, "followerCount", all()).unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_at_or_before_the_latest_stored_one_does_not_move_the_view() {
+    let f = fixture();
+    let t = trawler_node::now_ms() - 60_000;
+    f.node.ingest(&[observation(1, t, 10_000.0, 100.0)]);
+    // A replay of an older slot (e.g. after a restart) is not the latest.
+    f.node.ingest(&[observation(1, t - 60_000, 9_000.0, 100.0)]);
+    let e = f.backend.entity(1).unwrap().unwrap();
+    assert_eq!(e["followerCount"], 10_000, "{e:?}");
+}
