@@ -60,9 +60,10 @@ pub struct TrackOutcome {
 
 /// The read model of one job, implemented by the binary.
 ///
-/// Methods are synchronous and must be fast (microseconds): they run on the
-/// API's async workers. Anything that may block on disk (series reads) is
-/// run through `spawn_blocking` by the routes.
+/// Methods are synchronous. Those that may block on disk (series reads,
+/// the average's history, and `track`/`untrack`, which persist the tracked
+/// set) are run through `spawn_blocking` by the routes; the others must be
+/// fast (microseconds): they run on the API's async workers.
 pub trait Backend: Send + Sync + 'static {
     /// The job's name, used as the path segment: `/api/v1/{job}/…`.
     fn job(&self) -> &str;

@@ -210,7 +210,13 @@ async fn track<B: Backend>(
             ),
         ));
     }
-    Ok(Json(ctx.backend.track(&body.pks)?))
+    // Tracking persists the tracked set (write, fsync, rename): off the
+    // async workers.
+    let backend = ctx.backend.clone();
+    let outcome = tokio::task::spawn_blocking(move || backend.track(&body.pks))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("track failed: {e}")))??;
+    Ok(Json(outcome))
 }
 
 async fn untrack<B: Backend>(
@@ -220,7 +226,11 @@ async fn untrack<B: Backend>(
 ) -> Result<StatusCode, ApiError> {
     check_token(&ctx, &headers)?;
     let pk = params::pk(&pk)?;
-    if ctx.backend.untrack(pk)? {
+    let backend = ctx.backend.clone();
+    let removed = tokio::task::spawn_blocking(move || backend.untrack(pk))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("untrack failed: {e}")))??;
+    if removed {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(
