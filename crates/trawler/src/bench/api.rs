@@ -12,8 +12,6 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-
 use super::child::{self, get_json, Listening, TempDir};
 use super::sim::{ensure_wrk, wrk, WrkReport};
 
@@ -64,27 +62,6 @@ fn start(args: &Args, enrich: bool, tag: &str) -> anyhow::Result<Run> {
     })
 }
 
-/// Waits until every tracked account has a value (one full interval).
-fn wait_crawled(run: &Run, accounts: u64) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let progress = crate::progress::spinner("waiting for the first full crawl");
-    loop {
-        let stats = get_json(run.api, "/api/v1/influencers/stats")?;
-        let crawled = stats["crawledAccounts"].as_u64().unwrap_or(0);
-        progress.set_message(format!(
-            "first full crawl: {crawled} of {accounts} accounts"
-        ));
-        if crawled >= accounts {
-            progress.finish_and_clear();
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            bail!("only {crawled} of {accounts} accounts crawled after 5 minutes");
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
 /// Polls/s and process CPU over `seconds`.
 fn crawl_rate(run: &Run, seconds: u64) -> anyhow::Result<(f64, f64)> {
     let polls = |api| -> anyhow::Result<f64> {
@@ -133,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let schedule = args.accounts as f64 / 60.0;
     let run = start(&args, true, "on")?;
-    wait_crawled(&run, args.accounts)?;
+    child::wait_crawled(run.api, args.accounts)?;
     let (idle_rate, idle_cpu) = crawl_rate(&run, args.measure_seconds)?;
     println!("crawl with enrichment on, no API load: {idle_rate:.0} polls/s, process CPU {idle_cpu:.0} %");
 
@@ -160,7 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     drop(run);
 
     let run = start(&args, false, "off")?;
-    wait_crawled(&run, args.accounts)?;
+    child::wait_crawled(run.api, args.accounts)?;
     let (off_rate, off_cpu) = crawl_rate(&run, args.measure_seconds)?;
     drop(run);
     println!(

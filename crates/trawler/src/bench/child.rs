@@ -128,6 +128,28 @@ pub fn metric_where(text: &str, name: &str, label: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Waits until every tracked account of the `trawler run` at `api` has a
+/// value (one full interval), for at most 5 minutes.
+pub fn wait_crawled(api: SocketAddr, accounts: u64) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let progress = crate::progress::spinner("waiting for the first full crawl");
+    loop {
+        let stats = get_json(api, "/api/v1/influencers/stats")?;
+        let crawled = stats["crawledAccounts"].as_u64().unwrap_or(0);
+        progress.set_message(format!(
+            "first full crawl: {crawled} of {accounts} accounts"
+        ));
+        if crawled >= accounts {
+            progress.finish_and_clear();
+            return Ok(());
+        }
+        if started.elapsed() > std::time::Duration::from_secs(300) {
+            anyhow::bail!("only {crawled} of {accounts} accounts crawled after 5 minutes");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,74 @@ pub struct Args {
     /// How long the overload case runs (a few effective intervals).
     #[arg(long, default_value = "80s", value_parser = parse_duration)]
     pub overload_duration: Duration,
+    /// How long the whole `trawler run` is measured (1,000,000 accounts
+    /// every 60 s, the simulator in a process of its own) after its first
+    /// full interval; 0s skips it.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub full_run: Duration,
+}
+
+/// What the whole `trawler run` cost.
+struct FullRun {
+    polls_per_sec: f64,
+    cpu_pct: f64,
+    sim_cpu_pct: f64,
+    cpu_us_per_poll: f64,
+    rss_mb: f64,
+}
+
+/// The whole flagship run, not only the crawler: `trawler run` (crawl,
+/// ingest, store, views, enrichment, API) against `trawler mockstagram` in
+/// a process of its own, CPU of each from /proc over `measure`.
+fn full_run(measure: Duration) -> anyhow::Result<FullRun> {
+    use super::child::{self, Listening, TempDir};
+    use std::process::Stdio;
+    let accounts = 1_000_000u64;
+    let data = TempDir::new("crawl-full-run");
+    let mut sim = child::this_binary()?;
+    sim.args(["mockstagram", "--listen", "127.0.0.1:0", "--accounts"])
+        .arg(accounts.to_string())
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null());
+    let sim = Listening::start(sim, "the simulator")?;
+    let ids = format!("1000000..={}", 1_000_000 + accounts - 1);
+    let mut run = child::this_binary()?;
+    run.args(["run", "--listen", "127.0.0.1:0", "--ids", &ids, "--target"])
+        .arg(format!("http://{}", sim.addr))
+        .arg("--data")
+        .arg(&data.0)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null());
+    let run = Listening::start(run, "trawler run")?;
+    child::wait_crawled(run.addr, accounts)?;
+    let polls = || -> anyhow::Result<f64> {
+        Ok(
+            child::get_json(run.addr, "/api/v1/influencers/stats")?["polls"]
+                .as_f64()
+                .unwrap_or(0.0),
+        )
+    };
+    let started = std::time::Instant::now();
+    let (p0, c0, s0) = (
+        polls()?,
+        child::cpu_seconds(run.pid()),
+        child::cpu_seconds(sim.pid()),
+    );
+    std::thread::sleep(measure);
+    let (p1, c1, s1) = (
+        polls()?,
+        child::cpu_seconds(run.pid()),
+        child::cpu_seconds(sim.pid()),
+    );
+    let seconds = started.elapsed().as_secs_f64();
+    let polled = (p1 - p0).max(1.0);
+    Ok(FullRun {
+        polls_per_sec: polled / seconds,
+        cpu_pct: 100.0 * (c1 - c0) / seconds,
+        sim_cpu_pct: 100.0 * (s1 - s0) / seconds,
+        cpu_us_per_poll: (c1 - c0) * 1e6 / polled,
+        rss_mb: child::rss_mb(run.pid()),
+    })
 }
 
 /// `ACCOUNTS@INTERVAL/MAX_RPS`, or `none`.
@@ -163,6 +231,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     drop(runtime);
+    let full = if args.full_run.is_zero() {
+        None
+    } else {
+        let progress = crate::progress::spinner(
+            "the whole trawler run: 1,000,000 accounts every 60 s, simulator in its own process",
+        );
+        let full = full_run(args.full_run)?;
+        progress.finish_and_clear();
+        println!(
+            "whole trawler run (crawl, ingest, store, views, enrichment, API), 1M accounts / 60 s, simulator in its own process: \
+             {:.0} polls/s, {:.1} % of a core = {:.1} µs CPU per poll, RSS {:.0} MB (simulator {:.1} % of a core)",
+            full.polls_per_sec, full.cpu_pct, full.cpu_us_per_poll, full.rss_mb, full.sim_cpu_pct
+        );
+        Some(full)
+    };
     let ceiling = super::sim::ceiling(1_000_000, args.wrk_seconds)?;
     let best = reports.iter().map(|r| r.polls_per_sec).fold(0.0, f64::max);
     println!(
@@ -184,8 +267,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         });
     if let Some(r) = flagship {
         println!(
-            "crawl: accounts={} interval_s={} polls_per_sec={:.0} wrk_ceiling={:.0} lag_p99_ms={:.1} crawler_cpu_pct={:.1} rss_mb={:.0} max_polls_per_sec={best:.0}",
-            r.accounts, r.interval_s, r.polls_per_sec, ceiling.requests_per_sec, r.lag_p99_ms, r.crawler_cpu_pct, r.rss_mb
+            "crawl: accounts={} interval_s={} polls_per_sec={:.0} wrk_ceiling={:.0} lag_p99_ms={:.1} crawler_cpu_pct={:.1} rss_mb={:.0} max_polls_per_sec={best:.0} run_cpu_us_per_poll={}",
+            r.accounts, r.interval_s, r.polls_per_sec, ceiling.requests_per_sec, r.lag_p99_ms, r.crawler_cpu_pct, r.rss_mb,
+            full.as_ref().map_or("n/a".to_owned(), |f| format!("{:.1}", f.cpu_us_per_poll))
         );
     }
     if let Some(r) = overload {
