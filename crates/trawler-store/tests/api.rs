@@ -236,8 +236,18 @@ fn appends_go_on_while_a_background_flush_is_held() {
         }
         assert!(k < 100_000, "the flush thread never took the head");
         if store.stats().memory_bytes > (128 << 10) {
-            // Past the threshold: give the flush thread its moment.
-            std::thread::yield_now();
+            // Past the threshold: give the flush thread (at nice 5) time to
+            // take the head before the next append. A bare yield was not
+            // enough on a loaded machine: the appender filled the whole
+            // head first and flushed it itself, failing the check above.
+            if let Ok(thread) = entered_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                assert_eq!(
+                    thread.as_deref(),
+                    Some("trawler-store-flush"),
+                    "the head was flushed by the appender"
+                );
+                break;
+            }
         }
     }
     let frozen_at = k;
@@ -317,4 +327,38 @@ fn a_failed_fsync_stops_writes_until_the_store_is_reopened() {
     let points = store.range(id, 0, i64::MAX).unwrap();
     assert_eq!(points.first().map(|p| p.ts_ms), Some(1), "{points:?}");
     store.append(&[sample(5)]).unwrap();
+}
+
+/// The WAL's bytes in `stats` (read every second by `/metrics` and the
+/// status line) are kept in memory, and match the folder after appends,
+/// after a flush that removes segments, and after a reopen.
+#[test]
+fn wal_bytes_in_stats_match_the_folder_without_listing_it() {
+    fn folder(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir.join("wal"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path());
+    c.background = false;
+    let store = c.clone().open().unwrap();
+    let id = store.series(key(1, "m"), ValueKind::Int).unwrap();
+    assert_eq!(store.stats().wal_bytes, folder(dir.path()));
+    for ts in 0..100 {
+        store
+            .append(&[Sample {
+                series: id,
+                ts_ms: ts * 1_000,
+                value: Value::Int(ts),
+            }])
+            .unwrap();
+        assert_eq!(store.stats().wal_bytes, folder(dir.path()), "after {ts}");
+    }
+    store.flush().unwrap();
+    assert_eq!(store.stats().wal_bytes, folder(dir.path()), "after a flush");
+    store.close().unwrap();
+    let store = c.open().unwrap();
+    assert_eq!(store.stats().wal_bytes, folder(dir.path()), "after a reopen");
 }
