@@ -59,6 +59,10 @@ struct Inner {
     poisoned: Mutex<Option<String>>,
     compactions: AtomicU64,
     flushes: AtomicU64,
+    /// Bytes of the WAL's segments: grown by appends, recounted from the
+    /// folder when a flush removes segments, so that `stats` (read every
+    /// second) never lists the folder.
+    wal_bytes: AtomicU64,
     corrupt: AtomicU64,
     stale: AtomicU64,
     /// Held (an exclusive `flock`) for as long as the store is open, so a
@@ -321,6 +325,7 @@ impl Store {
             poisoned: Mutex::new(None),
             compactions: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            wal_bytes: AtomicU64::new(dir_bytes(&dir.join("wal"))),
             corrupt,
             stale: AtomicU64::new(0),
             _lock: lock,
@@ -419,8 +424,10 @@ impl Store {
             if !fresh.is_empty() {
                 let mut buf = std::mem::take(&mut wal.buf);
                 wal::encode_batch(&mut buf, fresh.iter().copied());
+                let written = buf.len() as u64;
                 wal.buf = buf;
                 wal.write_buf()?;
+                inner.wal_bytes.fetch_add(written, Ordering::Relaxed);
                 for s in fresh {
                     accepted += usize::from(mem.insert(s));
                 }
@@ -650,7 +657,7 @@ impl Store {
             + cat_mem;
         let blocks = mem.blocks.len() as u64;
         drop(mem);
-        let wal_bytes = dir_bytes(&inner.config.dir.join("wal"));
+        let wal_bytes = inner.wal_bytes.load(Ordering::Relaxed);
         let manifest_bytes =
             std::fs::metadata(Manifest::path(&inner.config.dir)).map_or(0, |m| m.len());
         Stats {
@@ -1176,6 +1183,8 @@ impl Inner {
             let p = wal::segment_path(self.dir(), seq);
             std::fs::remove_file(&p).io("removing", &p)?;
         }
+        self.wal_bytes
+            .store(dir_bytes(&self.dir().join("wal")), Ordering::Relaxed);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
