@@ -185,9 +185,23 @@ impl VmClient {
         Ok(points)
     }
 
-    /// An instant query's series.
+    /// An instant query's series, now.
     pub async fn query(&self, query: &str) -> Result<Vec<Labelled>, Error> {
-        let path = format!("/api/v1/query?query={}", encode(query));
+        self.instant(format!("/api/v1/query?query={}", encode(query)))
+            .await
+    }
+
+    /// An instant query's series at `at_ms` (unix ms).
+    pub async fn query_at(&self, query: &str, at_ms: i64) -> Result<Vec<Labelled>, Error> {
+        self.instant(format!(
+            "/api/v1/query?query={}&time={}",
+            encode(query),
+            seconds(at_ms)
+        ))
+        .await
+    }
+
+    async fn instant(&self, path: String) -> Result<Vec<Labelled>, Error> {
         let doc = self.get_json(&path, "query").await?;
         let mut out = Vec::new();
         if let Some(result) = doc["data"]["result"].as_array() {

@@ -177,6 +177,36 @@ pub fn ranked_json(
         .collect()
 }
 
+/// The first `limit` entities by `by` from the views (rank, or the
+/// movers: gain = latest − first value of the previous clock hour, or of the
+/// clock hour 24 h before), in both modes.
+pub fn top_json(
+    views: &Views,
+    by: TopBy,
+    limit: usize,
+    label: impl Fn(u64) -> Json,
+) -> Vec<Map<String, Json>> {
+    let movers = |movers: Vec<trawler_views::Mover>| {
+        movers
+            .into_iter()
+            .map(|m| {
+                let mut o = Map::new();
+                o.insert("pk".into(), json!(m.id));
+                o.insert("username".into(), label(m.id));
+                o.insert("gain".into(), json!(m.gain));
+                o
+            })
+            .collect()
+    };
+    match by {
+        TopBy::Ranked => ranked_json(views, &rank_metric_of(views), limit, &label),
+        TopBy::Gain1h => movers(views.top_gainers(Window::Hour, limit)),
+        TopBy::Gain24h => movers(views.top_gainers(Window::Day, limit)),
+        TopBy::Loss1h => movers(views.top_losers(Window::Hour, limit)),
+        TopBy::Loss24h => movers(views.top_losers(Window::Day, limit)),
+    }
+}
+
 /// Ids the target reported invalid, after `after`, at most `limit`.
 pub fn invalid_page(
     crawl: &trawler_crawl::CrawlHandle,
@@ -388,8 +418,6 @@ impl Backend for NodeBackend {
     }
 
     fn top(&self, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
-        let views = &self.node.views;
-        let rank_metric = self.rank_metric();
         let label = |id: u64| {
             self.node
                 .crawl
@@ -397,25 +425,7 @@ impl Backend for NodeBackend {
                 .label_for(id)
                 .map_or(Json::Null, Json::from)
         };
-        let movers = |movers: Vec<trawler_views::Mover>| {
-            movers
-                .into_iter()
-                .map(|m| {
-                    let mut o = Map::new();
-                    o.insert("pk".into(), json!(m.id));
-                    o.insert("username".into(), label(m.id));
-                    o.insert("gain".into(), json!(m.gain));
-                    o
-                })
-                .collect()
-        };
-        match by {
-            TopBy::Ranked => ranked_json(views, &rank_metric, limit, label),
-            TopBy::Gain1h => movers(views.top_gainers(Window::Hour, limit)),
-            TopBy::Gain24h => movers(views.top_gainers(Window::Day, limit)),
-            TopBy::Loss1h => movers(views.top_losers(Window::Hour, limit)),
-            TopBy::Loss24h => movers(views.top_losers(Window::Day, limit)),
-        }
+        top_json(&self.node.views, by, limit, label)
     }
 
     fn suspicious(&self, after: Option<u64>, limit: usize) -> Vec<u64> {

@@ -6,12 +6,13 @@
 //! stream into VictoriaMetrics together with the other nodes, follows the
 //! stream to keep live views of *every* account, and serves the same API
 //! as the embedded mode: latest values, rank, average and top from the
-//! views; series, the average's history and the movers from
-//! VictoriaMetrics.
+//! views; series and the average's history from VictoriaMetrics. The
+//! movers are the views', as in the embedded mode: their references (the
+//! first value of each of the last 25 clock hours per entity) are fed by
+//! the followed stream and restored from VictoriaMetrics at start-up.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,10 +26,10 @@ use trawler_cluster::{
 };
 use trawler_crawl::{CrawlHandle, Event, IdSet, Job};
 use trawler_enrich::{EnrichHandle, Verdict};
-use trawler_views::{Suspicion, Update, Views};
+use trawler_views::{HourlyFirsts, Reference, Suspicion, Update, Views, HOURS};
 
 use crate::backend::{
-    entity_json, invalid_page, metric_points, rank_metric_of, ranked_json, write_metrics,
+    entity_json, invalid_page, metric_points, rank_metric_of, top_json, write_metrics,
 };
 use crate::config::{ClusterSettings, NodeConfig};
 use crate::error::{Result, Step};
@@ -36,15 +37,10 @@ use crate::layout::Layout;
 use crate::node::SUSPICIOUS_METRIC;
 use crate::now_ms;
 
+const HOUR_MS: i64 = 3_600_000;
+
 /// How long a batch is retried before its observations count as dropped.
 const PUBLISH_GIVE_UP: Duration = Duration::from_secs(60);
-
-/// Movers read from VictoriaMetrics, refreshed in the background so that a
-/// `top` request never waits on it.
-#[derive(Debug, Default)]
-struct Movers {
-    by: HashMap<&'static str, Vec<(u64, i64)>>,
-}
 
 /// Everything a cluster node shares between its tasks and the API.
 pub struct ClusterNode {
@@ -61,7 +57,8 @@ pub struct ClusterNode {
     leases: Arc<Mutex<LeaseState>>,
     publisher: Publisher,
     writer: Arc<WriterMetrics>,
-    movers: RwLock<Movers>,
+    /// Movers' references by entity, fed by the followed stream.
+    references: Mutex<HourlyFirsts>,
     /// Observations the stream acknowledged (stored on every replica).
     acknowledged: AtomicU64,
     /// Observations dropped because the stream did not acknowledge them.
@@ -127,6 +124,22 @@ impl ClusterNode {
                     .iter()
                     .map(|m| batch.metrics.iter().position(|b| b == m))
                     .collect();
+                let rank_name = &schema.metrics()[schema.rank_by()];
+                let rank = batch.metrics.iter().position(|b| b == rank_name);
+                let references: Vec<Reference> = {
+                    let mut firsts = self.references.lock().unwrap_or_else(|e| e.into_inner());
+                    batch
+                        .rows
+                        .iter()
+                        .map(|row| {
+                            let value = rank
+                                .and_then(|c| row.2.get(c).copied().flatten())
+                                .filter(|v| v.is_finite())
+                                .map(|v| v as i64);
+                            firsts.observe(row.0, row.1, value)
+                        })
+                        .collect()
+                };
                 let width = columns.len();
                 let mut values = Vec::with_capacity(batch.rows.len() * width);
                 for row in &batch.rows {
@@ -144,7 +157,7 @@ impl ClusterNode {
                         id: row.0,
                         ts_ms: row.1,
                         values: &values[n * width..(n + 1) * width],
-                        reference: Default::default(),
+                        reference: references[n],
                     })
                     .collect();
                 if let Err(e) = self.views.apply(&updates) {
@@ -245,7 +258,10 @@ async fn publish_verdicts(node: Arc<ClusterNode>, mut verdicts: mpsc::Receiver<V
 /// Keeps the views following the stream; reconnects from where it was.
 async fn follow_stream(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) {
     let replay = node.job.interval() * 2 + Duration::from_secs(30);
-    let mut since = now_ms() - replay.as_millis() as i64;
+    // The stream's start time is the server's clock: undo the job clock's
+    // offset (`--clock-offset`), which slot times carry.
+    let offset = trawler_crawl::clock::offset_ms();
+    let mut since = now_ms() - offset - replay.as_millis() as i64;
     loop {
         let js = node.cluster.js.clone();
         let name = node.job.name().to_owned();
@@ -263,53 +279,51 @@ async fn follow_stream(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) 
         // older updates); from the same point if nothing was applied yet.
         let until = node.followed_until_ms.load(Ordering::Relaxed);
         if until > 0 {
-            since = until - node.job.interval().as_millis() as i64;
+            since = until - offset - node.job.interval().as_millis() as i64;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// Refreshes the movers from VictoriaMetrics every 30 s.
-async fn refresh_movers(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) {
-    let rank = node.layout.stored[node.layout.rank_stored].name.clone();
+/// Restores the movers' references from VictoriaMetrics once at start-up:
+/// the first value of the ranked metric in each of the last [`HOURS`]
+/// clock hours (MetricsQL's `first_over_time` over the hour), the same
+/// references the embedded mode reads from its store's hourly rollups. The
+/// stream fills the hours it sees meanwhile; VictoriaMetrics' first value of
+/// an hour (older) replaces the stream's. Returns the entities restored.
+async fn restore_references(node: &ClusterNode) -> usize {
+    let rank = rank_metric_of(&node.views);
     let job = node.job.name().to_owned();
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let mut fresh = Movers::default();
-        for (name, agg, window) in [
-            ("gain1h", "topk", "1h"),
-            ("loss1h", "bottomk", "1h"),
-            ("gain24h", "topk", "24h"),
-            ("loss24h", "bottomk", "24h"),
-        ] {
-            let sel = format!("{rank}{{job=\"{job}\"}}");
-            let query = format!("{agg}(1000, {sel} - {sel} offset {window})");
-            match node.vm.query(&query).await {
-                Ok(series) => {
-                    let mut rows: Vec<(u64, i64)> = series
-                        .into_iter()
-                        .filter_map(|(labels, v)| {
-                            let pk = labels.get("pk")?.as_str()?.parse().ok()?;
-                            Some((pk, v.round() as i64))
-                        })
-                        .filter(|(_, g)| if agg == "topk" { *g > 0 } else { *g < 0 })
-                        .collect();
-                    if agg == "topk" {
-                        rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-                    } else {
-                        rows.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+    let hour = now_ms().div_euclid(HOUR_MS) * HOUR_MS;
+    let mut restored = std::collections::HashSet::new();
+    for back in (0..HOURS as i64).rev() {
+        let start = hour - back * HOUR_MS;
+        // The window (t − 1h, t] of an instant query at the hour's last
+        // millisecond is the clock hour.
+        let query = format!("first_over_time({rank}{{job=\"{job}\"}}[1h])");
+        match node.vm.query_at(&query, start + HOUR_MS - 1).await {
+            Ok(series) => {
+                let mut firsts = node.references.lock().unwrap_or_else(|e| e.into_inner());
+                for (labels, v) in series {
+                    let Some(id) = labels
+                        .get("pk")
+                        .and_then(|p| p.as_str())
+                        .and_then(|p| p.parse::<u64>().ok())
+                    else {
+                        continue;
+                    };
+                    if v.is_finite() {
+                        firsts.restore(id, start, v as i64);
+                        restored.insert(id);
                     }
-                    fresh.by.insert(name, rows);
                 }
-                Err(e) => tracing::debug!(error = %e, "movers not refreshed"),
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, hour_ms = start, "movers' references of an hour not restored");
             }
         }
-        *node.movers.write().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
+    restored.len()
 }
 
 /// Runs this process as a cluster node until `shutdown` completes.
@@ -349,7 +363,7 @@ pub(crate) async fn run(
         shard_ids,
         leases: Arc::new(Mutex::new(LeaseState::default())),
         writer: Arc::new(WriterMetrics::default()),
-        movers: RwLock::new(Movers::default()),
+        references: Mutex::new(HourlyFirsts::default()),
         acknowledged: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         followed: AtomicU64::new(0),
@@ -358,7 +372,18 @@ pub(crate) async fn run(
 
     let publish_task = tokio::spawn(publish_events(node.clone(), events_rx));
     let follow_task = tokio::spawn(follow_stream(node.clone(), stop_rx.clone()));
-    let movers_task = tokio::spawn(refresh_movers(node.clone(), stop_rx.clone()));
+    {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let restored = restore_references(&node).await;
+            tracing::info!(
+                entities = restored,
+                ms = started.elapsed().as_millis() as u64,
+                "movers' references restored from VictoriaMetrics"
+            );
+        });
+    }
     let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
     let writer_task = {
         let (cluster, vm, job, metrics, stop) = (
@@ -472,7 +497,6 @@ pub(crate) async fn run(
     let _ = writer_stop_tx.send(true);
     let _ = tokio::time::timeout(node_config.grace, writer_task).await;
     follow_task.abort();
-    movers_task.abort();
     let _ = tokio::time::timeout(node_config.grace, api_task).await;
     tracing::info!(
         polls = report.metrics.polls_ok,
@@ -785,32 +809,7 @@ impl Backend for ClusterBackend {
     fn top(&self, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
         let node = &self.node;
         let label = |id: u64| node.job.label_for(id).map_or(Json::Null, Json::from);
-        let key = match by {
-            TopBy::Ranked => {
-                return ranked_json(&node.views, &self.rank_metric(), limit, label);
-            }
-            TopBy::Gain1h => "gain1h",
-            TopBy::Gain24h => "gain24h",
-            TopBy::Loss1h => "loss1h",
-            TopBy::Loss24h => "loss24h",
-        };
-        let movers = node.movers.read().unwrap_or_else(|e| e.into_inner());
-        movers
-            .by
-            .get(key)
-            .map(|rows| {
-                rows.iter()
-                    .take(limit)
-                    .map(|(pk, gain)| {
-                        let mut o = Map::new();
-                        o.insert("pk".into(), json!(pk));
-                        o.insert("username".into(), label(*pk));
-                        o.insert("gain".into(), json!(gain));
-                        o
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        top_json(&node.views, by, limit, label)
     }
 
     fn suspicious(&self, after: Option<u64>, limit: usize) -> Vec<u64> {

@@ -360,5 +360,9 @@ fn wal_bytes_in_stats_match_the_folder_without_listing_it() {
     assert_eq!(store.stats().wal_bytes, folder(dir.path()), "after a flush");
     store.close().unwrap();
     let store = c.open().unwrap();
-    assert_eq!(store.stats().wal_bytes, folder(dir.path()), "after a reopen");
+    assert_eq!(
+        store.stats().wal_bytes,
+        folder(dir.path()),
+        "after a reopen"
+    );
 }

@@ -12,54 +12,15 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{eventually, get, http, start_run, start_sim, Proc};
+use common::{check_gainers, eventually, get, http, points, start_run, start_sim, Proc, HOUR_MS};
 
 const SECOND: Duration = Duration::from_secs(1);
-const HOUR_MS: i64 = 3_600_000;
 
 fn real_now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// followerCount points of `pk`: (slot ms, value).
-fn points(api: SocketAddr, pk: u64) -> Vec<(i64, i64)> {
-    get(
-        api,
-        &format!("/api/v1/influencers/{pk}/series?metric=followerCount&from=0"),
-    )["points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap() as i64))
-        .collect()
-}
-
-/// Every top gainer over the hour has gain = a value it had in the current
-/// clock hour − its first value in the previous clock hour. Returns how many
-/// entries were checked.
-fn check_gainers(api: SocketAddr, boundary_ms: i64) -> usize {
-    let top = get(api, "/api/v1/influencers/top?by=gain1h&limit=20");
-    let entries = top["entries"].as_array().unwrap();
-    for e in entries {
-        let pk = e["pk"].as_u64().unwrap();
-        let gain = e["gain"].as_i64().unwrap();
-        let points = points(api, pk);
-        let first_previous = points
-            .iter()
-            .find(|p| (boundary_ms - HOUR_MS..boundary_ms).contains(&p.0))
-            .unwrap_or_else(|| panic!("pk {pk}: no point in the previous hour: {points:?}"))
-            .1;
-        assert!(
-            points
-                .iter()
-                .any(|p| p.0 >= boundary_ms && p.1 - first_previous == gain),
-            "pk {pk}: gain {gain} is not a current value minus the previous hour's first ({first_previous}): {points:?}"
-        );
-    }
-    entries.len()
 }
 
 #[test]

@@ -248,3 +248,50 @@ pub fn get(api: SocketAddr, path: &str) -> serde_json::Value {
     assert_eq!(r.status, 200, "GET {path}: {}", r.body);
     r.json()
 }
+
+/// An hour, ms.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// followerCount points of `pk`: (slot ms, value).
+pub fn points(api: SocketAddr, pk: u64) -> Vec<(i64, i64)> {
+    get(
+        api,
+        &format!("/api/v1/influencers/{pk}/series?metric=followerCount&from=0"),
+    )["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap() as i64))
+        .collect()
+}
+
+/// Every top gainer over the hour has gain = a value it had in the current
+/// clock hour − its first value in the previous clock hour (the movers'
+/// definition, in both modes). Returns how many entries were checked, or
+/// what did not hold.
+pub fn try_gainers(api: SocketAddr, boundary_ms: i64) -> Result<usize, String> {
+    let top = get(api, "/api/v1/influencers/top?by=gain1h&limit=20");
+    let entries = top["entries"].as_array().unwrap();
+    for e in entries {
+        let pk = e["pk"].as_u64().unwrap();
+        let gain = e["gain"].as_i64().unwrap();
+        let points = points(api, pk);
+        let first_previous = points
+            .iter()
+            .find(|p| (boundary_ms - HOUR_MS..boundary_ms).contains(&p.0))
+            .ok_or_else(|| format!("pk {pk}: no point in the previous hour: {points:?}"))?
+            .1;
+        if !points
+            .iter()
+            .any(|p| p.0 >= boundary_ms && p.1 - first_previous == gain)
+        {
+            return Err(format!("pk {pk}: gain {gain} is not a current value minus the previous hour's first ({first_previous}): {points:?}"));
+        }
+    }
+    Ok(entries.len())
+}
+
+/// [`try_gainers`], failing the test on the first entry that does not hold.
+pub fn check_gainers(api: SocketAddr, boundary_ms: i64) -> usize {
+    try_gainers(api, boundary_ms).unwrap_or_else(|e| panic!("{e}"))
+}
