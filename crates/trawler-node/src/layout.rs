@@ -48,13 +48,7 @@ pub enum Term {
 impl Derived {
     /// Evaluates the formula on two values; NaN (no value) when undefined.
     pub fn eval(&self, left: f64, right: f64) -> f64 {
-        match self.op {
-            Op::Add => left + right,
-            Op::Sub => left - right,
-            Op::Mul => left * right,
-            Op::Div if right == 0.0 => f64::NAN,
-            Op::Div => left / right,
-        }
+        self.op.apply(left, right)
     }
 }
 

@@ -32,6 +32,25 @@ pub enum Op {
     Div,
 }
 
+impl Op {
+    /// The one evaluator of derived metrics (extraction and reads of
+    /// derived series use it alike): NaN (no value) where the result is not
+    /// a finite number, e.g. a division by zero.
+    pub fn apply(self, a: f64, b: f64) -> f64 {
+        let v = match self {
+            Op::Add => a + b,
+            Op::Sub => a - b,
+            Op::Mul => a * b,
+            Op::Div => a / b,
+        };
+        if v.is_finite() {
+            v
+        } else {
+            f64::NAN
+        }
+    }
+}
+
 /// An operand of a derived metric.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Operand {
@@ -170,18 +189,7 @@ pub(crate) fn extract(metrics: &[Metric], body: &[u8]) -> Result<Box<[f64]>, Ext
                     Operand::Metric(i) => values[i],
                     Operand::Const(c) => c,
                 };
-                let (a, b) = (get(left), get(right));
-                let v = match op {
-                    Op::Add => a + b,
-                    Op::Sub => a - b,
-                    Op::Mul => a * b,
-                    Op::Div => a / b,
-                };
-                if v.is_finite() {
-                    v
-                } else {
-                    f64::NAN
-                }
+                op.apply(get(left), get(right))
             }
         };
         values.push(value);
@@ -220,6 +228,17 @@ impl NotFoundRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_evaluator_gives_nan_where_there_is_no_finite_value() {
+        assert_eq!(Op::Add.apply(1.0, 2.0), 3.0);
+        assert_eq!(Op::Sub.apply(1.0, 2.0), -1.0);
+        assert_eq!(Op::Div.apply(10.0, 4.0), 2.5);
+        assert!(Op::Div.apply(1.0, 0.0).is_nan());
+        assert!(Op::Div.apply(0.0, 0.0).is_nan());
+        assert!(Op::Mul.apply(1e308, 10.0).is_nan());
+        assert!(Op::Add.apply(f64::NAN, 1.0).is_nan());
+    }
 
     fn field(name: &str, kind: NumberKind) -> Metric {
         Metric {
