@@ -54,6 +54,8 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 struct Reading {
     polls: f64,
     missed: f64,
+    /// How far the stretch policy has moved the schedule back, seconds.
+    stretch_s: f64,
     gaps: f64,
     lag_p50_s: f64,
     lag_p99_s: f64,
@@ -81,6 +83,7 @@ fn read(run: &Listening, sim: &Listening, started: Instant) -> anyhow::Result<Re
     Ok(Reading {
         polls: m("trawler_crawl_polls_total"),
         missed: m("trawler_crawl_missed_slots_total"),
+        stretch_s: m("trawler_crawl_schedule_stretch_seconds_total"),
         gaps: m("trawler_crawl_gaps_total"),
         lag_p50_s: q("0.5"),
         lag_p99_s: q("0.99"),
@@ -101,6 +104,7 @@ struct Minute {
     lag_p50_ms: f64,
     lag_p99_ms: f64,
     missed: f64,
+    stretch_ms: f64,
     gaps: f64,
     flushes: f64,
     compactions: f64,
@@ -158,13 +162,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.first_boundary
     );
     println!(
-        "{:>4} {:>5} {:>9} {:>9} {:>9} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5}",
+        "{:>4} {:>5} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5}",
         "min",
         "clock",
         "polls/s",
         "lag p50",
         "lag p99",
         "missed",
+        "stretch",
         "gaps",
         "queued",
         "rss MB",
@@ -208,6 +213,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             lag_p50_ms: median(&mut p50),
             lag_p99_ms: p99,
             missed: r.missed - minute_start.missed,
+            stretch_ms: (r.stretch_s - minute_start.stretch_s) * 1e3,
             gaps: r.gaps - minute_start.gaps,
             flushes: r.flushes - minute_start.flushes,
             compactions: r.compactions - minute_start.compactions,
@@ -215,13 +221,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             boundary,
         };
         println!(
-            "{:>4} {:>5} {:>9.0} {:>7.1}ms {:>7.1}ms {:>7} {:>7} {:>8} {:>7.0} {:>7.0} {:>7.0} {:>5} {:>5}{}",
+            "{:>4} {:>5} {:>9.0} {:>7.1}ms {:>7.1}ms {:>7} {:>7.0}ms {:>7} {:>8} {:>7.0} {:>7.0} {:>7.0} {:>5} {:>5}{}",
             minutes.len() + 1,
             hhmm(clock_end),
             m.polls_per_s,
             m.lag_p50_ms,
             m.lag_p99_ms,
             m.missed,
+            m.stretch_ms,
             m.gaps,
             queued,
             m.rss_mb,
@@ -259,13 +266,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         last.gaps
     );
     println!(
-        "soak: minutes={} hour_boundaries={} flushes={} worst_minute_lag_p99_ms={:.1} min_minute_polls_per_s={:.0} missed_slots={} gaps={} rss_mb_max={:.0}",
+        "soak: minutes={} hour_boundaries={} flushes={} worst_minute_lag_p99_ms={:.1} min_minute_polls_per_s={:.0} missed_slots={} stretch_ms={:.0} gaps={} rss_mb_max={:.0}",
         measured.len(),
         measured.iter().filter(|m| m.boundary).count(),
         sum(|m| m.flushes),
         worst_p99,
         if min_polls.is_finite() { min_polls } else { 0.0 },
         sum(|m| m.missed),
+        sum(|m| m.stretch_ms),
         sum(|m| m.gaps),
         rss_max
     );
