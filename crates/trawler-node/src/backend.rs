@@ -349,7 +349,7 @@ impl Backend for NodeBackend {
         out.insert("trackedAccounts".into(), json!(crawl.gauges.tracked));
         out.insert("crawledAccounts".into(), json!(views.tracked));
         out.insert(
-            "averageFollowerCount".into(),
+            crate::node::average_metric_of(&node.views),
             average
                 .and_then(|a| a.mean())
                 .map(number)

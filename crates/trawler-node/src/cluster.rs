@@ -402,14 +402,8 @@ pub(crate) async fn run(
 
     let mut verdicts_task = None;
     if let Some(period) = node_config.suspicious_period {
-        let target = job.url_for(0);
-        let base = target
-            .find("/api/")
-            .map(|i| &target[..i])
-            .unwrap_or(target.as_str())
-            .to_owned();
         let enrichment = trawler_enrich::EnrichConfig {
-            url: format!("{base}/api/v1/{}/is_suspicious", job.name()),
+            url: crate::node::suspicious_url(&job),
             period,
             ..Default::default()
         }
@@ -648,7 +642,7 @@ impl Backend for ClusterBackend {
         out.insert("trackedAccounts".into(), json!(node.all_ids.len()));
         out.insert("crawledAccounts".into(), json!(views.tracked));
         out.insert(
-            "averageFollowerCount".into(),
+            crate::node::average_metric_of(&node.views),
             average
                 .and_then(|a| a.mean())
                 .map(Json::from)

@@ -180,11 +180,7 @@ pub(crate) async fn run(
     let mut verdicts_task = None;
     if let Some(period) = config.suspicious_period {
         let enrichment = trawler_enrich::EnrichConfig {
-            url: format!(
-                "{}/api/v1/{}/is_suspicious",
-                target.trim_end_matches('/'),
-                job.name()
-            ),
+            url: crate::node::suspicious_url(&job),
             period,
             ..Default::default()
         }
@@ -221,12 +217,14 @@ pub(crate) async fn run(
         .spawn_on(&api_runtime, listener, stopped())
         .step("starting the API")?;
 
-    // Status until told to stop.
+    // Status until told to stop, or until the node cannot go on.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut failure = node.failure();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = failure.wait_for(Option::is_some) => break,
             _ = tick.tick() => on_status(&crate::status::snapshot(&node)),
         }
     }
@@ -248,6 +246,12 @@ pub(crate) async fn run(
         let _ = task.await;
     }
     node.save_state()?;
+    if let Some(why) = node.failure().borrow().clone() {
+        return Err(crate::Error::Step {
+            step: "storing observations".into(),
+            source: why.into(),
+        });
+    }
     let store_stats = store.stats();
     tokio::task::spawn_blocking(move || store.sync())
         .await

@@ -111,6 +111,9 @@ pub struct Node {
     state_lock: Mutex<()>,
     /// Ingest counters.
     pub counters: IngestCounters,
+    /// Set when the node cannot go on: the store refuses writes after a
+    /// failed fsync, so every observation from now on would be lost.
+    failed: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Node {
@@ -155,6 +158,25 @@ impl Node {
             invalid_file,
             state_lock: Mutex::new(()),
             counters: IngestCounters::default(),
+            failed: tokio::sync::watch::channel(None).0,
+        }
+    }
+
+    /// Why the node cannot go on, once it cannot: the store refuses writes
+    /// after a failed fsync.
+    pub fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failed.subscribe()
+    }
+
+    /// After a failed append: a store that refuses writes for good (a
+    /// failed fsync) makes the node stop, instead of crawling into a store
+    /// that loses everything.
+    fn check_store(&self) {
+        if let Some(why) = self.store.poisoned() {
+            if self.failed.borrow().is_none() {
+                tracing::error!(error = %why, "the store refuses writes after a failed fsync; the node stops");
+                self.failed.send_replace(Some(why));
+            }
         }
     }
 
@@ -211,6 +233,7 @@ impl Node {
                 Err(e) => {
                     self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, samples = samples.len(), "store append failed; batch not acknowledged");
+                    self.check_store();
                     return;
                 }
             }
@@ -372,14 +395,7 @@ impl Node {
 
     /// Name of the average's series, e.g. `averageFollowerCount`.
     pub fn average_metric(&self) -> String {
-        let rank = &self.views.schema().metrics()[self.views.schema().rank_by()];
-        let mut name = String::from("average");
-        let mut chars = rank.chars();
-        if let Some(c) = chars.next() {
-            name.extend(c.to_uppercase());
-            name.push_str(chars.as_str());
-        }
-        name
+        average_metric_of(&self.views)
     }
 
     /// Creates the series of entities seen for the first time, in one
@@ -461,6 +477,7 @@ impl Node {
             if let Err(e) = self.store.append(&samples) {
                 tracing::error!(error = %e, "could not store suspicion verdicts");
                 self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                self.check_store();
                 return;
             }
         }
@@ -487,6 +504,31 @@ impl Node {
             .save(&self.crawl.invalid_ids().into_iter().collect())?;
         Ok(())
     }
+}
+
+/// The suspicious check's URL: `/api/v1/{job}/is_suspicious` on the
+/// target's scheme, host and port (from the job's URL, after `--target`),
+/// the same in both modes.
+pub fn suspicious_url(job: &trawler_crawl::Job) -> String {
+    let url = job.url_for(0);
+    let base = url.find("/api/").map_or(url.as_str(), |i| &url[..i]);
+    format!("{base}/api/v1/{}/is_suspicious", job.name())
+}
+
+/// The name of the average of the ranked metric: `average` and the metric
+/// with its first letter upper-cased (`followerCount` →
+/// `averageFollowerCount`): the series of its history and the key in the
+/// stats, in both modes.
+pub fn average_metric_of(views: &Views) -> String {
+    let schema = views.schema();
+    let rank = &schema.metrics()[schema.rank_by()];
+    let mut name = String::from("average");
+    let mut chars = rank.chars();
+    if let Some(c) = chars.next() {
+        name.extend(c.to_uppercase());
+        name.push_str(chars.as_str());
+    }
+    name
 }
 
 /// Rebuilds the views from the store's latest values of tracked ids.

@@ -23,7 +23,14 @@ struct Fixture {
 /// has no consumer (the receiver is dropped), so it stops at once: every
 /// observation here is handed in by the test.
 fn fixture() -> Fixture {
+    fixture_with(|_| {})
+}
+
+/// [`fixture`] with the store's configuration changed by `store`.
+fn fixture_with(store: impl FnOnce(&mut trawler_store::StoreConfig)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
+    let mut store_config = trawler_store::StoreConfig::new(dir.path().join("store"));
+    store(&mut store_config);
     let job = JobConfig::from_toml(trawler_node::DEFAULT_JOB, "mockstagram.toml")
         .unwrap()
         .build_with(&Overrides {
@@ -33,11 +40,7 @@ fn fixture() -> Fixture {
         })
         .unwrap();
     let layout = Layout::of(&job).unwrap();
-    let store = Arc::new(
-        trawler_store::StoreConfig::new(dir.path().join("store"))
-            .open()
-            .unwrap(),
-    );
+    let store = Arc::new(store_config.open().unwrap());
     let views = layout.views.build().unwrap();
     let (tx, rx) = mpsc::channel(16);
     drop(rx);
@@ -131,4 +134,54 @@ async fn a_sample_at_or_before_the_latest_stored_one_does_not_move_the_view() {
     f.node.ingest(&[observation(1, t - 60_000, 9_000.0, 100.0)]);
     let e = f.backend.entity(1).unwrap().unwrap();
     assert_eq!(e["followerCount"], 10_000, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suspicious_check_and_the_average_are_named_from_the_job() {
+    let f = fixture();
+    assert_eq!(
+        trawler_node::node::suspicious_url(f.node.crawl.job()),
+        "http://127.0.0.1:9/api/v1/influencers/is_suspicious"
+    );
+    assert_eq!(f.node.average_metric(), "averageFollowerCount");
+    assert!(f.backend.stats().contains_key("averageFollowerCount"));
+}
+
+/// A failed fsync: the store refuses every write from then on, so the node
+/// says it cannot go on (the embedded run stops and exits with the reason)
+/// instead of crawling into a store that loses everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_writes_stops_the_node() {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = {
+        let fail = fail.clone();
+        fixture_with(move |c| {
+            c.background = false;
+            c.sync = trawler_store::SyncPolicy::Always;
+            c.hooks.fsync = Some(Arc::new(move || {
+                if fail.load(std::sync::atomic::Ordering::SeqCst) {
+                    Err(std::io::Error::other("injected EIO"))
+                } else {
+                    Ok(())
+                }
+            }));
+        })
+    };
+    let t = trawler_node::now_ms() - 60_000;
+    f.node.ingest(&[observation(1, t, 10_000.0, 100.0)]);
+    assert_eq!(*f.node.failure().borrow(), None);
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    f.node
+        .ingest(&[observation(1, t + 60_000, 10_100.0, 100.0)]);
+    let why = f.node.failure().borrow().clone();
+    assert!(
+        why.is_some_and(|w| w.contains("injected EIO")),
+        "{:?}",
+        f.node.failure().borrow()
+    );
+    // The refused batch is not shown as the latest either.
+    assert_eq!(
+        f.backend.entity(1).unwrap().unwrap()["followerCount"],
+        10_000
+    );
 }

@@ -639,6 +639,12 @@ impl Store {
             .collect()
     }
 
+    /// Why the store refuses writes, once an fsync has failed (see
+    /// [`Error::Poisoned`]); `None` while it takes them.
+    pub fn poisoned(&self) -> Option<String> {
+        lock(&self.inner.poisoned).clone()
+    }
+
     /// Figures for `/metrics`.
     pub fn stats(&self) -> Stats {
         let inner = &self.inner;
