@@ -481,6 +481,7 @@ fn encode_index_page(buf: &mut Vec<u8>, page: &[IndexEntry], block_min: i64) {
     }
 }
 
+#[deny(clippy::unwrap_used, clippy::indexing_slicing)]
 fn decode_index_page(bytes: &[u8], block_min: i64) -> Option<Vec<IndexEntry>> {
     let mut r = Reader::new(bytes);
     let count = r.uvar()?;
@@ -612,6 +613,7 @@ fn corrupt(path: &Path, detail: impl Into<String>) -> Error {
 
 impl Block {
     /// Opens a block file: checks its header, then its footer's checksum.
+    #[deny(clippy::unwrap_used, clippy::indexing_slicing)]
     pub fn open(path: PathBuf, id: u64) -> Result<Self> {
         let file = File::open(&path).io("opening", &path)?;
         Self::from_source(Source::File(file), path, id)
@@ -750,6 +752,7 @@ impl Block {
     }
 
     /// Reads and checks a series' pages and its group's chunk metadata.
+    #[deny(clippy::unwrap_used, clippy::indexing_slicing)]
     fn load(&self, e: &IndexEntry) -> Result<Loaded> {
         let g = *self.groups.get(e.group as usize).ok_or_else(|| {
             corrupt(
@@ -821,6 +824,7 @@ impl Block {
     }
 
     /// Appends the series' points with `from <= ts < to` to `out`.
+    #[deny(clippy::unwrap_used, clippy::indexing_slicing)]
     pub fn read_points(
         &self,
         e: &IndexEntry,
@@ -863,6 +867,7 @@ impl Block {
     }
 
     /// The series' hourly rollups in this block, in time order.
+    #[deny(clippy::unwrap_used, clippy::indexing_slicing)]
     pub fn read_rollups(
         &self,
         e: &IndexEntry,

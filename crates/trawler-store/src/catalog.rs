@@ -78,6 +78,7 @@ fn kind_byte(kind: ValueKind) -> u8 {
 }
 
 impl Catalog {
+    #[deny(clippy::unwrap_used, clippy::indexing_slicing)]
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("series.log");
         let mut file = OpenOptions::new()
@@ -104,14 +105,14 @@ impl Catalog {
             return Ok(cat);
         }
         codec::check_header(&bytes, MAGIC, &path)?;
-        let (records, valid, end) = codec::split_records(&bytes[12..]);
+        let (records, valid, end) = codec::split_records(codec::after_header(&bytes));
         let records: Vec<&[u8]> = records;
         let mut valid = valid;
         for (k, payload) in records.iter().enumerate() {
             if cat.apply(payload).is_none() {
                 // A checksummed record that does not decode: keep what came
                 // before, as for a torn tail.
-                valid = records[..k].iter().map(|r| 8 + r.len()).sum();
+                valid = records.iter().take(k).map(|r| 8 + r.len()).sum();
                 break;
             }
         }

@@ -1,6 +1,9 @@
 //! Small binary helpers shared by every file format of the store: LEB128
 //! varints, zigzag, and checksummed records (`len u32 | crc32 u32 | payload`).
 
+// Decoders of untrusted bytes: no panics by construction.
+#![deny(clippy::unwrap_used, clippy::indexing_slicing)]
+
 /// Appends `v` as an unsigned LEB128 varint.
 pub(crate) fn put_uvar(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -65,7 +68,7 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn u8(&mut self) -> Option<u8> {
-        Some(self.bytes(1)?[0])
+        self.bytes(1)?.first().copied()
     }
 
     pub(crate) fn u32(&mut self) -> Option<u32> {
@@ -97,9 +100,16 @@ pub(crate) fn put_record_with(out: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) {
     out.extend_from_slice(&[0; 8]);
     f(out);
     let len = (out.len() - start - 8) as u32;
-    let crc = crc32fast::hash(&out[start + 8..]);
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    // `start + 8 <= out.len()`: the 8 bytes were pushed above.
+    if let Some((head, payload)) = out
+        .get_mut(start..)
+        .and_then(|r| r.split_first_chunk_mut::<8>())
+    {
+        let crc = crc32fast::hash(payload);
+        let (l, c) = head.split_at_mut(4);
+        l.copy_from_slice(&len.to_le_bytes());
+        c.copy_from_slice(&crc.to_le_bytes());
+    }
 }
 
 /// Why a sequence of records stopped.
@@ -122,11 +132,15 @@ pub(crate) fn split_records(buf: &[u8]) -> (Vec<&[u8]>, usize, RecordsEnd) {
         if pos == buf.len() {
             return (out, pos, RecordsEnd::Clean);
         }
-        let Some(head) = buf.get(pos..pos + 8) else {
+        let Some((len, crc)) = buf
+            .get(pos..)
+            .and_then(|rest| rest.first_chunk::<8>())
+            .and_then(|head| Some((head.first_chunk::<4>()?, head.last_chunk::<4>()?)))
+        else {
             return (out, pos, RecordsEnd::Torn);
         };
-        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+        let len = u32::from_le_bytes(*len) as usize;
+        let crc = u32::from_le_bytes(*crc);
         if len > MAX_RECORD {
             return (out, pos, RecordsEnd::BadChecksum);
         }
@@ -149,18 +163,26 @@ pub(crate) fn header(magic: &[u8; 8]) -> [u8; 12] {
     h
 }
 
+/// The bytes after a file's fixed header (checked by [`check_header`]).
+pub(crate) fn after_header(buf: &[u8]) -> &[u8] {
+    buf.get(12..).unwrap_or_default()
+}
+
 /// Checks a file's fixed header; unknown versions are refused by name.
 pub(crate) fn check_header(
     buf: &[u8],
     magic: &[u8; 8],
     path: &std::path::Path,
 ) -> crate::Result<()> {
-    if buf.len() < 12 || &buf[..8] != magic {
+    let (Some(found), Some(true)) = (
+        buf.get(8..12).and_then(|v| v.first_chunk::<4>()),
+        buf.get(..8).map(|m| m == magic),
+    ) else {
         return Err(crate::Error::BadMagic {
             path: path.to_path_buf(),
         });
-    }
-    let found = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    };
+    let found = u32::from_le_bytes(*found);
     if found != crate::FORMAT_VERSION {
         return Err(crate::Error::UnsupportedVersion {
             path: path.to_path_buf(),
@@ -172,6 +194,7 @@ pub(crate) fn check_header(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

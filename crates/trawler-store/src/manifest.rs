@@ -35,6 +35,7 @@ impl Manifest {
     }
 
     /// Reads the manifest; `None` when the store is new.
+    #[deny(clippy::unwrap_used, clippy::indexing_slicing)]
     pub fn load(dir: &Path) -> Result<Option<Self>> {
         let path = Self::path(dir);
         let bytes = match std::fs::read(&path) {
@@ -43,7 +44,7 @@ impl Manifest {
             Err(e) => return Err(e).io("reading", &path),
         };
         codec::check_header(&bytes, MAGIC, &path)?;
-        let (records, _, end) = codec::split_records(&bytes[12..]);
+        let (records, _, end) = codec::split_records(codec::after_header(&bytes));
         let bad = || Error::Corrupt {
             path: path.clone(),
             detail: "manifest record damaged; restore it from a backup".into(),
@@ -51,7 +52,7 @@ impl Manifest {
         if end != RecordsEnd::Clean || records.len() != 1 {
             return Err(bad());
         }
-        let mut r = Reader::new(records[0]);
+        let mut r = Reader::new(records.first().copied().ok_or_else(bad)?);
         let parse = |r: &mut Reader<'_>| -> Option<Self> {
             let wal_through = r.uvar()?;
             let next_block = r.uvar()?;

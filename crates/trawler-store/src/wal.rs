@@ -67,6 +67,7 @@ pub(crate) fn encode_batch(out: &mut Vec<u8>, samples: impl ExactSizeIterator<It
     });
 }
 
+#[deny(clippy::unwrap_used, clippy::indexing_slicing)]
 fn decode_payload(payload: &[u8], out: &mut Vec<WalSample>) -> Option<()> {
     let mut r = Reader::new(payload);
     let n = r.uvar()?;
@@ -96,9 +97,10 @@ pub struct Decoded {
 }
 
 /// Decodes a whole segment file. Never panics on any input (fuzzed).
+#[deny(clippy::unwrap_used, clippy::indexing_slicing)]
 pub fn decode_segment(bytes: &[u8], path: &Path) -> Result<Decoded> {
     codec::check_header(bytes, MAGIC, path)?;
-    let (records, valid, end) = codec::split_records(&bytes[12..]);
+    let (records, valid, end) = codec::split_records(codec::after_header(bytes));
     let mut samples = Vec::new();
     let mut valid_len = 12;
     let mut clean = end == RecordsEnd::Clean;
