@@ -179,13 +179,7 @@ pub(crate) async fn run(
     // The suspicious-status enrichment, with its own pool and budget.
     let mut verdicts_task = None;
     if let Some(period) = config.suspicious_period {
-        let enrichment = trawler_enrich::EnrichConfig {
-            url: crate::node::suspicious_url(&job),
-            period,
-            ..Default::default()
-        }
-        .build()
-        .step("the suspicious enrichment")?;
+        let enrichment = crate::node::suspicious_enrichment(&job, period)?;
         let (verdicts_tx, verdicts_rx) = mpsc::channel(4_096);
         let (handle, _task) = enrichment.spawn(
             job.ids().iter(),

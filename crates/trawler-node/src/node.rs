@@ -506,6 +506,22 @@ impl Node {
     }
 }
 
+/// The suspicious check of `job`'s entities, each once per `period`, the
+/// same in both modes (which differ only in where verdicts go).
+pub fn suspicious_enrichment(
+    job: &trawler_crawl::Job,
+    period: std::time::Duration,
+) -> crate::Result<trawler_enrich::Enrichment> {
+    use crate::error::Step;
+    trawler_enrich::EnrichConfig {
+        url: suspicious_url(job),
+        period,
+        ..Default::default()
+    }
+    .build()
+    .step("the suspicious enrichment")
+}
+
 /// The suspicious check's URL: `/api/v1/{job}/is_suspicious` on the
 /// target's scheme, host and port (from the job's URL, after `--target`),
 /// the same in both modes.
