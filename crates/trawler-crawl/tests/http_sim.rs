@@ -390,16 +390,9 @@ async fn a_slow_target_is_announced_covered_evenly_and_cleared_on_recovery() {
     // About three effective intervals, then the coverage so far.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let events = common::drain(&mut rx);
-    let mut counts: Vec<usize> = observations(&events).values().map(Vec::len).collect();
+    let counts: Vec<usize> = observations(&events).values().map(Vec::len).collect();
     assert_eq!(counts.len(), 1_000, "every account read");
-    counts.sort();
-    let median = counts[counts.len() / 2];
-    assert!(
-        counts[0] + 1 >= median && counts[counts.len() - 1] <= median + 1,
-        "uneven coverage: {:?} … {:?}",
-        &counts[..5],
-        &counts[counts.len() - 5..]
-    );
+    common::assert_within_one_of_the_median(counts);
     assert_eq!(crawl.metrics().missed_slots, 0);
 
     // The target recovers.

@@ -596,16 +596,9 @@ async fn stretch_covers_every_id_evenly_at_the_rate_the_target_allows_and_recove
     );
     let slow_calls = target.calls();
     // Fair: every id within one poll of the median, evenly spaced.
-    let mut counts: Vec<usize> = slow_calls.values().map(Vec::len).collect();
-    counts.sort();
+    let counts: Vec<usize> = slow_calls.values().map(Vec::len).collect();
     assert_eq!(counts.len(), 500, "every id polled");
-    let median = counts[counts.len() / 2];
-    assert!(
-        counts[0] + 1 >= median && counts[counts.len() - 1] <= median + 1,
-        "uneven coverage: {:?} … {:?}",
-        &counts[..5],
-        &counts[counts.len() - 5..]
-    );
+    common::assert_within_one_of_the_median(counts);
     for (id, calls) in &slow_calls {
         for pair in calls.windows(2).skip(1) {
             let gap = pair[1].0 - pair[0].0;

@@ -69,3 +69,16 @@ pub fn drain(events: &mut mpsc::Receiver<Event>) -> Vec<Event> {
     }
     out
 }
+
+/// Fair coverage: every id's count within one of the median (`counts` has
+/// one entry per id).
+pub fn assert_within_one_of_the_median(mut counts: Vec<usize>) {
+    counts.sort();
+    let median = counts[counts.len() / 2];
+    assert!(
+        counts[0] + 1 >= median && counts[counts.len() - 1] <= median + 1,
+        "uneven coverage: {:?} … {:?}",
+        &counts[..5.min(counts.len())],
+        &counts[counts.len().saturating_sub(5)..]
+    );
+}
