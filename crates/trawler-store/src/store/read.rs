@@ -19,7 +19,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{read, Inner, Store};
-use crate::block::Block;
+use crate::block::{Block, IndexEntry};
 use crate::head::sort_dedup;
 use crate::types::{DAY_MS, HOUR_MS};
 use crate::{
@@ -182,8 +182,36 @@ impl Store {
     }
 }
 
+/// What a read of one series over `[from, to)` has to put together,
+/// snapshotted at one instant and oldest first.
+struct Sources<T> {
+    /// What the block reader gave for each block holding the series in the
+    /// range, concatenated in time order (a series' blocks are disjoint in
+    /// time, so ordering them by their first sample orders their data).
+    blocks: Vec<T>,
+    /// The series' points in the frozen head (while a flush writes it), then
+    /// in the active head: each sorted by time with the last write of a
+    /// timestamp winning, and not cut to the range.
+    heads: Vec<Vec<(i64, u64)>>,
+}
+
 impl Inner {
-    fn points(&self, id: u64, kind: ValueKind, from: i64, to: i64) -> Result<Vec<(i64, u64)>> {
+    /// The one walk over a series' data behind every block read (`points`
+    /// and `hourly`), so that which blocks are read, in which order, and
+    /// how a corrupt one is handled are decided in one place.
+    ///
+    /// Takes the block list and the heads under one short read lock, then
+    /// calls `read_block` for each block whose series entry overlaps
+    /// `[from, to)`, with a fresh vector, so a read that fails halfway
+    /// leaves nothing behind. A corrupt block part is reported once and
+    /// left out (see [`Inner::corrupt_or`]); any other error ends the read.
+    fn sources<T>(
+        &self,
+        id: u64,
+        from: i64,
+        to: i64,
+        read_block: impl Fn(&Block, &IndexEntry, &mut Vec<T>) -> Result<()>,
+    ) -> Result<Sources<T>> {
         let (blocks, frozen, active) = {
             let mem = read(&self.mem);
             (
@@ -192,7 +220,7 @@ impl Inner {
                 mem.active.sorted(id),
             )
         };
-        let mut parts: Vec<(i64, Vec<(i64, u64)>)> = Vec::new();
+        let mut parts: Vec<(i64, Vec<T>)> = Vec::new();
         for b in blocks
             .iter()
             .filter(|b| b.meta.min_ts < to && b.meta.max_ts >= from)
@@ -200,7 +228,7 @@ impl Inner {
             let res = b.find(id).and_then(|e| match e {
                 Some(e) if e.min_ts < to && e.max_ts >= from => {
                     let mut out = Vec::new();
-                    b.read_points(&e, kind, from, to, &mut out)?;
+                    read_block(b, &e, &mut out)?;
                     Ok(Some((e.min_ts, out)))
                 }
                 _ => Ok(None),
@@ -212,57 +240,43 @@ impl Inner {
             }
         }
         parts.sort_by_key(|p| p.0);
-        let mut all: Vec<(i64, u64)> = parts.into_iter().flat_map(|p| p.1).collect();
-        for head in [frozen.map(|f| f.sorted(id)), Some(active)]
-            .into_iter()
-            .flatten()
-        {
+        Ok(Sources {
+            blocks: parts.into_iter().flat_map(|p| p.1).collect(),
+            heads: [frozen.map(|f| f.sorted(id)), Some(active)]
+                .into_iter()
+                .flatten()
+                .collect(),
+        })
+    }
+
+    /// Raw points in `[from, to)`, time order; for a timestamp in more than
+    /// one source, the newest source wins (the active head over the frozen
+    /// one over blocks).
+    fn points(&self, id: u64, kind: ValueKind, from: i64, to: i64) -> Result<Vec<(i64, u64)>> {
+        let Sources { blocks, heads } = self.sources(id, from, to, |b, e, out| {
+            b.read_points(e, kind, from, to, out)
+        })?;
+        let mut all = blocks;
+        for head in heads {
             all.extend(head.into_iter().filter(|p| (from..to).contains(&p.0)));
         }
         Ok(sort_dedup(all))
     }
 
+    /// Hourly rollups of the hours starting in `[from, to)`: the blocks'
+    /// stored ones, then the heads' computed from their points, an hour
+    /// split across sources merged into one.
     fn hourly(&self, id: u64, kind: ValueKind, from: i64, to: i64) -> Result<Vec<Aggregate>> {
-        let (blocks, frozen, active) = {
-            let mem = read(&self.mem);
-            (
-                mem.blocks.clone(),
-                mem.frozen.as_ref().map(|f| f.0.clone()),
-                mem.active.sorted(id),
-            )
-        };
-        let mut parts: Vec<(i64, Vec<Aggregate>)> = Vec::new();
-        for b in blocks
-            .iter()
-            .filter(|b| b.meta.min_ts < to && b.meta.max_ts >= from)
-        {
-            let res = b.find(id).and_then(|e| match e {
-                Some(e) if e.min_ts < to && e.max_ts >= from => {
-                    let mut out = Vec::new();
-                    b.read_rollups(&e, kind, &mut out)?;
-                    Ok(Some((e.min_ts, out)))
-                }
-                _ => Ok(None),
-            });
-            match res {
-                Ok(Some(p)) => parts.push(p),
-                Ok(None) => {}
-                Err(e) => self.corrupt_or(b, e)?,
-            }
-        }
-        parts.sort_by_key(|p| p.0);
-        for head in [frozen.map(|f| f.sorted(id)), Some(active)]
-            .into_iter()
-            .flatten()
-        {
-            if let Some(&(first, _)) = head.first() {
-                let mut aggs = Vec::new();
-                agg::aggregate(kind, &head, HOUR_MS, &mut aggs);
-                parts.push((first, aggs));
-            }
+        let Sources { blocks, heads } =
+            self.sources(id, from, to, |b, e, out| b.read_rollups(e, kind, out))?;
+        let mut parts = vec![blocks];
+        for head in heads {
+            let mut aggs = Vec::new();
+            agg::aggregate(kind, &head, HOUR_MS, &mut aggs);
+            parts.push(aggs);
         }
         let mut out = Vec::new();
-        for a in parts.into_iter().flat_map(|p| p.1) {
+        for a in parts.into_iter().flatten() {
             if a.start_ms >= from && a.start_ms < to {
                 agg::push_merged(&mut out, a);
             }
