@@ -2,17 +2,20 @@
 // checks the dashboard as a person would see it. Run by
 // crates/trawler/tests/dashboard.rs:
 //
-//   node dashboard.mjs BASE_URL ARTIFACT_DIR PK
+//   node dashboard.mjs BASE_URL ARTIFACT_DIR KEY [SHOT_PREFIX]
 //
-// Prints one JSON line of what it saw; exits non-zero with a reason on the
-// first failed check. Screenshots go to ARTIFACT_DIR.
+// Any job: the page's names (key, ranked metric) are read from the page
+// itself. Prints one JSON line of what it saw; exits non-zero with a reason
+// on the first failed check. Screenshots go to ARTIFACT_DIR, named
+// SHOT_PREFIX.png, SHOT_PREFIX-account.png, SHOT_PREFIX-phone.png
+// (default prefix `dashboard`).
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-const [base, artifacts, pk] = process.argv.slice(2);
+const [base, artifacts, pk, prefix = 'dashboard'] = process.argv.slice(2);
 if (!base || !artifacts || !pk) {
-  console.error('usage: node dashboard.mjs BASE_URL ARTIFACT_DIR PK');
+  console.error('usage: node dashboard.mjs BASE_URL ARTIFACT_DIR KEY [SHOT_PREFIX]');
   process.exit(2);
 }
 mkdirSync(artifacts, { recursive: true });
@@ -71,20 +74,23 @@ try {
   const firstRank = await page.textContent('#leaderboard tbody tr td');
   if (number(firstRank) !== 1) fail(`the leaderboard starts at rank ${firstRank}`);
   await page.waitForTimeout(1_500); // let the charts settle for the picture
-  await page.screenshot({ path: join(artifacts, 'dashboard.png'), fullPage: true });
+  await page.screenshot({ path: join(artifacts, `${prefix}.png`), fullPage: true });
 
   // Searching a pk shows its chart, rank and status — once the account has
   // been crawled (its first slot may come up to one interval after start).
-  const job = await page.getAttribute('meta[name="trawler-job"]', 'content');
+  const info = JSON.parse(await page.getAttribute('meta[name="trawler-job-info"]', 'content'));
+  const job = info.name;
+  const metric = info.rankMetric;
+  seen.job = job;
   // (A loop, not waitForFunction: an async predicate returns a Promise,
   // which waitForFunction takes as true at once; that let this check pass
   // before the account had a stored point, and the chart came up empty.)
   const crawledBy = Date.now() + 60_000;
   for (;;) {
-    const points = await page.evaluate(async ([job, pk]) => {
-      const r = await fetch(`/api/v1/${job}/${pk}/series?metric=followerCount`);
+    const points = await page.evaluate(async ([job, pk, metric]) => {
+      const r = await fetch(`/api/v1/${job}/${pk}/series?metric=${metric}`);
       return r.ok ? (await r.json()).points.length : 0;
-    }, [job, pk]);
+    }, [job, pk, metric]);
     if (points > 0) break;
     if (Date.now() > crawledBy) fail(`account ${pk} has no stored point after 60 s`);
     await page.waitForTimeout(250);
@@ -93,16 +99,16 @@ try {
   await page.click('#search button[type=submit]');
   await page.waitForSelector(`body[data-account="${pk}"]`, { timeout: 20_000 })
     .catch(() => fail(`searching ${pk} did not load the account`));
-  await page.waitForSelector('#chart-followerCount canvas', { timeout: 10_000 })
-    .catch(async () => fail(`no followerCount chart on the account page: ${await page.textContent('#chart-followerCount')}`));
+  await page.waitForSelector(`#chart-${metric} canvas`, { timeout: 10_000 })
+    .catch(async () => fail(`no ${metric} chart on the account page: ${await page.textContent(`#chart-${metric}`)}`));
   seen.accountRank = await page.textContent('#account-rank');
   if (!/^#\d/.test(seen.accountRank)) fail(`account rank shown as ${seen.accountRank}`);
-  seen.accountFollowers = number(await page.textContent('#account-followerCount'));
-  if (!(seen.accountFollowers >= 0)) fail('no followerCount on the account page');
+  seen.accountValue = number(await page.textContent(`#account-${metric}`));
+  if (!(seen.accountValue >= 0)) fail(`no ${metric} on the account page`);
   // Another range redraws from the API.
   await page.click('.ranges[data-target="account"] button[data-range="24h"]');
   await page.waitForSelector('.ranges[data-target="account"] button.active[data-range="24h"]');
-  await page.screenshot({ path: join(artifacts, 'dashboard-account.png'), fullPage: true });
+  await page.screenshot({ path: join(artifacts, `${prefix}-account.png`), fullPage: true });
 
   // An unknown account says so instead of breaking.
   await page.fill('#search-pk', '1');
@@ -118,7 +124,7 @@ try {
   await page.waitForTimeout(500);
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   if (overflow > 0) fail(`on a phone the page is ${overflow}px wider than the screen`);
-  await page.screenshot({ path: join(artifacts, 'dashboard-phone.png') });
+  await page.screenshot({ path: join(artifacts, `${prefix}-phone.png`) });
 
   if (pageErrors.length) fail(`the page logged errors: ${pageErrors.join(' | ')}`);
   console.log(JSON.stringify(seen));

@@ -4,10 +4,18 @@
 (() => {
   'use strict';
 
-  const meta = (name) => document.querySelector(`meta[name="${name}"]`).content;
-  const JOB = meta('trawler-job');
-  const RANK = meta('trawler-rank-metric');
-  const METRICS = meta('trawler-metrics').split(',').filter(Boolean);
+  // The job's names (GET /api/v1/{job}), written into the page by the
+  // server: the page knows no job of its own.
+  const INFO = JSON.parse(document.querySelector('meta[name="trawler-job-info"]').content);
+  const JOB = INFO.name;
+  const RANK = INFO.rankMetric;
+  const METRICS = INFO.metrics;
+  const KEY = INFO.keyName;
+  const KEYS = `${KEY}s`;
+  const LABEL = INFO.labelName;
+  const FLAG = INFO.flag;
+  const capital = (s) => s.charAt(0).toUpperCase() + s.slice(1);
+  const KEY_PATTERN = INFO.stringKeys ? /^[A-Za-z0-9._~:@+!-]{1,256}$/ : /^\d{1,19}$/;
   const API = `/api/v1/${encodeURIComponent(JOB)}`;
   const $ = (id) => document.getElementById(id);
 
@@ -20,6 +28,12 @@
   const HEALTH_WINDOW_MS = 15 * 60e3;
   const LIST_REFRESH_MS = 10e3;
   const CHART_REFRESH_MS = 30e3;
+
+  // ---- the job's names into the page --------------------------------------
+  for (const node of document.querySelectorAll('.key-name')) node.textContent = KEY;
+  for (const node of document.querySelectorAll('.flag-name')) node.textContent = FLAG || '';
+  for (const node of document.querySelectorAll('.flag-only')) node.hidden = !FLAG;
+  document.getElementById('search-pk').placeholder = INFO.stringKeys ? KEY : `${KEY}, a number`;
 
   // ---- formatting ---------------------------------------------------------
   const fmtInt = (n) => (n == null ? '–' : Math.round(n).toLocaleString('en-US'));
@@ -47,6 +61,7 @@
   }
   const setText = (id, text) => { const n = $(id); if (n) n.textContent = text; };
   const accountLink = (pk, label) => el('a', { href: `#/account/${pk}`, text: label || String(pk) });
+  const entityLink = (e) => accountLink(e[KEY], (LABEL && e[LABEL]) || e[KEY]);
 
   async function getJSON(path) {
     const response = await fetch(path, { headers: { accept: 'application/json' } });
@@ -168,10 +183,13 @@
     setText('stat-samples', fmtInt(s.samplesStored));
     setText('stat-disk', fmtBytes(s.bytesOnDisk));
     setText('stat-bps', fmtNum(s.bytesPerSample, 3));
-    setText('stat-suspicious', fmtInt(s.suspiciousCount));
-    setText('stat-sweep', s.lastSuspiciousSweepProgress == null ? 'off'
-      : `${fmtNum(100 * s.lastSuspiciousSweepProgress, 1)} %`);
-    setText('suspicious-count', s.suspiciousCount == null ? '' : `(${fmtInt(s.suspiciousCount)})`);
+    if (FLAG) {
+      const count = s[`${FLAG}Count`];
+      const sweep = s[`last${capital(FLAG)}SweepProgress`];
+      setText('stat-suspicious', fmtInt(count));
+      setText('stat-sweep', sweep == null ? 'off' : `${fmtNum(100 * sweep, 1)} %`);
+      setText('suspicious-count', count == null ? '' : `(${fmtInt(count)})`);
+    }
     // Said plainly when the target (or max_rate) cannot keep up.
     const behind = $('behind');
     behind.hidden = !s.behindSchedule;
@@ -234,19 +252,21 @@
       const top = await getJSON(`${API}/top?by=${encodeURIComponent(RANK)}&limit=20`);
       $('leaderboard').tBodies[0].replaceChildren(...top.entries.map((e) => el('tr', {},
         el('td', { text: fmtInt(e.rank) }),
-        el('td', {}, accountLink(e.pk, e.username || e.pk)),
+        el('td', {}, entityLink(e)),
         el('td', { class: 'num', text: fmtInt(e[RANK]) }))));
       for (const by of ['gain1h', 'loss1h', 'gain24h', 'loss24h']) {
         const body = await getJSON(`${API}/top?by=${by}&limit=10`);
         const rows = body.entries.map((e) => el('tr', {},
-          el('td', {}, accountLink(e.pk, e.username || e.pk)),
+          el('td', {}, entityLink(e)),
           el('td', { class: `num ${e.gain >= 0 ? 'gain' : 'loss'}`, text: fmtSigned(e.gain) })));
         if (!rows.length) rows.push(el('tr', {}, el('td', { class: 'empty', text: 'needs an hour of data' })));
         $(`movers-${by}`).tBodies[0].replaceChildren(...rows);
       }
-      const suspicious = await getJSON(`${API}/suspicious?limit=200`);
-      const links = suspicious.pks.map((pk) => accountLink(pk));
-      $('suspicious').replaceChildren(...(links.length ? links : [el('span', { text: 'none found yet' })]));
+      if (FLAG) {
+        const flagged = await getJSON(`${API}/${encodeURIComponent(FLAG)}?limit=200`);
+        const links = flagged[KEYS].map((key) => accountLink(key));
+        $('suspicious').replaceChildren(...(links.length ? links : [el('span', { text: 'none found yet' })]));
+      }
     } catch (e) {
       console.warn('lists', e);
     }
@@ -277,16 +297,20 @@
       const e = await getJSON(`${API}/${pk}`);
       if (pk !== accountPk) return;
       $('account-error').hidden = true;
-      setText('account-username', e.username || '');
+      setText('account-username', (LABEL && e[LABEL]) || '');
       setText('account-rank', e.rank == null ? '–' : `#${fmtInt(e.rank)}`);
       for (const metric of METRICS) {
         const v = e[metric];
         setText(`account-${metric}`, v == null ? '–' : Number.isInteger(v) ? fmtInt(v) : fmtNum(v, 3));
       }
-      const flag = $('account-suspicious');
-      flag.textContent = e.suspicious == null ? 'not checked yet' : e.suspicious ? 'yes' : 'no';
-      flag.className = `value${e.suspicious ? ' yes' : ''}`;
-      flag.title = e.suspiciousCheckedAt ? `checked ${fmtTime(e.suspiciousCheckedAt)}` : '';
+      if (FLAG) {
+        const flag = $('account-suspicious');
+        const answer = e[FLAG];
+        const checkedAt = e[`${FLAG}CheckedAt`];
+        flag.textContent = answer == null ? 'not checked yet' : answer ? 'yes' : 'no';
+        flag.className = `value${answer ? ' yes' : ''}`;
+        flag.title = checkedAt ? `checked ${fmtTime(checkedAt)}` : '';
+      }
       setText('account-crawled', fmtTime(e.lastCrawledAt));
       return true;
     } catch (err) {
@@ -343,16 +367,17 @@
   }
 
   function route() {
-    const m = location.hash.match(/^#\/account\/(\d{1,19})$/);
-    if (m) showAccount(m[1]);
+    const m = location.hash.match(/^#\/account\/(.+)$/);
+    if (m && KEY_PATTERN.test(m[1])) showAccount(m[1]);
     else showOverview();
   }
 
   $('search').addEventListener('submit', (event) => {
     event.preventDefault();
     const pk = $('search-pk').value.trim();
-    if (!/^\d{1,19}$/.test(pk)) {
-      $('search-pk').setCustomValidity('a pk is a number');
+    if (!KEY_PATTERN.test(pk)) {
+      $('search-pk').setCustomValidity(INFO.stringKeys
+        ? `a ${KEY} is letters, digits and - . _ ~ : @ + !` : `a ${KEY} is a number`);
       $('search-pk').reportValidity();
       return;
     }

@@ -15,6 +15,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use crate::JobInfo;
+
 const INDEX: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
@@ -24,18 +26,14 @@ const UPLOT_CSS: &str = include_str!("../assets/vendor/uplot/uPlot.min.css");
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
                    img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
 
-/// Routes of the page and its assets. The job's name, ranked metric and
-/// metrics are written into the page once, here, so the script knows which
-/// API paths to read.
-pub(crate) fn router<S: Clone + Send + Sync + 'static>(
-    job: &str,
-    rank_metric: &str,
-    metrics: &[String],
-) -> Router<S> {
+/// Routes of the page and its assets. The job's names ([`JobInfo`], as
+/// JSON) are written into the page once, here, so the script knows which
+/// API paths to read and what the answers' members are called.
+pub(crate) fn router<S: Clone + Send + Sync + 'static>(info: &JobInfo) -> Router<S> {
+    let json = serde_json::to_string(info).unwrap_or_else(|_| "{}".into());
     let index = INDEX
-        .replace("{{job}}", &html_escape(job))
-        .replace("{{rank_metric}}", &html_escape(rank_metric))
-        .replace("{{metrics}}", &html_escape(&metrics.join(",")));
+        .replace("{{job}}", &html_escape(&info.name))
+        .replace("{{info}}", &html_escape(&json));
     Router::new()
         .route(
             "/",

@@ -58,6 +58,39 @@ pub struct TrackOutcome {
     pub tracked: u64,
 }
 
+/// What the API serves: the job's names, from its job file. Written into
+/// the dashboard page and the OpenAPI document, and served at
+/// `GET /api/v1/{job}` so any client can learn the shape of the answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobInfo {
+    /// The job's name: the path segment of `/api/v1/{job}/…`.
+    pub name: String,
+    /// What an entity's key is called in answers (`pk`); lists of keys are
+    /// called by its plural (`pks`).
+    pub key_name: String,
+    /// Whether keys are strings (else unsigned integers).
+    pub string_keys: bool,
+    /// What an entity's label is called (`username`), when it has one.
+    pub label_name: Option<String>,
+    /// The metrics a series read may name.
+    pub metrics: Vec<String>,
+    /// The metric entities are ranked by (`followerCount`).
+    pub rank_metric: String,
+    /// The name of the average of the ranked metric (`averageFollowerCount`).
+    pub average: String,
+    /// The enrichment's yes/no flag (`suspicious`), when the job has one:
+    /// a member of each entity and a list at `/api/v1/{job}/{flag}`.
+    pub flag: Option<String>,
+}
+
+impl JobInfo {
+    /// The name of a list of keys: the key's name with an `s` (`pks`).
+    pub fn keys_name(&self) -> String {
+        format!("{}s", self.key_name)
+    }
+}
+
 /// The read model of one job, implemented by the binary.
 ///
 /// Methods are synchronous. Those that may block on disk (series reads,
@@ -65,10 +98,13 @@ pub struct TrackOutcome {
 /// set) are run through `spawn_blocking` by the routes; the others must be
 /// fast (microseconds): they run on the API's async workers.
 pub trait Backend: Send + Sync + 'static {
-    /// The job's name, used as the path segment: `/api/v1/{job}/…`.
-    fn job(&self) -> &str;
-    /// The metrics a series read may name.
-    fn metrics(&self) -> Vec<String>;
+    /// The job's names.
+    fn info(&self) -> &JobInfo;
+    /// The id of a key written in a path or a query: `Ok(None)` for a
+    /// well-formed key the job does not know, a 400 for a malformed one.
+    fn key(&self, text: &str) -> Result<Option<u64>, ApiError>;
+    /// An id's key as JSON (a number or a string).
+    fn key_json(&self, id: u64) -> serde_json::Value;
     /// The latest view of an entity as a JSON object, or `None` when the
     /// entity is not tracked.
     fn entity(
@@ -78,8 +114,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Points of one metric of a tracked entity. `None` when not tracked.
     fn series(&self, id: u64, metric: &str, query: SeriesQuery)
         -> Result<Option<Points>, ApiError>;
-    /// Starts tracking ids.
-    fn track(&self, ids: &[u64]) -> Result<TrackOutcome, ApiError>;
+    /// Starts tracking keys (new string keys are numbered first); a 400
+    /// names a malformed key.
+    fn track(&self, keys: &[String]) -> Result<TrackOutcome, ApiError>;
     /// Stops tracking an id; `false` when it was not tracked.
     fn untrack(&self, id: u64) -> Result<bool, ApiError>;
     /// Job-wide statistics as a JSON object.
@@ -88,12 +125,11 @@ pub trait Backend: Send + Sync + 'static {
     fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64>;
     /// Appends the process's own metrics in Prometheus text format.
     fn render_metrics(&self, out: &mut String);
-    /// The metric entities are ranked by (e.g. `followerCount`).
-    fn rank_metric(&self) -> String;
     /// The first `limit` entities by `by`, as JSON objects.
     fn top(&self, by: TopBy, limit: usize) -> Vec<serde_json::Map<String, serde_json::Value>>;
-    /// Suspicious entities in id order after `after`, at most `limit`.
-    fn suspicious(&self, after: Option<u64>, limit: usize) -> Vec<u64>;
+    /// Entities whose flag (the enrichment's answer) is yes, in id order
+    /// after `after`, at most `limit`.
+    fn flagged(&self, after: Option<u64>, limit: usize) -> Vec<u64>;
     /// The history of the average of the ranked metric.
     fn average_series(&self, query: SeriesQuery) -> Result<Points, ApiError>;
     /// Now, in unix ms, on the clock the job stamps its samples with: the
@@ -274,5 +310,22 @@ impl Api {
             .await;
         let _ = sampler.await;
         served
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// The flagship job's names, for unit tests.
+    pub(crate) fn influencers() -> crate::JobInfo {
+        crate::JobInfo {
+            name: "influencers".into(),
+            key_name: "pk".into(),
+            string_keys: false,
+            label_name: Some("username".into()),
+            metrics: vec!["followerCount".into()],
+            rank_metric: "followerCount".into(),
+            average: "averageFollowerCount".into(),
+            flag: Some("suspicious".into()),
+        }
     }
 }

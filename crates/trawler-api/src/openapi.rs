@@ -1,10 +1,13 @@
 //! The OpenAPI 3.1 description of the API, served at `/api/openapi.json`.
 //!
-//! Built from the job (its path segment, its metrics) so that the document
-//! names exactly the metrics a client may ask for. A test checks that every
+//! Built from the job's [`JobInfo`] (its path segment, key, label, metrics,
+//! flag) so that the document names exactly what a client gets and may ask
+//! for. A test checks that every
 //! route the router serves is described here.
 
 use serde_json::{json, Value};
+
+use crate::JobInfo;
 
 fn error_responses(codes: &[u16]) -> Value {
     let mut out = serde_json::Map::new();
@@ -26,8 +29,16 @@ fn ok(description: &str, schema: Value, errors: &[u16]) -> Value {
     responses
 }
 
-fn pk_param() -> Value {
-    json!({"name": "pk", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}})
+fn key_schema(info: &JobInfo) -> Value {
+    if info.string_keys {
+        json!({"type": "string", "pattern": "^[A-Za-z0-9._~:@+!-]{1,256}$"})
+    } else {
+        json!({"type": "integer", "minimum": 0})
+    }
+}
+
+fn key_param(info: &JobInfo) -> Value {
+    json!({"name": info.key_name, "in": "path", "required": true, "schema": key_schema(info)})
 }
 
 fn query(name: &str, description: &str, schema: Value) -> Value {
@@ -52,14 +63,16 @@ fn range_params() -> Vec<Value> {
     ]
 }
 
-/// The document for a job named `job` with series `metrics`.
-pub fn document(job: &str, metrics: &[String], rank_metric: &str) -> Value {
+/// The document for the job `info` describes.
+pub fn document(info: &JobInfo) -> Value {
+    let (job, metrics, rank_metric) = (&info.name, &info.metrics, &info.rank_metric);
+    let (key, keys) = (info.key_name.as_str(), info.keys_name());
     let base = format!("/api/v1/{job}");
     let points = json!({"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}});
     let series_schema = json!({"type": "object", "properties": {
-        "pk": {"type": "integer"}, "metric": {"type": "string"}, "from": {"type": "integer"},
+        key: key_schema(info), "metric": {"type": "string"}, "from": {"type": "integer"},
         "to": {"type": "integer"}, "step": {"type": ["integer", "null"]}, "points": points}});
-    let mut series_params = vec![pk_param(), {
+    let mut series_params = vec![key_param(info), {
         let mut m = query(
             "metric",
             "the series",
@@ -70,12 +83,12 @@ pub fn document(job: &str, metrics: &[String], rank_metric: &str) -> Value {
     }];
     series_params.extend(range_params());
     let pks_page = json!({"type": "object", "properties": {
-        "pks": {"type": "array", "items": {"type": "integer"}}, "next": {"type": ["integer", "null"]}}});
+        &keys: {"type": "array", "items": key_schema(info)}, "next": key_schema(info)}});
     let page_params = json!([
         query(
             "after",
-            "return ids greater than this",
-            json!({"type": "integer"})
+            "return the entities after this one (ids in the order keys were first seen)",
+            key_schema(info)
         ),
         query(
             "limit",
@@ -85,15 +98,19 @@ pub fn document(job: &str, metrics: &[String], rank_metric: &str) -> Value {
     ]);
     let bearer = json!([{"bearer": []}]);
     let mut paths = serde_json::Map::new();
-    paths.insert(format!("{base}/{{pk}}"), json!({
-        "get": {"summary": "Latest values, rank and suspicious status of a tracked entity",
-                "parameters": [pk_param()],
+    paths.insert(base.clone(), json!({
+        "get": {"summary": "The job: its key, label, metrics, ranked metric, average and flag names",
+                "responses": ok("the job", json!({"type": "object"}), &[])}
+    }));
+    paths.insert(format!("{base}/{{{key}}}"), json!({
+        "get": {"summary": "Latest values, rank and flag of a tracked entity",
+                "parameters": [key_param(info)],
                 "responses": ok("the entity", json!({"$ref": "#/components/schemas/Entity"}), &[400, 404])},
-        "delete": {"summary": "Stop tracking an entity", "parameters": [pk_param()], "security": bearer,
+        "delete": {"summary": "Stop tracking an entity", "parameters": [key_param(info)], "security": bearer,
                    "responses": {"204": {"description": "untracked"}, "400": error_responses(&[400])["400"], "401": error_responses(&[401])["401"], "404": error_responses(&[404])["404"]}}
     }));
     paths.insert(
-        format!("{base}/{{pk}}/series"),
+        format!("{base}/{{{key}}}/series"),
         json!({
             "get": {"summary": "Points of one metric of an entity", "parameters": series_params,
                     "responses": ok("the points", series_schema, &[400, 404])}
@@ -101,7 +118,7 @@ pub fn document(job: &str, metrics: &[String], rank_metric: &str) -> Value {
     );
     paths.insert(format!("{base}/track"), json!({
         "post": {"summary": "Start tracking entities (durable)", "security": bearer,
-                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["pks"], "properties": {"pks": {"type": "array", "items": {"type": "integer", "minimum": 0}}}}}}},
+                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": [&keys], "properties": {&keys: {"type": "array", "items": key_schema(info)}}}}}},
                  "responses": ok("what changed", json!({"type": "object", "properties": {"added": {"type": "integer"}, "alreadyTracked": {"type": "integer"}, "tracked": {"type": "integer"}}}), &[400, 401, 413])}
     }));
     paths.insert(
@@ -117,14 +134,16 @@ pub fn document(job: &str, metrics: &[String], rank_metric: &str) -> Value {
                                query("limit", "entries", json!({"type": "integer", "minimum": 1, "maximum": 1000}))],
                 "responses": ok("entries", json!({"type": "object", "properties": {"by": {"type": "string"}, "entries": {"type": "array", "items": {"type": "object"}}}}), &[400])}
     }));
-    paths.insert(format!("{base}/suspicious"), json!({
-        "get": {"summary": "Suspicious entities, in id order, paginated", "parameters": page_params,
-                "responses": ok("a page", pks_page.clone(), &[400])}
-    }));
+    if let Some(flag) = &info.flag {
+        paths.insert(format!("{base}/{flag}"), json!({
+            "get": {"summary": format!("Entities whose {flag} answer is yes, in id order, paginated"), "parameters": page_params,
+                    "responses": ok("a page", pks_page.clone(), &[400])}
+        }));
+    }
     paths.insert(
         format!("{base}/invalid"),
         json!({
-            "get": {"summary": "Ids the target reported as not found", "parameters": page_params,
+            "get": {"summary": "Entities the target reported as not found", "parameters": page_params,
                     "responses": ok("a page", pks_page, &[400])}
         }),
     );
@@ -159,16 +178,22 @@ pub fn document(job: &str, metrics: &[String], rank_metric: &str) -> Value {
         "get": {"summary": "This document", "responses": ok("OpenAPI 3.1", json!({"type": "object"}), &[])}
     }));
     let mut entity = serde_json::Map::new();
-    entity.insert("pk".into(), json!({"type": "integer"}));
+    entity.insert(key.into(), key_schema(info));
+    if let Some(label) = &info.label_name {
+        entity.insert(label.clone(), json!({"type": ["string", "null"]}));
+    }
     for m in metrics {
         entity.insert(m.clone(), json!({"type": ["number", "null"]}));
     }
-    for (k, t) in [("rank", "integer"), ("suspicious", "boolean")] {
-        entity.insert(k.into(), json!({"type": [t, "null"]}));
+    entity.insert("rank".into(), json!({"type": ["integer", "null"]}));
+    let mut times = vec!["lastCrawledAt".to_owned()];
+    if let Some(flag) = &info.flag {
+        entity.insert(flag.clone(), json!({"type": ["boolean", "null"]}));
+        times.push(format!("{flag}CheckedAt"));
     }
-    for k in ["suspiciousCheckedAt", "lastCrawledAt"] {
+    for k in times {
         entity.insert(
-            k.into(),
+            k,
             json!({"type": ["string", "null"], "format": "date-time"}),
         );
     }
@@ -193,9 +218,10 @@ mod tests {
 
     #[test]
     fn every_route_is_described() {
-        let doc = document("influencers", &["followerCount".into()], "followerCount");
+        let doc = document(&crate::tests::influencers());
         let paths = doc["paths"].as_object().unwrap();
         for route in [
+            "/api/v1/influencers",
             "/api/v1/influencers/{pk}",
             "/api/v1/influencers/{pk}/series",
             "/api/v1/influencers/track",

@@ -20,6 +20,12 @@ use crate::{params, ApiConfig, ApiError, Backend, HttpMetrics, SeriesQuery, TopB
 
 struct Ctx<B> {
     backend: Arc<B>,
+    /// The job's names (`info.key_name` names path keys in messages).
+    info: crate::JobInfo,
+    /// `bad_{key}` (`bad_pk`): the code of a malformed key, made once.
+    bad_key: &'static str,
+    /// `too_many_{keys}`: the code of an oversized track request.
+    too_many_keys: &'static str,
     token: Option<String>,
     max_body_bytes: usize,
     max_track_ids: usize,
@@ -36,10 +42,23 @@ pub(crate) fn router<B: Backend>(
     http_metrics: Arc<HttpMetrics>,
     hub: Arc<Hub>,
 ) -> Router {
-    let job = backend.job().to_owned();
-    let dashboard = crate::dashboard::router(&job, &backend.rank_metric(), &backend.metrics());
+    let info = backend.info().clone();
+    let job = info.name.clone();
+    let dashboard = crate::dashboard::router(&info);
+    // Error codes are static strings; these two name the job's key, and
+    // a router is built once per process.
+    let bad_key: &'static str = Box::leak(format!("bad_{}", info.key_name).into_boxed_str());
+    let too_many_keys: &'static str =
+        Box::leak(format!("too_many_{}", info.keys_name()).into_boxed_str());
+    let flag = info.flag.clone();
+    // The path parameter carries the key's name, so routes read as the job
+    // names them (`/api/v1/influencers/{pk}`, also in /metrics).
+    let key = info.key_name.clone();
     let ctx = Arc::new(Ctx {
         backend,
+        info,
+        bad_key,
+        too_many_keys,
         token: config.token.clone(),
         max_body_bytes: config.max_body_bytes,
         max_track_ids: config.max_track_ids,
@@ -48,18 +67,22 @@ pub(crate) fn router<B: Backend>(
         hub,
     });
     let base = format!("/api/v1/{job}");
-    Router::new()
+    let mut router = Router::new();
+    if let Some(flag) = flag {
+        router = router.route(&format!("{base}/{flag}"), get(flagged::<B>));
+    }
+    router
+        .route(&base, get(job_info::<B>))
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics::<B>))
         .route(&format!("{base}/stats"), get(stats::<B>))
         .route(&format!("{base}/invalid"), get(invalid::<B>))
         .route(&format!("{base}/top"), get(top::<B>))
-        .route(&format!("{base}/suspicious"), get(suspicious::<B>))
         .route(&format!("{base}/average/series"), get(average_series::<B>))
         .route("/api/openapi.json", get(openapi::<B>))
         .route(&format!("{base}/track"), post(track::<B>))
-        .route(&format!("{base}/{{pk}}"), get(entity::<B>).delete(untrack::<B>))
-        .route(&format!("{base}/{{pk}}/series"), get(series::<B>))
+        .route(&format!("{base}/{{{key}}}"), get(entity::<B>).delete(untrack::<B>))
+        .route(&format!("{base}/{{{key}}}/series"), get(series::<B>))
         .route("/api/v1/events", get(events::<B>))
         .route(&format!("{base}/health/history"), get(health_history::<B>))
         .merge(dashboard)
@@ -119,25 +142,52 @@ fn check_token<B>(ctx: &Ctx<B>, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+impl<B: Backend> Ctx<B> {
+    /// The id of a key in a path or query: 400 if malformed, 404 if the
+    /// job has never seen it.
+    fn id(&self, text: &str) -> Result<u64, ApiError> {
+        self.known(text)?.ok_or_else(|| self.not_tracked(text))
+    }
+
+    /// Like [`Ctx::id`], `None` for a well-formed key never seen.
+    fn known(&self, text: &str) -> Result<Option<u64>, ApiError> {
+        self.backend.key(text).map_err(|e| match e {
+            ApiError::BadRequest { message, .. } => ApiError::bad_request(self.bad_key, message),
+            other => other,
+        })
+    }
+
+    fn not_tracked(&self, key: &str) -> ApiError {
+        ApiError::not_found(
+            "not_tracked",
+            format!("{} {key} is not tracked", self.info.key_name),
+        )
+    }
+}
+
+async fn job_info<B: Backend>(State(ctx): Shared<B>) -> Json<crate::JobInfo> {
+    Json(ctx.info.clone())
+}
+
 async fn entity<B: Backend>(
     State(ctx): Shared<B>,
-    Path(pk): Path<String>,
+    Path(key): Path<String>,
 ) -> Result<Json<serde_json::Map<String, serde_json::Value>>, ApiError> {
-    let pk = params::pk(&pk)?;
+    let id = ctx.id(&key)?;
     ctx.backend
-        .entity(pk)?
+        .entity(id)?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("not_tracked", format!("pk {pk} is not tracked")))
+        .ok_or_else(|| ctx.not_tracked(&key))
 }
 
 async fn series<B: Backend>(
     State(ctx): Shared<B>,
-    Path(pk): Path<String>,
+    Path(key): Path<String>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let pk = params::pk(&pk)?;
+    let id = ctx.id(&key)?;
     let q = query(q)?;
-    let metrics = ctx.backend.metrics();
+    let metrics = &ctx.info.metrics;
     let metric = q.get("metric").ok_or_else(|| {
         ApiError::bad_request(
             "missing_metric",
@@ -153,10 +203,10 @@ async fn series<B: Backend>(
     let query = range(&q, ctx.backend.now_ms(), ctx.max_points)?;
     let backend = ctx.backend.clone();
     let metric_name = metric.clone();
-    let points = tokio::task::spawn_blocking(move || backend.series(pk, &metric_name, query))
+    let points = tokio::task::spawn_blocking(move || backend.series(id, &metric_name, query))
         .await
         .map_err(|e| ApiError::Unavailable(format!("series read failed: {e}")))??
-        .ok_or_else(|| ApiError::not_found("not_tracked", format!("pk {pk} is not tracked")))?;
+        .ok_or_else(|| ctx.not_tracked(&key))?;
     if points.len() > ctx.max_points {
         return Err(ApiError::bad_request(
             "too_many_points",
@@ -166,21 +216,28 @@ async fn series<B: Backend>(
             ),
         ));
     }
-    let body = serde_json::json!({
-        "pk": pk,
+    let mut body = serde_json::Map::new();
+    body.insert(ctx.info.key_name.clone(), ctx.backend.key_json(id));
+    let rest = serde_json::json!({
         "metric": metric,
         "from": query.from_ms,
         "to": query.to_ms,
         "step": query.step_ms,
         "points": points.iter().map(|(t, v)| serde_json::json!([t, v])).collect::<Vec<_>>(),
     });
+    if let serde_json::Value::Object(rest) = rest {
+        body.extend(rest);
+    }
     Ok(Json(body).into_response())
 }
 
+/// A key in a track request: a number or a string, read as text and
+/// checked by the backend.
 #[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TrackBody {
-    pks: Vec<u64>,
+#[serde(untagged)]
+enum KeyText {
+    Int(u64),
+    Text(String),
 }
 
 async fn track<B: Backend>(
@@ -197,46 +254,67 @@ async fn track<B: Backend>(
         },
         _ => ApiError::bad_request("bad_body", format!("unreadable body: {}", e.body_text())),
     })?;
-    let body: TrackBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("bad_body", format!("expected {{\"pks\":[integers]}}: {e}"))
-    })?;
-    if body.pks.len() > ctx.max_track_ids {
+    let field = ctx.info.keys_name();
+    let expected = || {
+        let kind = if ctx.info.string_keys {
+            "strings"
+        } else {
+            "integers"
+        };
+        format!("expected {{\"{field}\":[{kind}]}}")
+    };
+    let mut body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_body", format!("{}: {e}", expected())))?;
+    let (Some(list), true) = (body.remove(&field), body.is_empty()) else {
+        return Err(ApiError::bad_request("bad_body", expected()));
+    };
+    let list: Vec<KeyText> = serde_json::from_value(list)
+        .map_err(|e| ApiError::bad_request("bad_body", format!("{}: {e}", expected())))?;
+    if list.len() > ctx.max_track_ids {
         return Err(ApiError::bad_request(
-            "too_many_pks",
+            ctx.too_many_keys,
             format!(
-                "at most {} pks per request, got {}",
+                "at most {} {field} per request, got {}",
                 ctx.max_track_ids,
-                body.pks.len()
+                list.len()
             ),
         ));
     }
+    let keys: Vec<String> = list
+        .into_iter()
+        .map(|k| match k {
+            KeyText::Int(n) => n.to_string(),
+            KeyText::Text(s) => s,
+        })
+        .collect();
     // Tracking persists the tracked set (write, fsync, rename): off the
     // async workers.
     let backend = ctx.backend.clone();
-    let outcome = tokio::task::spawn_blocking(move || backend.track(&body.pks))
+    let outcome = tokio::task::spawn_blocking(move || backend.track(&keys))
         .await
-        .map_err(|e| ApiError::Unavailable(format!("track failed: {e}")))??;
+        .map_err(|e| ApiError::Unavailable(format!("track failed: {e}")))?
+        .map_err(|e| match e {
+            ApiError::BadRequest { message, .. } => ApiError::bad_request(ctx.bad_key, message),
+            other => other,
+        })?;
     Ok(Json(outcome))
 }
 
 async fn untrack<B: Backend>(
     State(ctx): Shared<B>,
     headers: HeaderMap,
-    Path(pk): Path<String>,
+    Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_token(&ctx, &headers)?;
-    let pk = params::pk(&pk)?;
+    let id = ctx.id(&key)?;
     let backend = ctx.backend.clone();
-    let removed = tokio::task::spawn_blocking(move || backend.untrack(pk))
+    let removed = tokio::task::spawn_blocking(move || backend.untrack(id))
         .await
         .map_err(|e| ApiError::Unavailable(format!("untrack failed: {e}")))??;
     if removed {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(
-            "not_tracked",
-            format!("pk {pk} is not tracked"),
-        ))
+        Err(ctx.not_tracked(&key))
     }
 }
 
@@ -250,25 +328,36 @@ async fn invalid<B: Backend>(
     State(ctx): Shared<B>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    page(q, |after, limit| ctx.backend.invalid(after, limit))
+    page(&ctx, q, |after, limit| ctx.backend.invalid(after, limit))
 }
 
-/// A page of ids after `after` (query `after`, `limit`), with the cursor of
-/// the next page when this one is full.
-fn page(
+/// A page of keys after `after` (query `after`, `limit`), with the cursor
+/// of the next page when this one is full: `{"pks": […], "next": …}`
+/// (the job's key name, plural).
+fn page<B: Backend>(
+    ctx: &Ctx<B>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
     read: impl FnOnce(Option<u64>, usize) -> Vec<u64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let q = query(q)?;
-    let after = q.get("after").map(|v| params::pk(v)).transpose()?;
+    let after = match q.get("after") {
+        // A key never seen: nothing is after it in id order that a
+        // client could have been given.
+        Some(v) => Some(ctx.known(v)?.unwrap_or(u64::MAX)),
+        None => None,
+    };
     let limit = limit(&q, 100, 10_000)?;
-    let pks = read(after, limit);
-    let next = if pks.len() == limit {
-        pks.last().copied()
+    let ids = read(after, limit);
+    let next = if ids.len() == limit {
+        ids.last().map(|id| ctx.backend.key_json(*id))
     } else {
         None
     };
-    Ok(Json(serde_json::json!({ "pks": pks, "next": next })))
+    let keys: Vec<serde_json::Value> = ids.iter().map(|id| ctx.backend.key_json(*id)).collect();
+    let mut out = serde_json::Map::new();
+    out.insert(ctx.info.keys_name(), keys.into());
+    out.insert("next".into(), next.unwrap_or(serde_json::Value::Null));
+    Ok(Json(out.into()))
 }
 
 async fn metrics<B: Backend>(State(ctx): Shared<B>) -> Response {
@@ -344,7 +433,7 @@ async fn top<B: Backend>(
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let q = query(q)?;
-    let ranked = ctx.backend.rank_metric();
+    let ranked = ctx.info.rank_metric.clone();
     let by_name = q.get("by").cloned().unwrap_or_else(|| ranked.clone());
     let by = match by_name.as_str() {
         "gain1h" => TopBy::Gain1h,
@@ -367,11 +456,11 @@ async fn top<B: Backend>(
     ))
 }
 
-async fn suspicious<B: Backend>(
+async fn flagged<B: Backend>(
     State(ctx): Shared<B>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    page(q, |after, limit| ctx.backend.suspicious(after, limit))
+    page(&ctx, q, |after, limit| ctx.backend.flagged(after, limit))
 }
 
 async fn average_series<B: Backend>(
@@ -385,7 +474,7 @@ async fn average_series<B: Backend>(
         .await
         .map_err(|e| ApiError::Unavailable(format!("series read failed: {e}")))??;
     Ok(Json(serde_json::json!({
-        "metric": format!("average of {}", ctx.backend.rank_metric()),
+        "metric": ctx.info.average,
         "from": query.from_ms,
         "to": query.to_ms,
         "step": query.step_ms,
@@ -394,12 +483,7 @@ async fn average_series<B: Backend>(
 }
 
 async fn openapi<B: Backend>(State(ctx): Shared<B>) -> Response {
-    let doc = crate::openapi::document(
-        ctx.backend.job(),
-        &ctx.backend.metrics(),
-        &ctx.backend.rank_metric(),
-    );
-    Json(doc).into_response()
+    Json(crate::openapi::document(&ctx.info)).into_response()
 }
 
 async fn events<B: Backend>(State(ctx): Shared<B>) -> Result<Response, ApiError> {

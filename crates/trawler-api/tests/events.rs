@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use trawler_api::{
-    ApiConfig, ApiError, Backend, HttpMetrics, Points, SeriesQuery, TopBy, TrackOutcome,
+    ApiConfig, ApiError, Backend, HttpMetrics, JobInfo, Points, SeriesQuery, TopBy, TrackOutcome,
 };
 
 /// A read model whose statistics change on every read, with `padding`
@@ -23,14 +23,39 @@ use trawler_api::{
 struct Counting {
     reads: AtomicU64,
     padding: usize,
+    info: JobInfo,
+}
+
+impl Counting {
+    fn new(padding: usize) -> Self {
+        Self {
+            reads: AtomicU64::new(0),
+            padding,
+            info: JobInfo {
+                name: "things".into(),
+                key_name: "id".into(),
+                string_keys: false,
+                label_name: None,
+                metrics: vec!["v".into()],
+                rank_metric: "v".into(),
+                average: "averageV".into(),
+                flag: None,
+            },
+        }
+    }
 }
 
 impl Backend for Counting {
-    fn job(&self) -> &str {
-        "things"
+    fn info(&self) -> &JobInfo {
+        &self.info
     }
-    fn metrics(&self) -> Vec<String> {
-        vec!["v".into()]
+    fn key(&self, text: &str) -> Result<Option<u64>, ApiError> {
+        text.parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request("bad_key", "not a number"))
+    }
+    fn key_json(&self, id: u64) -> Value {
+        id.into()
     }
     fn entity(&self, _: u64) -> Result<Option<Map<String, Value>>, ApiError> {
         Ok(None)
@@ -38,7 +63,7 @@ impl Backend for Counting {
     fn series(&self, _: u64, _: &str, _: SeriesQuery) -> Result<Option<Points>, ApiError> {
         Ok(None)
     }
-    fn track(&self, _: &[u64]) -> Result<TrackOutcome, ApiError> {
+    fn track(&self, _: &[String]) -> Result<TrackOutcome, ApiError> {
         Ok(TrackOutcome::default())
     }
     fn untrack(&self, _: u64) -> Result<bool, ApiError> {
@@ -55,13 +80,10 @@ impl Backend for Counting {
         Vec::new()
     }
     fn render_metrics(&self, _: &mut String) {}
-    fn rank_metric(&self) -> String {
-        "v".into()
-    }
     fn top(&self, _: TopBy, _: usize) -> Vec<Map<String, Value>> {
         Vec::new()
     }
-    fn suspicious(&self, _: Option<u64>, _: usize) -> Vec<u64> {
+    fn flagged(&self, _: Option<u64>, _: usize) -> Vec<u64> {
         Vec::new()
     }
     fn average_series(&self, _: SeriesQuery) -> Result<Points, ApiError> {
@@ -87,10 +109,7 @@ async fn serve(config: ApiConfig, padding: usize, send_buffer: Option<u32>) -> S
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(64).unwrap();
     let addr = listener.local_addr().unwrap();
-    let backend = Arc::new(Counting {
-        reads: AtomicU64::new(0),
-        padding,
-    });
+    let backend = Arc::new(Counting::new(padding));
     let api = config.build(backend).unwrap();
     let metrics = api.http_metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,7 +1,8 @@
 //! VictoriaMetrics: the storage writer that drains the stream into it, and
 //! the reads the API needs (raw export, range queries, instant queries).
 //!
-//! Series are named `<metric>{job="<job>",pk="<id>"}`. Writers share one
+//! Series are named `<metric>{job="<job>",<key>="<key>"}` ([`Naming`]: the
+//! job file names the key label, e.g. Mockstagram's `pk`). Writers share one
 //! durable pull consumer, so each batch goes to one writer; a batch is
 //! acked only after VictoriaMetrics answered its import with 2xx. When the
 //! import fails, the batch is negatively acked with a delay and comes back;
@@ -233,20 +234,61 @@ fn encode(s: &str) -> String {
     out
 }
 
-/// The selector of one entity's metric.
-pub fn selector(job: &str, metric: &str, id: u64) -> String {
-    format!("{metric}{{job=\"{job}\",pk=\"{id}\"}}")
+/// Writes an entity's key (the text of id `u64`) into a buffer.
+pub type KeyWriter = Arc<dyn Fn(u64, &mut String) + Send + Sync>;
+
+/// How a job's series are labelled: `job`, and the key under the job's
+/// key name with the key's text (a number, or an interned string's text,
+/// so a Grafana user sees the entity's real key).
+#[derive(Clone)]
+pub struct Naming {
+    /// The job's name (`job` label).
+    pub job: String,
+    /// The key's label name (`pk`).
+    pub key_label: String,
+    /// The key's text.
+    pub key: KeyWriter,
+}
+
+impl Naming {
+    /// Integer keys under `key_label`.
+    pub fn integers(job: &str, key_label: &str) -> Self {
+        Self {
+            job: job.to_owned(),
+            key_label: key_label.to_owned(),
+            key: Arc::new(|id, out| {
+                let _ = write!(out, "{id}");
+            }),
+        }
+    }
+
+    /// The selector of one entity's metric.
+    pub fn selector(&self, metric: &str, id: u64) -> String {
+        let mut key = String::new();
+        (self.key)(id, &mut key);
+        format!(
+            "{metric}{{job={},{}={}}}",
+            serde_json::Value::from(self.job.as_str()),
+            self.key_label,
+            serde_json::Value::from(key)
+        )
+    }
 }
 
 /// Appends the import lines of one stream message.
-fn import_lines(job: &str, message: &Message, out: &mut String) -> usize {
+fn import_lines(naming: &Naming, message: &Message, out: &mut String) -> usize {
     let mut n = 0;
+    let job = serde_json::Value::from(naming.job.as_str());
+    let label = serde_json::Value::from(naming.key_label.as_str());
+    let mut key = String::new();
     let mut line = |metric: &str, id: u64, ts: i64, v: f64| {
+        key.clear();
+        (naming.key)(id, &mut key);
         let _ = writeln!(
             out,
-            "{{\"metric\":{{\"__name__\":{},\"job\":{},\"pk\":\"{id}\"}},\"values\":[{v}],\"timestamps\":[{ts}]}}",
+            "{{\"metric\":{{\"__name__\":{},\"job\":{job},{label}:{}}},\"values\":[{v}],\"timestamps\":[{ts}]}}",
             serde_json::Value::from(metric),
-            serde_json::Value::from(job),
+            serde_json::Value::from(key.as_str()),
         );
         n += 1;
     };
@@ -293,7 +335,7 @@ pub struct WriterMetrics {
 pub async fn run_writer(
     cluster: Cluster,
     vm: VmClient,
-    job: String,
+    naming: Naming,
     metrics: Arc<WriterMetrics>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
@@ -302,6 +344,7 @@ pub async fn run_writer(
         .get_stream(stream::STREAM)
         .await
         .map_err(|e| Error::nats("opening the stream", e))?;
+    let job = naming.job.clone();
     let name = format!("vm-{job}");
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
@@ -348,7 +391,7 @@ pub async fn run_writer(
         let mut samples = 0;
         for m in &messages {
             match stream::decode(m.subject.as_str(), &m.payload) {
-                Some(decoded) => samples += import_lines(&job, &decoded, &mut body),
+                Some(decoded) => samples += import_lines(&naming, &decoded, &mut body),
                 None => tracing::warn!(subject = %m.subject, "malformed stream message skipped"),
             }
         }
@@ -401,8 +444,9 @@ mod tests {
     #[test]
     fn import_lines_name_every_sample() {
         let mut out = String::new();
+        let naming = Naming::integers("influencers", "pk");
         let n = import_lines(
-            "influencers",
+            &naming,
             &Message::Observations(Batch {
                 node: "a".into(),
                 metrics: vec!["followerCount".into(), "followingCount".into()],
@@ -411,7 +455,7 @@ mod tests {
             &mut out,
         );
         let n2 = import_lines(
-            "influencers",
+            &naming,
             &Message::Verdicts(Verdicts {
                 metric: "suspicious".into(),
                 rows: vec![VerdictRow(7, true, 61_000)],

@@ -26,6 +26,7 @@
 //! use trawler_enrich::EnrichConfig;
 //! let enrichment = EnrichConfig {
 //!     url: "http://127.0.0.1:3000/api/v1/influencers/is_suspicious".into(),
+//!     answer: "/suspicious".into(),
 //!     ..EnrichConfig::default()
 //! }
 //! .build()?;
@@ -79,14 +80,31 @@ pub struct EnrichConfig {
 impl Default for EnrichConfig {
     fn default() -> Self {
         Self {
-            url: "http://127.0.0.1:3000/api/v1/influencers/is_suspicious".into(),
+            // No sensible default endpoint: a job file names its own.
+            url: String::new(),
             period: Duration::from_secs(24 * 3600),
             timeout: Duration::from_secs(15),
             max_in_flight: 256,
             retries: 3,
             backoff: Duration::from_secs(1),
             retry_later: Duration::from_secs(600),
-            answer: "/suspicious".into(),
+            answer: "/answer".into(),
+        }
+    }
+}
+
+impl From<&trawler_crawl::job::Enrichment> for EnrichConfig {
+    /// The settings of a job file's `[[enrichment]]` (checked there already).
+    fn from(e: &trawler_crawl::job::Enrichment) -> Self {
+        Self {
+            url: e.url.clone(),
+            period: e.period,
+            timeout: e.timeout,
+            max_in_flight: e.max_in_flight,
+            retries: e.retries,
+            backoff: e.backoff,
+            retry_later: e.retry_later,
+            answer: e.answer.clone(),
         }
     }
 }
@@ -516,10 +534,18 @@ mod tests {
     #[test]
     fn build_rejects_bad_settings() {
         let bad = |f: fn(&mut EnrichConfig)| {
-            let mut c = EnrichConfig::default();
+            let mut c = EnrichConfig {
+                url: "http://127.0.0.1:3000/check".into(),
+                ..EnrichConfig::default()
+            };
+            c.build().expect("the base of the cases is valid");
             f(&mut c);
             c.build().unwrap_err()
         };
+        assert!(matches!(
+            bad(|c| c.url = String::new()),
+            EnrichError::BadUrl { .. }
+        ));
         assert!(matches!(
             bad(|c| c.url = "ftp://x/".into()),
             EnrichError::BadUrl { .. }

@@ -117,7 +117,7 @@ fn config(url: String, period_ms: u64) -> EnrichConfig {
         retries: 3,
         backoff: Duration::from_millis(20),
         retry_later: Duration::from_millis(300),
-        ..EnrichConfig::default()
+        answer: "/suspicious".into(),
     }
 }
 

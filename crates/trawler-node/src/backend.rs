@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value as Json};
-use trawler_api::{ApiError, Backend, Points, SeriesQuery, TopBy, TrackOutcome};
+use trawler_api::{ApiError, Backend, JobInfo, Points, SeriesQuery, TopBy, TrackOutcome};
 use trawler_store::{Aggregate, Point};
 use trawler_views::{Views, Window};
 
@@ -20,12 +20,14 @@ use crate::node::Node;
 /// [`Backend`] over a [`Node`].
 pub struct NodeBackend {
     node: Arc<Node>,
+    names: Names,
 }
 
 impl NodeBackend {
     /// Wraps a node.
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        let names = Names::new(node.crawl.job(), &node.layout);
+        Self { node, names }
     }
 }
 
@@ -38,34 +40,107 @@ pub fn rfc3339(ms: i64) -> Json {
     Json::String(humantime::format_rfc3339_millis(t).to_string())
 }
 
+/// How the API names a job's entities: its key (`pk`, a number or an
+/// interned string) and label (`username`), and the job's other names
+/// ([`JobInfo`]). Built once from the job file; shared by both modes.
+#[derive(Debug, Clone)]
+pub struct Names {
+    job: trawler_crawl::Job,
+    info: JobInfo,
+}
+
+impl Names {
+    /// The names of `job`, whose metrics are laid out as `layout`.
+    pub fn new(job: &trawler_crawl::Job, layout: &Layout) -> Self {
+        let info = JobInfo {
+            name: job.name().to_owned(),
+            key_name: job.key_name().to_owned(),
+            string_keys: job.keys().kind() == trawler_crawl::KeyKind::String,
+            label_name: job.has_label().then(|| job.label_name().to_owned()),
+            metrics: layout.series_names(),
+            rank_metric: layout.views.rank_by.clone(),
+            average: layout.average.clone(),
+            flag: layout.flag.clone(),
+        };
+        Self {
+            job: job.clone(),
+            info,
+        }
+    }
+
+    /// The job's names as the API describes them.
+    pub fn info(&self) -> &JobInfo {
+        &self.info
+    }
+
+    /// The id of a key (see [`Backend::key`]).
+    pub fn key(&self, text: &str) -> Result<Option<u64>, ApiError> {
+        self.job
+            .keys()
+            .parse(text)
+            .map_err(|e| ApiError::bad_request("bad_key", e.to_string()))
+    }
+
+    /// The ids of keys, interning new string keys.
+    pub fn intern(&self, keys: &[String]) -> Result<Vec<u64>, ApiError> {
+        keys.iter()
+            .map(|k| {
+                self.job
+                    .keys()
+                    .intern(k)
+                    .map_err(|e| ApiError::bad_request("bad_key", e.to_string()))
+            })
+            .collect()
+    }
+
+    /// An id's key as JSON.
+    pub fn key_json(&self, id: u64) -> Json {
+        self.job.keys().to_json(id)
+    }
+
+    /// `{pk, username}`: the head of every object naming an entity.
+    pub fn object(&self, id: u64) -> Map<String, Json> {
+        let mut out = Map::new();
+        out.insert(self.info.key_name.clone(), self.key_json(id));
+        if let Some(name) = &self.info.label_name {
+            out.insert(
+                name.clone(),
+                self.job.label_for(id).map_or(Json::Null, Json::from),
+            );
+        }
+        out
+    }
+}
+
 /// An entity's latest view as the API's JSON object (nulls until its first
 /// observation). Shared by the embedded and the cluster read models.
-pub fn entity_json(views: &Views, label: Option<String>, id: u64) -> Map<String, Json> {
-    let mut out = Map::new();
-    out.insert("pk".into(), json!(id));
-    if let Some(label) = label {
-        out.insert("username".into(), json!(label));
-    }
+pub fn entity_json(views: &Views, names: &Names, id: u64) -> Map<String, Json> {
+    let mut out = names.object(id);
+    let flag = names.info.flag.as_deref();
     let schema = views.schema();
     match views.entity(id) {
         Some(e) => {
-            for (name, value) in schema.metrics().iter().zip(&e.values) {
-                out.insert(name.clone(), json!(value));
+            for (m, (name, value)) in schema.metrics().iter().zip(&e.values).enumerate() {
+                let value = match value {
+                    Some(v) if schema.is_float(m) => number(trawler_views::decode_float(*v)),
+                    Some(v) => json!(v),
+                    None => Json::Null,
+                };
+                out.insert(name.clone(), value);
             }
             for ((name, _, _), ratio) in schema.ratios().iter().zip(&e.ratios) {
                 out.insert(name.clone(), ratio.map(number).unwrap_or(Json::Null));
             }
             out.insert("rank".into(), json!(e.rank));
-            out.insert(
-                "suspicious".into(),
-                json!(e.suspicion.map(|s| s.suspicious)),
-            );
-            out.insert(
-                "suspiciousCheckedAt".into(),
-                e.suspicion
-                    .map(|s| rfc3339(s.checked_at_ms))
-                    .unwrap_or(Json::Null),
-            );
+            if let Some(flag) = flag {
+                out.insert(flag.into(), json!(e.suspicion.map(|s| s.suspicious)));
+                out.insert(
+                    format!("{flag}CheckedAt"),
+                    e.suspicion
+                        .map(|s| rfc3339(s.checked_at_ms))
+                        .unwrap_or(Json::Null),
+                );
+            }
             out.insert("lastCrawledAt".into(), rfc3339(e.ts_ms));
         }
         None => {
@@ -75,12 +150,41 @@ pub fn entity_json(views: &Views, label: Option<String>, id: u64) -> Map<String,
             for (name, _, _) in schema.ratios() {
                 out.insert(name.clone(), Json::Null);
             }
-            for key in ["rank", "suspicious", "suspiciousCheckedAt", "lastCrawledAt"] {
-                out.insert(key.into(), Json::Null);
+            out.insert("rank".into(), Json::Null);
+            if let Some(flag) = flag {
+                out.insert(flag.into(), Json::Null);
+                out.insert(format!("{flag}CheckedAt"), Json::Null);
             }
+            out.insert("lastCrawledAt".into(), Json::Null);
         }
     }
     out
+}
+
+/// The statistics of the job's enrichment: how many entities are flagged
+/// (`suspiciousCount`) and how far the current sweep is
+/// (`lastSuspiciousSweepProgress`), when the job has one.
+pub fn flag_stats(
+    out: &mut Map<String, Json>,
+    names: &Names,
+    flagged: usize,
+    enrich: Option<&trawler_enrich::EnrichHandle>,
+) {
+    let Some(flag) = names.info.flag.as_deref() else {
+        return;
+    };
+    out.insert(format!("{flag}Count"), json!(flagged));
+    let mut capital = flag.chars();
+    let capital: String = capital
+        .next()
+        .map(|c| c.to_uppercase().chain(capital).collect())
+        .unwrap_or_default();
+    out.insert(
+        format!("last{capital}SweepProgress"),
+        enrich
+            .map(|e| number(e.sweep_progress()))
+            .unwrap_or(Json::Null),
+    );
 }
 
 /// Points of `metric` of one entity: a stored metric read through
@@ -150,27 +254,14 @@ pub fn metric_points(
     Ok(out)
 }
 
-/// The name of the metric entities are ranked by.
-pub fn rank_metric_of(views: &Views) -> String {
-    let schema = views.schema();
-    schema.metrics()[schema.rank_by()].clone()
-}
-
 /// The first `limit` entities by the ranked metric, as the API's objects.
-pub fn ranked_json(
-    views: &Views,
-    rank_metric: &str,
-    limit: usize,
-    label: impl Fn(u64) -> Json,
-) -> Vec<Map<String, Json>> {
+pub fn ranked_json(views: &Views, names: &Names, limit: usize) -> Vec<Map<String, Json>> {
     views
         .top(limit)
         .into_iter()
         .map(|r| {
-            let mut o = Map::new();
-            o.insert("pk".into(), json!(r.id));
-            o.insert("username".into(), label(r.id));
-            o.insert(rank_metric.to_owned(), json!(r.value));
+            let mut o = names.object(r.id);
+            o.insert(names.info.rank_metric.clone(), json!(r.value));
             o.insert("rank".into(), json!(r.rank));
             o
         })
@@ -180,26 +271,19 @@ pub fn ranked_json(
 /// The first `limit` entities by `by` from the views (rank, or the
 /// movers: gain = latest − first value of the previous clock hour, or of the
 /// clock hour 24 h before), in both modes.
-pub fn top_json(
-    views: &Views,
-    by: TopBy,
-    limit: usize,
-    label: impl Fn(u64) -> Json,
-) -> Vec<Map<String, Json>> {
+pub fn top_json(views: &Views, names: &Names, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
     let movers = |movers: Vec<trawler_views::Mover>| {
         movers
             .into_iter()
             .map(|m| {
-                let mut o = Map::new();
-                o.insert("pk".into(), json!(m.id));
-                o.insert("username".into(), label(m.id));
+                let mut o = names.object(m.id);
                 o.insert("gain".into(), json!(m.gain));
                 o
             })
             .collect()
     };
     match by {
-        TopBy::Ranked => ranked_json(views, &rank_metric_of(views), limit, &label),
+        TopBy::Ranked => ranked_json(views, names, limit),
         TopBy::Gain1h => movers(views.top_gainers(Window::Hour, limit)),
         TopBy::Gain24h => movers(views.top_gainers(Window::Day, limit)),
         TopBy::Loss1h => movers(views.top_losers(Window::Hour, limit)),
@@ -266,12 +350,16 @@ impl NodeBackend {
 }
 
 impl Backend for NodeBackend {
-    fn job(&self) -> &str {
-        &self.node.job
+    fn info(&self) -> &JobInfo {
+        self.names.info()
     }
 
-    fn metrics(&self) -> Vec<String> {
-        self.node.layout.series_names()
+    fn key(&self, text: &str) -> Result<Option<u64>, ApiError> {
+        self.names.key(text)
+    }
+
+    fn key_json(&self, id: u64) -> Json {
+        self.names.key_json(id)
     }
 
     fn entity(&self, id: u64) -> Result<Option<Map<String, Json>>, ApiError> {
@@ -279,11 +367,7 @@ impl Backend for NodeBackend {
         if !node.crawl.is_tracked(id) {
             return Ok(None);
         }
-        Ok(Some(entity_json(
-            &node.views,
-            node.crawl.job().label_for(id),
-            id,
-        )))
+        Ok(Some(entity_json(&node.views, &self.names, id)))
     }
 
     fn series(&self, id: u64, metric: &str, q: SeriesQuery) -> Result<Option<Points>, ApiError> {
@@ -306,8 +390,10 @@ impl Backend for NodeBackend {
         .map(Some)
     }
 
-    fn track(&self, ids: &[u64]) -> Result<TrackOutcome, ApiError> {
+    fn track(&self, keys: &[String]) -> Result<TrackOutcome, ApiError> {
         let node = &self.node;
+        let ids = self.names.intern(keys)?;
+        let ids = ids.as_slice();
         let added = node.crawl.track(ids.iter().copied()) as u64;
         if let Some(enrich) = node.enrich() {
             enrich.track(ids.to_vec());
@@ -349,7 +435,7 @@ impl Backend for NodeBackend {
         out.insert("trackedAccounts".into(), json!(crawl.gauges.tracked));
         out.insert("crawledAccounts".into(), json!(views.tracked));
         out.insert(
-            crate::node::average_metric_of(&node.views),
+            node.layout.average.clone(),
             average
                 .and_then(|a| a.mean())
                 .map(number)
@@ -388,13 +474,7 @@ impl Backend for NodeBackend {
             "effectiveIntervalMs".into(),
             number(schedule.effective_interval_ms),
         );
-        out.insert("suspiciousCount".into(), json!(views.suspicious));
-        out.insert(
-            "lastSuspiciousSweepProgress".into(),
-            node.enrich()
-                .map(|e| number(e.sweep_progress()))
-                .unwrap_or(Json::Null),
-        );
+        flag_stats(&mut out, &self.names, views.suspicious, node.enrich());
         let store = node.store.stats();
         out.insert("samplesStored".into(), json!(store.samples));
         out.insert("bytesOnDisk".into(), json!(store.bytes_on_disk));
@@ -413,22 +493,11 @@ impl Backend for NodeBackend {
         invalid_page(&self.node.crawl, after, limit)
     }
 
-    fn rank_metric(&self) -> String {
-        rank_metric_of(&self.node.views)
-    }
-
     fn top(&self, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
-        let label = |id: u64| {
-            self.node
-                .crawl
-                .job()
-                .label_for(id)
-                .map_or(Json::Null, Json::from)
-        };
-        top_json(&self.node.views, by, limit, label)
+        top_json(&self.node.views, &self.names, by, limit)
     }
 
-    fn suspicious(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
+    fn flagged(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
         self.node.views.suspicious(after, limit)
     }
 
@@ -439,12 +508,12 @@ impl Backend for NodeBackend {
     fn average_series(&self, q: SeriesQuery) -> Result<Points, ApiError> {
         let node = &self.node;
         let job = crate::node::aggregates_job(&node.job);
-        let metric = node.average_metric();
+        let metric = &node.layout.average;
         let series = node
             .store
             .list_series(&job)
             .into_iter()
-            .find(|s| s.metric == metric && s.entity == 0);
+            .find(|s| s.metric == *metric && s.entity == 0);
         match series {
             Some(s) => self.stored_points(s.id, q),
             None => Ok(Vec::new()),

@@ -29,12 +29,11 @@ use trawler_enrich::{EnrichHandle, Verdict};
 use trawler_views::{HourlyFirsts, Reference, Suspicion, Update, Views, HOURS};
 
 use crate::backend::{
-    entity_json, invalid_page, metric_points, rank_metric_of, top_json, write_metrics,
+    entity_json, flag_stats, invalid_page, metric_points, top_json, write_metrics, Names,
 };
 use crate::config::{ClusterSettings, NodeConfig};
 use crate::error::{Result, Step};
 use crate::layout::Layout;
-use crate::node::SUSPICIOUS_METRIC;
 use crate::now_ms;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -45,6 +44,10 @@ const PUBLISH_GIVE_UP: Duration = Duration::from_secs(60);
 /// Everything a cluster node shares between its tasks and the API.
 pub struct ClusterNode {
     job: Job,
+    /// How the API names entities.
+    names: Names,
+    /// How series are labelled in VictoriaMetrics.
+    naming: trawler_cluster::vm::Naming,
     /// Every id of the job (the cluster's tracked set).
     all_ids: IdSet,
     layout: Layout,
@@ -143,10 +146,10 @@ impl ClusterNode {
                 let width = columns.len();
                 let mut values = Vec::with_capacity(batch.rows.len() * width);
                 for row in &batch.rows {
-                    values.extend(columns.iter().map(|c| {
+                    values.extend(columns.iter().enumerate().map(|(slot, c)| {
                         c.and_then(|c| row.2.get(c).copied().flatten())
                             .filter(|v| v.is_finite())
-                            .map(|v| v as i64)
+                            .and_then(|v| self.layout.view_value(slot, v))
                     }));
                 }
                 let updates: Vec<Update> = batch
@@ -238,7 +241,8 @@ async fn publish_verdicts(node: Arc<ClusterNode>, mut verdicts: mpsc::Receiver<V
     let mut batch = Vec::with_capacity(1_024);
     while verdicts.recv_many(&mut batch, 1_024).await > 0 {
         let payload = Verdicts {
-            metric: SUSPICIOUS_METRIC.into(),
+            // Only a job with an enrichment sends answers.
+            metric: node.layout.flag.clone().unwrap_or_default(),
             rows: batch
                 .iter()
                 .map(|v| VerdictRow(v.id, v.value, v.checked_at_ms))
@@ -292,7 +296,8 @@ async fn follow_stream(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) 
 /// stream fills the hours it sees meanwhile; VictoriaMetrics' first value of
 /// an hour (older) replaces the stream's. Returns the entities restored.
 async fn restore_references(node: &ClusterNode) -> usize {
-    let rank = rank_metric_of(&node.views);
+    let rank = node.layout.views.rank_by.clone();
+    let key_label = node.job.key_name().to_owned();
     let job = node.job.name().to_owned();
     let hour = now_ms().div_euclid(HOUR_MS) * HOUR_MS;
     let mut restored = std::collections::HashSet::new();
@@ -306,9 +311,9 @@ async fn restore_references(node: &ClusterNode) -> usize {
                 let mut firsts = node.references.lock().unwrap_or_else(|e| e.into_inner());
                 for (labels, v) in series {
                     let Some(id) = labels
-                        .get("pk")
+                        .get(&key_label)
                         .and_then(|p| p.as_str())
-                        .and_then(|p| p.parse::<u64>().ok())
+                        .and_then(|p| node.job.keys().parse(p).ok().flatten())
                     else {
                         continue;
                     };
@@ -350,8 +355,16 @@ pub(crate) async fn run(
     // No ids at start: the node polls the shards it leases.
     let crawl = trawler_crawl::start_http(job.with_ids(IdSet::default()), events_tx)
         .step("the HTTP client")?;
+    let keys = job.keys().clone();
+    let naming = trawler_cluster::vm::Naming {
+        job: job.name().to_owned(),
+        key_label: job.key_name().to_owned(),
+        key: Arc::new(move |id, out| keys.write(id, out)),
+    };
     let node = Arc::new(ClusterNode {
         publisher: Publisher::new(cluster.js.clone(), &cluster.config.node_id),
+        names: Names::new(&job, &layout),
+        naming,
         job: job.clone(),
         all_ids,
         layout,
@@ -386,23 +399,28 @@ pub(crate) async fn run(
     }
     let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
     let writer_task = {
-        let (cluster, vm, job, metrics, stop) = (
+        let (cluster, vm, naming, metrics, stop) = (
             cluster.clone(),
             vm.clone(),
-            job.name().to_owned(),
+            node.naming.clone(),
             node.writer.clone(),
             writer_stop_rx,
         );
         tokio::spawn(async move {
-            if let Err(e) = trawler_cluster::vm::run_writer(cluster, vm, job, metrics, stop).await {
+            if let Err(e) =
+                trawler_cluster::vm::run_writer(cluster, vm, naming, metrics, stop).await
+            {
                 tracing::error!(error = %e, "the VictoriaMetrics writer stopped");
             }
         })
     };
 
     let mut verdicts_task = None;
-    if let Some(period) = node_config.suspicious_period {
-        let enrichment = crate::node::suspicious_enrichment(&job, period)?;
+    let enrichment = match node_config.enrichment {
+        true => crate::node::job_enrichment(&job, node_config.enrichment_period)?,
+        false => None,
+    };
+    if let Some(enrichment) = enrichment {
         let (verdicts_tx, verdicts_rx) = mpsc::channel(4_096);
         let (handle, _task) = enrichment.spawn(
             std::iter::empty(),
@@ -500,14 +518,14 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// The suspicious check's body from the views (which follow every node).
+/// The enrichment's bodies from the views (which follow every node).
 struct ClusterInputs {
     node: Arc<ClusterNode>,
 }
 
 impl trawler_enrich::Inputs for ClusterInputs {
     fn body(&self, id: u64) -> Option<Vec<u8>> {
-        super::node::suspicious_body(&self.node.views, self.node.job.label_for(id), id)
+        super::node::enrichment_body(&self.node.job, &self.node.views, id)
     }
 }
 
@@ -554,23 +572,23 @@ impl ClusterBackend {
 }
 
 impl Backend for ClusterBackend {
-    fn job(&self) -> &str {
-        self.node.job.name()
+    fn info(&self) -> &trawler_api::JobInfo {
+        self.node.names.info()
     }
 
-    fn metrics(&self) -> Vec<String> {
-        self.node.layout.series_names()
+    fn key(&self, text: &str) -> Result<Option<u64>, ApiError> {
+        self.node.names.key(text)
+    }
+
+    fn key_json(&self, id: u64) -> Json {
+        self.node.names.key_json(id)
     }
 
     fn entity(&self, id: u64) -> Result<Option<Map<String, Json>>, ApiError> {
         if !self.node.all_ids.contains(id) {
             return Ok(None);
         }
-        Ok(Some(entity_json(
-            &self.node.views,
-            self.node.job.label_for(id),
-            id,
-        )))
+        Ok(Some(entity_json(&self.node.views, &self.node.names, id)))
     }
 
     fn series(&self, id: u64, metric: &str, q: SeriesQuery) -> Result<Option<Points>, ApiError> {
@@ -578,15 +596,13 @@ impl Backend for ClusterBackend {
         if !node.all_ids.contains(id) {
             return Ok(None);
         }
-        let job = node.job.name();
         metric_points(&node.layout, metric, |pos| {
             let name = &node.layout.stored[pos].name;
             let points = self
-                .block_on(node.vm.export(
-                    &trawler_cluster::vm::selector(job, name, id),
-                    q.from_ms,
-                    q.to_ms,
-                ))
+                .block_on(
+                    node.vm
+                        .export(&node.naming.selector(name, id), q.from_ms, q.to_ms),
+                )
                 .map_err(vm_error)?;
             Ok(match q.step_ms {
                 Some(step) => downsample(points, step),
@@ -596,7 +612,7 @@ impl Backend for ClusterBackend {
         .map(Some)
     }
 
-    fn track(&self, _ids: &[u64]) -> Result<TrackOutcome, ApiError> {
+    fn track(&self, _keys: &[String]) -> Result<TrackOutcome, ApiError> {
         Err(ApiError::bad_request(
             "cluster_mode",
             "in cluster mode the tracked set is the job file's ids; change it there",
@@ -636,7 +652,7 @@ impl Backend for ClusterBackend {
         out.insert("trackedAccounts".into(), json!(node.all_ids.len()));
         out.insert("crawledAccounts".into(), json!(views.tracked));
         out.insert(
-            crate::node::average_metric_of(&node.views),
+            node.layout.average.clone(),
             average
                 .and_then(|a| a.mean())
                 .map(Json::from)
@@ -669,14 +685,7 @@ impl Backend for ClusterBackend {
                 interval_ms
             }),
         );
-        out.insert("suspiciousCount".into(), json!(views.suspicious));
-        out.insert(
-            "lastSuspiciousSweepProgress".into(),
-            node.enrich
-                .get()
-                .map(|e| Json::from(e.sweep_progress()))
-                .unwrap_or(Json::Null),
-        );
+        flag_stats(&mut out, &node.names, views.suspicious, node.enrich.get());
         out.insert("samplesStored".into(), json!(sum("vmSamples") as u64));
         out.insert("bytesOnDisk".into(), Json::Null);
         out.insert("bytesPerSample".into(), Json::Null);
@@ -790,17 +799,11 @@ impl Backend for ClusterBackend {
         );
     }
 
-    fn rank_metric(&self) -> String {
-        rank_metric_of(&self.node.views)
-    }
-
     fn top(&self, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
-        let node = &self.node;
-        let label = |id: u64| node.job.label_for(id).map_or(Json::Null, Json::from);
-        top_json(&node.views, by, limit, label)
+        top_json(&self.node.views, &self.node.names, by, limit)
     }
 
-    fn suspicious(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
+    fn flagged(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
         self.node.views.suspicious(after, limit)
     }
 

@@ -91,8 +91,10 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Bearer token of state-changing endpoints.
     pub api_token: Option<String>,
-    /// The suspicious enrichment's period; `None`: off.
-    pub suspicious_period: Option<Duration>,
+    /// Whether the job's enrichment runs (`--no-enrichment` turns it off).
+    pub enrichment: bool,
+    /// Replaces the period of the job file's enrichment.
+    pub enrichment_period: Option<Duration>,
     /// The built-in simulator, when there is no target.
     pub simulator: SimSettings,
     /// How long requests in flight may finish at shutdown.
@@ -127,7 +129,8 @@ impl NodeConfig {
             data: PathBuf::from("trawler-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_token: None,
-            suspicious_period: Some(Duration::from_secs(86_400)),
+            enrichment: true,
+            enrichment_period: None,
             simulator: SimSettings::default(),
             grace: Duration::from_secs(5),
             retention: Duration::from_secs(30 * 86_400),

@@ -26,7 +26,7 @@ use crate::config::NodeConfig;
 use crate::error::{config_error, Result, Step};
 use crate::layout::Layout;
 use crate::node::{self, Node};
-use crate::state::IdSetFile;
+use crate::state::StateFiles;
 use crate::status::Snapshot;
 
 /// Largest id range the built-in simulator is started for.
@@ -42,18 +42,24 @@ pub(crate) async fn run(
     let data = &config.data;
     std::fs::create_dir_all(data)
         .with_step(|| format!("creating the data folder {}", data.display()))?;
-    let tracked_file = IdSetFile::new(data.join("tracked.ids"));
-    let invalid_file = IdSetFile::new(data.join("invalid.ids"));
+    crate::state::claim_folder(data, config.job.job.name.trim())?;
+    let files = StateFiles::in_folder(data);
+    let (tracked_file, invalid_file, keys_file) = (&files.tracked, &files.invalid, &files.keys);
 
     // The tracked set: --ids, else the set saved by the last run (minus ids
     // the target said do not exist), else the job's.
+    let string_keys = config.job.job.key_type == trawler_crawl::KeyKind::String;
     let mut overrides = config.overrides.clone();
+    let mut resumed = None;
     if overrides.ids.is_none() {
         if let Some(saved) = tracked_file.load()? {
             let invalid = invalid_file.load()?.unwrap_or_default();
-            let resumed: IdSet = saved.iter().filter(|id| !invalid.contains(*id)).collect();
-            tracing::info!(ids = resumed.len(), file = %tracked_file.path().display(), "resuming the saved tracked set");
-            overrides.ids = Some(resumed.to_string());
+            let set: IdSet = saved.iter().filter(|id| !invalid.contains(*id)).collect();
+            tracing::info!(ids = set.len(), file = %tracked_file.path().display(), "resuming the saved tracked set");
+            if !string_keys {
+                overrides.ids = Some(set.to_string());
+            }
+            resumed = Some(set);
         }
     }
     let mut job = config.job.build_with(&overrides)?;
@@ -69,8 +75,10 @@ pub(crate) async fn run(
     // The built-in simulator, when no target is given.
     let mut sim_task = None;
     if overrides.target.is_none() {
+        // The simulator's Mockstagram accounts cover the integer ids; a job
+        // with string keys polls its other API, which needs no accounts.
         let (first, last) = match (job.ids().ranges().first(), job.ids().ranges().last()) {
-            (Some(f), Some(l)) => (f.0, l.1),
+            (Some(f), Some(l)) if !string_keys => (f.0, l.1),
             _ => (1_000_000, 1_000_000),
         };
         let accounts = last - first + 1;
@@ -101,6 +109,19 @@ pub(crate) async fn run(
         sim_task = Some(tokio::spawn(async move { sim.serve(listener, stop).await }));
         overrides.target = Some(format!("http://{addr}"));
         job = config.job.build_with(&overrides)?;
+    }
+    if string_keys {
+        // Ids number the keys as the data folder's table does, so stored
+        // series keep their keys; the job's new keys get the next ids.
+        let saved = keys_file.load()?;
+        job = job
+            .with_saved_keys(&saved)
+            .map_err(|e| config_error!("{}: {e}", keys_file.path().display()))?;
+        if let Some(set) = resumed {
+            let known = job.keys().len() as u64;
+            job = job.with_ids(set.iter().filter(|id| *id < known).collect());
+        }
+        keys_file.save(&job.keys().names())?;
     }
     let target = overrides.target.clone().unwrap_or_default();
 
@@ -154,8 +175,7 @@ pub(crate) async fn run(
         store.clone(),
         views,
         crawl,
-        tracked_file,
-        invalid_file,
+        files.clone(),
     ));
     node.save_state()?;
     {
@@ -176,14 +196,17 @@ pub(crate) async fn run(
         job.interval().min(Duration::from_secs(60)),
     ));
 
-    // The suspicious-status enrichment, with its own pool and budget.
+    // The job's enrichment, with its own pool and budget.
     let mut verdicts_task = None;
-    if let Some(period) = config.suspicious_period {
-        let enrichment = crate::node::suspicious_enrichment(&job, period)?;
+    let enrichment = match config.enrichment {
+        true => crate::node::job_enrichment(&job, config.enrichment_period)?,
+        false => None,
+    };
+    if let Some(enrichment) = enrichment {
         let (verdicts_tx, verdicts_rx) = mpsc::channel(4_096);
         let (handle, _task) = enrichment.spawn(
             job.ids().iter(),
-            Arc::new(node::SuspiciousInputs::new(node.clone())),
+            Arc::new(node::EnrichmentInputs::new(node.clone())),
             verdicts_tx,
             stop_rx.clone(),
         );

@@ -60,12 +60,18 @@ pub struct Layout {
     /// Derived metrics computable from stored ones.
     pub derived: Vec<Derived>,
     /// Observation indexes of the metrics the views hold, in the views'
-    /// schema order (integer fields).
+    /// schema order (integer fields, then float fields).
     pub viewed: Vec<usize>,
     /// The views' configuration.
     pub views: ViewsConfig,
     /// Position in [`Layout::stored`] of the ranked metric.
     pub rank_stored: usize,
+    /// The name of the average of the ranked metric (its series and
+    /// statistic), from the job file.
+    pub average: String,
+    /// The enrichment's name, if the job has one: the metric its answers
+    /// are stored under (1 = yes) and the entity flag the views keep.
+    pub flag: Option<String>,
 }
 
 impl Layout {
@@ -117,29 +123,42 @@ impl Layout {
             }
         }
         let ints: Vec<&Stored> = stored.iter().filter(|s| s.kind == ValueKind::Int).collect();
-        let Some(first) = ints.first() else {
-            return Err(crate::error::config_error!(
-                "job {}: the live views need at least one integer field (type = \"integer\")",
-                job.name()
-            ));
-        };
+        let floats: Vec<&Stored> = stored
+            .iter()
+            .filter(|s| s.kind == ValueKind::Float)
+            .collect();
+        // The job checked that it ranks by an integer field.
+        let rank_name = metrics[job.rank_by()].name.clone();
         let views = ViewsConfig {
             metrics: ints.iter().map(|s| s.name.clone()).collect(),
-            rank_by: first.name.clone(),
+            rank_by: rank_name.clone(),
+            floats: floats.iter().map(|s| s.name.clone()).collect(),
             ratios,
         };
-        let viewed = ints.iter().map(|s| s.index).collect();
-        let rank_stored = stored
-            .iter()
-            .position(|s| s.name == first.name)
-            .unwrap_or(0);
+        let viewed = ints.iter().chain(&floats).map(|s| s.index).collect();
+        let rank_stored = stored.iter().position(|s| s.name == rank_name).unwrap_or(0);
         Ok(Self {
             stored,
             derived,
             viewed,
             views,
             rank_stored,
+            average: job.average_name().to_owned(),
+            flag: job.enrichments().first().map(|e| e.name.clone()),
         })
+    }
+
+    /// An observed number as the views hold their `slot`-th metric: an
+    /// integer, or a float's bits ([`trawler_views::encode_float`]); `None`
+    /// for no value (NaN).
+    pub fn view_value(&self, slot: usize, v: f64) -> Option<i64> {
+        if v.is_nan() {
+            None
+        } else if slot < self.views.metrics.len() {
+            Some(v as i64)
+        } else {
+            Some(trawler_views::encode_float(v))
+        }
     }
 
     /// Every metric a series read may name: stored, then derived.
@@ -168,6 +187,8 @@ mod tests {
         assert!(layout.derived[0].eval(10.0, 0.0).is_nan());
         assert_eq!(layout.views.rank_by, "followerCount");
         assert_eq!(layout.views.ratios.len(), 1);
+        assert_eq!(layout.average, "averageFollowerCount");
+        assert_eq!(layout.flag.as_deref(), Some("suspicious"));
         assert_eq!(
             layout.series_names(),
             ["followerCount", "followingCount", "followerRatio"]

@@ -18,11 +18,7 @@ use trawler_store::{Resolution, Sample, SeriesId, SeriesKey, Store, Value, Value
 use trawler_views::{HourlyFirsts, Reference, Row, Suspicion, Update, Views, HOURS};
 
 use crate::layout::Layout;
-use crate::state::IdSetFile;
-
-/// The metric under which suspicion verdicts are stored (1 = suspicious),
-/// one point per check.
-pub const SUSPICIOUS_METRIC: &str = "suspicious";
+use crate::state::StateFiles;
 
 /// The job-level series (the average's history) live under this job name,
 /// entity 0, so they never collide with an entity's series.
@@ -98,15 +94,15 @@ pub struct Node {
     enrich: OnceLock<EnrichHandle>,
     /// Series ids by entity.
     pub series: RwLock<SeriesTable>,
-    /// Series of suspicion verdicts by entity.
-    suspicious_series: Mutex<HashMap<u64, SeriesId>>,
+    /// Series of the enrichment's answers by entity.
+    flag_series: Mutex<HashMap<u64, SeriesId>>,
     /// Movers' references by entity, fed by ingest (no store reads on the
     /// ingest path) and restored from the store once at start-up.
     references: Mutex<HourlyFirsts>,
-    /// The persisted tracked set.
-    pub tracked_file: IdSetFile,
-    /// The persisted invalid set.
-    pub invalid_file: IdSetFile,
+    /// The persisted tracked and invalid sets and key table.
+    pub files: StateFiles,
+    /// String keys in the saved key table (a new key saves it again).
+    keys_saved: AtomicU64,
     /// Serialises writes of the state files.
     state_lock: Mutex<()>,
     /// Ingest counters.
@@ -124,15 +120,15 @@ impl Node {
         store: Arc<Store>,
         views: Views,
         crawl: CrawlHandle,
-        tracked_file: IdSetFile,
-        invalid_file: IdSetFile,
+        files: StateFiles,
     ) -> Self {
+        let keys_saved = AtomicU64::new(crawl.job().keys().len() as u64);
         let mut table = SeriesTable::new(layout.stored.len());
-        let mut suspicious = HashMap::new();
+        let mut flags = HashMap::new();
         let mut partial: HashMap<u64, Vec<Option<SeriesId>>> = HashMap::new();
         for info in store.list_series(&job) {
-            if info.metric == SUSPICIOUS_METRIC {
-                suspicious.insert(info.entity, info.id);
+            if layout.flag.as_deref() == Some(info.metric.as_str()) {
+                flags.insert(info.entity, info.id);
             } else if let Some(pos) = layout.stored.iter().position(|s| s.name == info.metric) {
                 partial
                     .entry(info.entity)
@@ -152,10 +148,10 @@ impl Node {
             crawl,
             enrich: OnceLock::new(),
             series: RwLock::new(table),
-            suspicious_series: Mutex::new(suspicious),
+            flag_series: Mutex::new(flags),
             references: Mutex::new(HourlyFirsts::default()),
-            tracked_file,
-            invalid_file,
+            files,
+            keys_saved,
             state_lock: Mutex::new(()),
             counters: IngestCounters::default(),
             failed: tokio::sync::watch::channel(None).0,
@@ -240,10 +236,13 @@ impl Node {
         }
         let mut values = Vec::with_capacity(observations.len() * self.layout.viewed.len());
         for o in &observations {
-            values.extend(self.layout.viewed.iter().map(|&i| {
-                let v = o.values[i];
-                (!v.is_nan()).then_some(v as i64)
-            }));
+            values.extend(
+                self.layout
+                    .viewed
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, &i)| self.layout.view_value(slot, o.values[i])),
+            );
         }
         let width = self.layout.viewed.len();
         let references = self.references(&observations);
@@ -379,7 +378,7 @@ impl Node {
         let key = SeriesKey {
             job: &job,
             entity: 0,
-            metric: &self.average_metric(),
+            metric: &self.layout.average,
         };
         let result = self.store.series(key, ValueKind::Float).and_then(|series| {
             self.store.append(&[Sample {
@@ -391,11 +390,6 @@ impl Node {
         if let Err(e) = result {
             tracing::error!(error = %e, "could not store the average");
         }
-    }
-
-    /// Name of the average's series, e.g. `averageFollowerCount`.
-    pub fn average_metric(&self) -> String {
-        average_metric_of(&self.views)
     }
 
     /// Creates the series of entities seen for the first time, in one
@@ -436,18 +430,18 @@ impl Node {
         }
     }
 
-    /// Records suspicion verdicts in the store (one point per check, so the
-    /// status and when it was checked survive a restart; a constant series
-    /// costs next to nothing) and then in the views.
+    /// Records the enrichment's answers in the store (one point per check,
+    /// so the answer and when it was checked survive a restart; a constant
+    /// series costs next to nothing) and then in the views.
     pub fn record_verdicts(&self, verdicts: &[Verdict]) {
         self.counters
             .verdicts
             .fetch_add(verdicts.len() as u64, Ordering::Relaxed);
+        let Some(flag) = self.layout.flag.as_deref() else {
+            return;
+        };
         let mut samples = Vec::new();
-        let mut series = self
-            .suspicious_series
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut series = self.flag_series.lock().unwrap_or_else(|e| e.into_inner());
         for v in verdicts {
             let id = match series.get(&v.id) {
                 Some(id) => *id,
@@ -455,12 +449,12 @@ impl Node {
                     let key = SeriesKey {
                         job: &self.job,
                         entity: v.id,
-                        metric: SUSPICIOUS_METRIC,
+                        metric: flag,
                     };
                     match self.store.series(key, ValueKind::Int) {
                         Ok(id) => *series.entry(v.id).or_insert(id),
                         Err(e) => {
-                            tracing::error!(error = %e, "could not create a suspicious series");
+                            tracing::error!(error = %e, metric = flag, "could not create an enrichment series");
                             continue;
                         }
                     }
@@ -475,7 +469,7 @@ impl Node {
         drop(series);
         if !samples.is_empty() {
             if let Err(e) = self.store.append(&samples) {
-                tracing::error!(error = %e, "could not store suspicion verdicts");
+                tracing::error!(error = %e, metric = flag, "could not store the enrichment's answers");
                 self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
                 self.check_store();
                 return;
@@ -499,52 +493,42 @@ impl Node {
     /// Writes the tracked and invalid sets to their files.
     pub fn save_state(&self) -> crate::Result<()> {
         let _guard = self.state_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.tracked_file.save(&self.crawl.tracked_ids())?;
-        self.invalid_file
+        // The key table first: a saved tracked set never names an id the
+        // table does not number.
+        let keys = self.crawl.job().keys();
+        if keys.len() as u64 != self.keys_saved.load(Ordering::Relaxed) {
+            let names = keys.names();
+            self.files.keys.save(&names)?;
+            self.keys_saved.store(names.len() as u64, Ordering::Relaxed);
+        }
+        self.files.tracked.save(&self.crawl.tracked_ids())?;
+        self.files
+            .invalid
             .save(&self.crawl.invalid_ids().into_iter().collect())?;
         Ok(())
     }
 }
 
-/// The suspicious check of `job`'s entities, each once per `period`, the
-/// same in both modes (which differ only in where verdicts go).
-pub fn suspicious_enrichment(
+/// The job's enrichment (its first `[[enrichment]]`), each entity asked
+/// once per `period` if given (`--enrichment-period`) or the job file's
+/// period; `None` when the job has none. The same in both modes, which
+/// differ only in where answers go.
+pub fn job_enrichment(
     job: &trawler_crawl::Job,
-    period: std::time::Duration,
-) -> crate::Result<trawler_enrich::Enrichment> {
+    period: Option<std::time::Duration>,
+) -> crate::Result<Option<trawler_enrich::Enrichment>> {
     use crate::error::Step;
-    trawler_enrich::EnrichConfig {
-        url: suspicious_url(job),
-        period,
-        ..Default::default()
+    let Some(spec) = job.enrichments().first() else {
+        return Ok(None);
+    };
+    let mut config = trawler_enrich::EnrichConfig::from(spec);
+    if let Some(period) = period {
+        config.period = period;
     }
-    .build()
-    .step("the suspicious enrichment")
-}
-
-/// The suspicious check's URL: `/api/v1/{job}/is_suspicious` on the
-/// target's scheme, host and port (from the job's URL, after `--target`),
-/// the same in both modes.
-pub fn suspicious_url(job: &trawler_crawl::Job) -> String {
-    let url = job.url_for(0);
-    let base = url.find("/api/").map_or(url.as_str(), |i| &url[..i]);
-    format!("{base}/api/v1/{}/is_suspicious", job.name())
-}
-
-/// The name of the average of the ranked metric: `average` and the metric
-/// with its first letter upper-cased (`followerCount` →
-/// `averageFollowerCount`): the series of its history and the key in the
-/// stats, in both modes.
-pub fn average_metric_of(views: &Views) -> String {
-    let schema = views.schema();
-    let rank = &schema.metrics()[schema.rank_by()];
-    let mut name = String::from("average");
-    let mut chars = rank.chars();
-    if let Some(c) = chars.next() {
-        name.extend(c.to_uppercase());
-        name.push_str(chars.as_str());
-    }
-    name
+    config
+        .build()
+        .with_step(|| format!("the {} enrichment", spec.name))
+        .map(Some)
 }
 
 /// Rebuilds the views from the store's latest values of tracked ids.
@@ -577,7 +561,7 @@ pub fn rebuild_views(
             let row = latest
                 .entry(entry.entity)
                 .or_insert_with(|| (i64::MIN, vec![None; viewed.len()], None));
-            if entry.metric == SUSPICIOUS_METRIC {
+            if layout.flag.as_deref() == Some(entry.metric) {
                 row.2 = Some(Suspicion {
                     suspicious: entry.point.value.as_f64() != 0.0,
                     checked_at_ms: entry.point.ts_ms,
@@ -588,10 +572,11 @@ pub fn rebuild_views(
                 return;
             };
             if let Some(slot) = viewed.iter().position(|&v| v == pos) {
-                if let Value::Int(v) = entry.point.value {
-                    row.1[slot] = Some(v);
-                    row.0 = row.0.max(entry.point.ts_ms);
-                }
+                row.1[slot] = match entry.point.value {
+                    Value::Int(v) => Some(v),
+                    Value::Float(v) => layout.view_value(slot, v),
+                };
+                row.0 = row.0.max(entry.point.ts_ms);
             }
         })
         .map_err(|e| crate::Error::Step {
@@ -655,36 +640,49 @@ pub async fn ingest_verdicts(node: Arc<Node>, mut verdicts: mpsc::Receiver<Verdi
     }
 }
 
-/// The suspicious check's request body, from an account's latest values:
-/// `{pk, username, followerCount, followingCount}` as Mockstagram expects.
-pub struct SuspiciousInputs {
+/// An enrichment's request bodies, from the job's body template and each
+/// entity's latest values in the views.
+pub struct EnrichmentInputs {
     node: Arc<Node>,
 }
 
-impl SuspiciousInputs {
+impl EnrichmentInputs {
     /// Inputs read from `node`'s views.
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
     }
 }
 
-impl trawler_enrich::Inputs for SuspiciousInputs {
+impl trawler_enrich::Inputs for EnrichmentInputs {
     fn body(&self, id: u64) -> Option<Vec<u8>> {
-        suspicious_body(&self.node.views, self.node.crawl.job().label_for(id), id)
+        enrichment_body(self.node.crawl.job(), &self.node.views, id)
     }
 }
 
-/// `{pk, username, <each viewed metric>}` from the views, or `None` before
-/// the entity's first observation.
-pub fn suspicious_body(views: &Views, label: Option<String>, id: u64) -> Option<Vec<u8>> {
+/// The body of `job`'s enrichment for `id` (see
+/// [`trawler_crawl::job::BodyPart`]), or `None` before the entity's first
+/// observation of a metric the body names (and for a job without
+/// enrichment).
+pub fn enrichment_body(job: &trawler_crawl::Job, views: &Views, id: u64) -> Option<Vec<u8>> {
+    use trawler_crawl::job::BodyPart;
+    let spec = job.enrichments().first()?;
     let entity = views.entity(id)?;
+    let schema = views.schema();
     let mut body = serde_json::Map::new();
-    body.insert("pk".into(), id.into());
-    if let Some(label) = label {
-        body.insert("username".into(), label.into());
-    }
-    for (name, value) in views.schema().metrics().iter().zip(&entity.values) {
-        body.insert(name.clone(), (*value)?.into());
+    for (member, part) in &spec.body {
+        let value = match part {
+            BodyPart::Key => job.keys().to_json(id),
+            BodyPart::Label => match job.label_for(id) {
+                Some(label) => label.into(),
+                None => continue,
+            },
+            BodyPart::Metric(index) => {
+                let slot = schema.metric(&job.metrics()[*index].name)?;
+                (*entity.values.get(slot)?)?.into()
+            }
+            BodyPart::Text(text) => text.as_str().into(),
+        };
+        body.insert(member.clone(), value);
     }
     serde_json::to_vec(&body).ok()
 }

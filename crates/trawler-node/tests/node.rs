@@ -11,7 +11,7 @@ use trawler_crawl::{Event, JobConfig, Observation, Overrides};
 use trawler_node::backend::NodeBackend;
 use trawler_node::layout::Layout;
 use trawler_node::node::Node;
-use trawler_node::state::IdSetFile;
+use trawler_node::state::StateFiles;
 
 struct Fixture {
     node: Arc<Node>,
@@ -51,8 +51,7 @@ fn fixture_with(store: impl FnOnce(&mut trawler_store::StoreConfig)) -> Fixture 
         store,
         views,
         crawl,
-        IdSetFile::new(dir.path().join("tracked.ids")),
-        IdSetFile::new(dir.path().join("invalid.ids")),
+        StateFiles::in_folder(dir.path()),
     ));
     Fixture {
         backend: NodeBackend::new(node.clone()),
@@ -136,15 +135,37 @@ async fn a_sample_at_or_before_the_latest_stored_one_does_not_move_the_view() {
     assert_eq!(e["followerCount"], 10_000, "{e:?}");
 }
 
+/// The enrichment (URL on the target, body from the job file's template)
+/// and the average are named by the job file, not by the code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_suspicious_check_and_the_average_are_named_from_the_job() {
+async fn the_enrichment_and_the_average_are_named_from_the_job() {
     let f = fixture();
+    let job = f.node.crawl.job();
     assert_eq!(
-        trawler_node::node::suspicious_url(f.node.crawl.job()),
+        job.enrichments()[0].url,
         "http://127.0.0.1:9/api/v1/influencers/is_suspicious"
     );
-    assert_eq!(f.node.average_metric(), "averageFollowerCount");
-    assert!(f.backend.stats().contains_key("averageFollowerCount"));
+    assert!(trawler_node::node::job_enrichment(job, None)
+        .unwrap()
+        .is_some());
+    // No body before the first observation: the template names metrics.
+    assert!(trawler_node::node::enrichment_body(job, &f.node.views, 1).is_none());
+    let t = trawler_node::now_ms() - 60_000;
+    f.node.ingest(&[observation(1, t, 10_000.0, 100.0)]);
+    let body: serde_json::Value = serde_json::from_slice(
+        &trawler_node::node::enrichment_body(job, &f.node.views, 1).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"pk": 1, "username": "influencer-1", "followerCount": 10_000, "followingCount": 100})
+    );
+    assert_eq!(f.node.layout.average, "averageFollowerCount");
+    let stats = f.backend.stats();
+    assert!(stats.contains_key("averageFollowerCount"), "{stats:?}");
+    assert!(stats.contains_key("suspiciousCount"), "{stats:?}");
+    assert_eq!(f.backend.info().flag.as_deref(), Some("suspicious"));
+    assert_eq!(f.backend.info().key_name, "pk");
 }
 
 /// A failed fsync: the store refuses every write from then on, so the node

@@ -16,6 +16,10 @@ pub struct ViewsConfig {
     pub metrics: Vec<String>,
     /// The metric that ranks entities, feeds the average, top N and movers.
     pub rank_by: String,
+    /// Float metrics kept as each entity's latest value only (no average,
+    /// rank or ratio), after the integer ones in update order; their
+    /// values travel as [`encode_float`] bits.
+    pub floats: Vec<String>,
     /// Metrics derived on read as `numerator / denominator`.
     pub ratios: Vec<RatioConfig>,
 }
@@ -35,6 +39,8 @@ pub struct RatioConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schema {
     metrics: Vec<String>,
+    /// Integer metrics come first; from here on, floats.
+    ints: usize,
     rank_by: usize,
     ratios: Vec<(String, usize, usize)>,
 }
@@ -43,6 +49,17 @@ impl Schema {
     /// Metric names, in update order.
     pub fn metrics(&self) -> &[String] {
         &self.metrics
+    }
+
+    /// Whether the metric at `m` is a float (its values are
+    /// [`encode_float`] bits).
+    pub fn is_float(&self, m: usize) -> bool {
+        m >= self.ints
+    }
+
+    /// How many metrics are integers (the first ones).
+    pub fn ints(&self) -> usize {
+        self.ints
     }
 
     /// Position of the ranked metric in [`Self::metrics`].
@@ -105,6 +122,16 @@ pub enum ViewsError {
     },
 }
 
+/// A float metric's value as the `i64` an [`crate::Update`] carries.
+pub fn encode_float(v: f64) -> i64 {
+    v.to_bits() as i64
+}
+
+/// The float an [`encode_float`] value holds.
+pub fn decode_float(v: i64) -> f64 {
+    f64::from_bits(v as u64)
+}
+
 impl ViewsConfig {
     /// The flagship job's views: follower and following counts, ranked by
     /// followers, with `followerRatio`.
@@ -112,6 +139,7 @@ impl ViewsConfig {
         Self {
             metrics: vec!["followerCount".into(), "followingCount".into()],
             rank_by: "followerCount".into(),
+            floats: Vec::new(),
             ratios: vec![RatioConfig {
                 name: "followerRatio".into(),
                 numerator: "followerCount".into(),
@@ -129,15 +157,16 @@ impl ViewsConfig {
         if self.metrics.is_empty() {
             return Err(ViewsError::NoMetrics);
         }
-        if self.metrics.len() > MAX_METRICS {
+        if self.metrics.len() + self.floats.len() > MAX_METRICS {
             return Err(ViewsError::TooManyMetrics {
-                count: self.metrics.len(),
+                count: self.metrics.len() + self.floats.len(),
                 max: MAX_METRICS,
             });
         }
         let names = self
             .metrics
             .iter()
+            .chain(&self.floats)
             .chain(self.ratios.iter().map(|r| &r.name));
         let mut seen = std::collections::HashSet::new();
         for name in names {
@@ -168,7 +197,8 @@ impl ViewsConfig {
             })
             .collect::<Result<_, ViewsError>>()?;
         Ok(Schema {
-            metrics: self.metrics.clone(),
+            metrics: self.metrics.iter().chain(&self.floats).cloned().collect(),
+            ints: self.metrics.len(),
             rank_by,
             ratios,
         })
@@ -200,6 +230,7 @@ mod tests {
         let config = ViewsConfig {
             metrics: vec![],
             rank_by: "x".into(),
+            floats: vec![],
             ratios: vec![],
         };
         assert_eq!(config.build().unwrap_err(), ViewsError::NoMetrics);
@@ -207,6 +238,7 @@ mod tests {
         let config = ViewsConfig {
             metrics: (0..9).map(|i| format!("m{i}")).collect(),
             rank_by: "m0".into(),
+            floats: vec![],
             ratios: vec![],
         };
         assert!(matches!(

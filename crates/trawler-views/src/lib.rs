@@ -82,7 +82,9 @@ mod state;
 
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use config::{RatioConfig, Schema, ViewsConfig, ViewsError, MAX_METRICS};
+pub use config::{
+    decode_float, encode_float, RatioConfig, Schema, ViewsConfig, ViewsError, MAX_METRICS,
+};
 pub use hourly::{HourlyFirsts, HOURS};
 use state::State;
 

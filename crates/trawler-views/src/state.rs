@@ -57,6 +57,9 @@ impl PartialOrd for Key {
 pub(crate) struct State {
     /// Metrics per entity (stride of `values`).
     width: usize,
+    /// The first `ints` metrics are integers and have sums; the rest are
+    /// floats kept as latest values only.
+    ints: usize,
     rank_by: usize,
     index: IdIndex,
     free: Vec<u32>,
@@ -85,6 +88,7 @@ impl State {
         let width = schema.metrics().len();
         Self {
             width,
+            ints: schema.ints(),
             rank_by: schema.rank_by(),
             sums: vec![0; width],
             counts: vec![0; width],
@@ -150,7 +154,7 @@ impl State {
         let mut rank = Vec::new();
         let mut movers = [Vec::new(), Vec::new()];
         for (slot, &id) in ids.iter().enumerate().filter(|(slot, _)| live[*slot]) {
-            for m in 0..st.width {
+            for m in 0..st.ints {
                 if let Some(v) = st.value(slot, m) {
                     st.sums[m] += i128::from(v);
                     st.counts[m] += 1;
@@ -231,7 +235,7 @@ impl State {
         let Some(slot) = self.index.remove(id).map(|s| s as usize) else {
             return false;
         };
-        for m in 0..self.width {
+        for m in 0..self.ints {
             if let Some(v) = self.value(slot, m) {
                 self.sums[m] -= i128::from(v);
                 self.counts[m] -= 1;
@@ -414,6 +418,12 @@ impl State {
     }
 
     fn set_value(&mut self, slot: usize, metric: usize, v: i64) {
+        if metric >= self.ints {
+            // A float: its latest value only, no average.
+            self.values[slot * self.width + metric] = v;
+            self.flags[slot] |= 1 << metric;
+            return;
+        }
         match self.value(slot, metric) {
             Some(old) => self.sums[metric] += i128::from(v) - i128::from(old),
             None => {

@@ -197,9 +197,9 @@ pub(crate) fn extract(metrics: &[Metric], body: &[u8]) -> Result<Box<[f64]>, Ext
     Ok(values.into_boxed_slice())
 }
 
-/// The answer by which the target says an id does not exist: a status and a
-/// JSON string at a pointer. Mockstagram answers
-/// `500 {"error":{"name":"InfluencerNotFoundError"}}`.
+/// The answer by which the target says an id does not exist: a status and,
+/// unless the pointer is empty, a JSON string at a pointer (Mockstagram
+/// answers `500 {"error":{"name":"InfluencerNotFoundError"}}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotFoundRule {
     /// The status of such an answer.
@@ -215,13 +215,14 @@ impl NotFoundRule {
     /// status are parsed, so normal answers cost nothing here.
     pub fn matches(&self, status: u16, body: &[u8]) -> bool {
         status == self.status
-            && serde_json::from_slice::<serde_json::Value>(body)
-                .ok()
-                .and_then(|json| {
-                    json.pointer(&self.pointer)
-                        .and_then(|v| v.as_str().map(|s| s == self.equals))
-                })
-                .unwrap_or(false)
+            && (self.pointer.is_empty()
+                || serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|json| {
+                        json.pointer(&self.pointer)
+                            .and_then(|v| v.as_str().map(|s| s == self.equals))
+                    })
+                    .unwrap_or(false))
     }
 }
 

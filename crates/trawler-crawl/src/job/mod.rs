@@ -45,6 +45,7 @@
 //! ```
 
 mod duration;
+mod enrichment;
 mod extract;
 
 use std::collections::BTreeMap;
@@ -55,9 +56,13 @@ use hyper::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 pub use duration::parse as parse_duration;
+pub use enrichment::{BodyPart, Enrichment, EnrichmentSection};
 pub use extract::{ExtractError, Metric, NotFoundRule, NumberKind, Op, Operand, Source};
 
+use std::sync::Arc;
+
 use crate::ids::IdSet;
+use crate::keys::{KeyKind, Keys};
 
 /// Shortest accepted interval: phases are whole milliseconds.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -76,6 +81,12 @@ pub struct JobConfig {
     /// `[[derived]]`: metrics computed from earlier ones, after the fields.
     #[serde(default)]
     pub derived: Vec<DerivedConfig>,
+    /// `[views]`: what the live views rank and average.
+    #[serde(default)]
+    pub views: ViewsSection,
+    /// `[[enrichment]]`: slow questions asked about every entity.
+    #[serde(default, rename = "enrichment")]
+    pub enrichments: Vec<EnrichmentSection>,
     /// `[not_found]`: how the target says an id does not exist.
     #[serde(default)]
     pub not_found: NotFoundConfig,
@@ -119,7 +130,16 @@ pub struct JobSection {
     pub name: String,
     /// URL template with one `{id}`, e.g. `http://127.0.0.1:3000/api/v1/influencers/{id}`.
     pub url: String,
-    /// Id set spec, e.g. `1000000..=1999999` (see [`IdSet`]).
+    /// `integer` (default) or `string` keys (see [`crate::keys`]).
+    #[serde(default)]
+    pub key_type: KeyKind,
+    /// What the API and the stored series' labels call an entity's key
+    /// (default `id`; Mockstagram's is `pk`).
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// Integer keys: an id set spec, e.g. `1000000..=1999999` (see
+    /// [`IdSet`]). String keys: a comma-separated list, or `@file` with one
+    /// key per line (relative to the job file; `#` starts a comment).
     pub ids: String,
     /// Poll interval, e.g. `60s`.
     pub interval: String,
@@ -127,6 +147,10 @@ pub struct JobSection {
     /// the API shows it as `username` and enrichments send it. Optional.
     #[serde(default)]
     pub label: Option<String>,
+    /// What the API calls the label (default `label`; Mockstagram's is
+    /// `username`).
+    #[serde(default)]
+    pub label_name: Option<String>,
     /// What the schedule does when the target cannot keep up with it
     /// (default `stretch`; see [`Overload`]).
     #[serde(default)]
@@ -147,6 +171,20 @@ pub enum Overload {
     /// recovers (the schedule stays moved back by the stretch).
     #[default]
     Stretch,
+}
+
+/// `[views]`: what the live views rank and average.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewsSection {
+    /// The integer field entities are ranked by (top N, movers, the
+    /// average). Default: the first integer field.
+    #[serde(default)]
+    pub rank_by: Option<String>,
+    /// Name of the average's series and statistic. Default: `average` and
+    /// the ranked metric capitalised (`averageFollowerCount`).
+    #[serde(default)]
+    pub average: Option<String>,
 }
 
 /// `[[field]]`: one number read from the JSON answer.
@@ -172,14 +210,14 @@ pub struct DerivedConfig {
     pub formula: String,
 }
 
-/// `[not_found]`: defaults to Mockstagram's
-/// `500 {"error":{"name":"InfluencerNotFoundError"}}`.
+/// `[not_found]`: by default a `404` answer, whatever its body.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotFoundConfig {
     /// Status of the answer.
     pub status: u16,
-    /// JSON pointer to a string in its body.
+    /// JSON pointer to a string in its body; empty: the status alone says
+    /// it.
     pub pointer: String,
     /// The string that means "no such id".
     pub equals: String,
@@ -188,9 +226,9 @@ pub struct NotFoundConfig {
 impl Default for NotFoundConfig {
     fn default() -> Self {
         Self {
-            status: 500,
-            pointer: "/error/name".into(),
-            equals: "InfluencerNotFoundError".into(),
+            status: 404,
+            pointer: String::new(),
+            equals: String::new(),
         }
     }
 }
@@ -247,7 +285,7 @@ impl Default for HttpConfig {
 pub struct Overrides {
     /// Base URL whose scheme, host and port replace the template's.
     pub target: Option<String>,
-    /// Id set spec replacing `job.ids`.
+    /// Id set spec (or key list) replacing `job.ids`.
     pub ids: Option<String>,
     /// Interval replacing `job.interval`.
     pub interval: Option<String>,
@@ -322,11 +360,17 @@ pub struct Job {
     url_prefix: String,
     url_suffix: String,
     ids: IdSet,
+    keys: Arc<Keys>,
+    key_name: String,
     interval: Duration,
     metrics: Vec<Metric>,
     not_found: NotFoundRule,
     http: HttpSettings,
     label: Option<String>,
+    label_name: String,
+    rank_by: usize,
+    average: String,
+    enrichments: Vec<Enrichment>,
     overload: Overload,
 }
 
@@ -401,10 +445,44 @@ impl JobConfig {
             None => (url_prefix, url_suffix),
         };
 
-        let ids = match &overrides.ids {
-            Some(spec) => IdSet::parse(spec).map_err(|e| flag("--ids", e.to_string()))?,
-            None => IdSet::parse(&self.job.ids).map_err(|e| invalid("job.ids", e.to_string()))?,
+        let (ids, keys) = match (self.job.key_type, &overrides.ids) {
+            (KeyKind::Integer, Some(spec)) => (
+                IdSet::parse(spec).map_err(|e| flag("--ids", e.to_string()))?,
+                Keys::integers(),
+            ),
+            (KeyKind::Integer, None) => (
+                IdSet::parse(&self.job.ids).map_err(|e| invalid("job.ids", e.to_string()))?,
+                Keys::integers(),
+            ),
+            (KeyKind::String, Some(spec)) => {
+                string_keys(spec, Path::new(".")).map_err(|why| flag("--ids", why))?
+            }
+            (KeyKind::String, None) => {
+                let dir = Path::new(&self.source)
+                    .parent()
+                    .filter(|_| !self.source.is_empty())
+                    .unwrap_or(Path::new("."));
+                string_keys(&self.job.ids, dir).map_err(|why| invalid("job.ids", why))?
+            }
         };
+        let name_key = |key: &str, name: &Option<String>, default: &str| {
+            let name = name.as_deref().unwrap_or(default).trim();
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(invalid(
+                    key,
+                    format!("{name:?} must be ASCII letters, digits or '_' (it names a member of API answers)"),
+                ));
+            }
+            Ok(name.to_owned())
+        };
+        let key_name = name_key("job.key_name", &self.job.key_name, "id")?;
+        let label_name = name_key("job.label_name", &self.job.label_name, "label")?;
+        if key_name == label_name {
+            return Err(invalid(
+                "job.label_name",
+                format!("{label_name:?} is also the key's name"),
+            ));
+        }
 
         let interval = match &overrides.interval {
             Some(text) => duration::parse(text)
@@ -426,6 +504,67 @@ impl JobConfig {
         }
 
         let metrics = self.metrics().map_err(|(key, why)| invalid(&key, why))?;
+        let rank_by = match &self.views.rank_by {
+            Some(name) => metrics
+                .iter()
+                .position(|m| m.name == *name)
+                .filter(|&i| is_integer_field(&metrics[i]))
+                .ok_or_else(|| {
+                    invalid(
+                        "views.rank_by",
+                        format!("{name:?} is not an integer field (type = \"integer\")"),
+                    )
+                })?,
+            None => metrics.iter().position(is_integer_field).ok_or_else(|| {
+                invalid(
+                    "field",
+                    "the live views rank by an integer field: declare one with type = \"integer\""
+                        .into(),
+                )
+            })?,
+        };
+        let average = match &self.views.average {
+            Some(name) => name_key("views.average", &Some(name.clone()), "")?,
+            None => {
+                let rank = &metrics[rank_by].name;
+                let mut name = String::from("average");
+                let mut chars = rank.chars();
+                if let Some(c) = chars.next() {
+                    name.extend(c.to_uppercase());
+                    name.push_str(chars.as_str());
+                }
+                name
+            }
+        };
+        if metrics.iter().any(|m| m.name == average) {
+            return Err(invalid(
+                "views.average",
+                format!("{average:?} is already a metric"),
+            ));
+        }
+        let base = {
+            let after_scheme = "http://".len();
+            let end = url_prefix[after_scheme..]
+                .find('/')
+                .map_or(url_prefix.len(), |i| i + after_scheme);
+            url_prefix[..end].to_owned()
+        };
+        let enrichments = self
+            .enrichments
+            .iter()
+            .enumerate()
+            .map(|(i, e)| e.check(i, &metrics, &base))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|(key, why)| invalid(&key, why))?;
+        if enrichments.len() > 1 {
+            return Err(invalid(
+                "enrichment",
+                format!(
+                    "{} enrichments declared: the live views keep one flag per entity, so a job has at most one [[enrichment]] for now",
+                    enrichments.len()
+                ),
+            ));
+        }
 
         let not_found = NotFoundRule {
             status: self.not_found.status,
@@ -515,11 +654,17 @@ impl JobConfig {
             url_prefix,
             url_suffix,
             ids,
+            keys: Arc::new(keys),
+            key_name,
             interval,
             metrics,
             not_found,
             http,
             label: self.job.label.clone(),
+            label_name,
+            rank_by,
+            average,
+            enrichments,
             overload: match overrides.overload.as_deref() {
                 None => self.job.overload,
                 Some("stretch") => Overload::Stretch,
@@ -641,27 +786,126 @@ impl Job {
 
     /// The URL of one id.
     pub fn url_for(&self, id: u64) -> String {
-        use std::fmt::Write;
         let mut url = String::with_capacity(self.url_prefix.len() + 20 + self.url_suffix.len());
         url.push_str(&self.url_prefix);
-        // Writing into a String cannot fail.
-        let _ = write!(url, "{id}");
+        self.keys.write(id, &mut url);
         url.push_str(&self.url_suffix);
         url
     }
 
-    /// The display name of `id` (`job.label` with `{id}` replaced), if the
-    /// job has one.
+    /// The display name of `id` (`job.label` with `{id}` replaced by its
+    /// key), if the job has one.
     pub fn label_for(&self, id: u64) -> Option<String> {
-        self.label
-            .as_ref()
-            .map(|l| l.replace("{id}", &id.to_string()))
+        let label = self.label.as_ref()?;
+        let mut key = String::new();
+        self.keys.write(id, &mut key);
+        Some(label.replace("{id}", &key))
+    }
+
+    /// The job's keys: how ids are written and read as keys.
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
+    /// What answers call an entity's key (`pk`).
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    /// What answers call an entity's label (`username`), if it has one.
+    pub fn label_name(&self) -> &str {
+        &self.label_name
+    }
+
+    /// Whether the job gives its entities a label.
+    pub fn has_label(&self) -> bool {
+        self.label.is_some()
+    }
+
+    /// Position in [`Self::metrics`] of the integer field the views rank by.
+    pub fn rank_by(&self) -> usize {
+        self.rank_by
+    }
+
+    /// Name of the average of the ranked metric (`averageFollowerCount`).
+    pub fn average_name(&self) -> &str {
+        &self.average
+    }
+
+    /// The job's enrichments (at most one for now).
+    pub fn enrichments(&self) -> &[Enrichment] {
+        &self.enrichments
+    }
+
+    /// The same job with its string keys numbered as in `saved` (the data
+    /// folder's table): saved keys keep their ids, the job's own keys that
+    /// are new get the next ones, and the ids to track are recomputed. An
+    /// integer job is returned as it is.
+    pub fn with_saved_keys<S: AsRef<str>>(
+        &self,
+        saved: &[S],
+    ) -> Result<Job, crate::keys::KeyError> {
+        if self.keys.kind() == KeyKind::Integer {
+            return Ok(self.clone());
+        }
+        let keys = Keys::strings(saved)?;
+        let mut ranges = Vec::new();
+        for id in self.ids.iter() {
+            if let Some(name) = self.keys.name(id) {
+                let id = keys.intern(&name)?;
+                ranges.push((id, id));
+            }
+        }
+        Ok(Job {
+            ids: IdSet::from_ranges(ranges),
+            keys: Arc::new(keys),
+            ..self.clone()
+        })
     }
 
     /// Reads the job's metrics from a response body, in metric order.
     pub fn extract(&self, body: &[u8]) -> Result<Box<[f64]>, ExtractError> {
         extract::extract(&self.metrics, body)
     }
+}
+
+fn is_integer_field(metric: &Metric) -> bool {
+    matches!(
+        metric.source,
+        Source::Field {
+            kind: NumberKind::Integer,
+            ..
+        }
+    )
+}
+
+/// String keys from a spec: `a, b, c` or `@file` (one per line, `#`
+/// comments; relative paths from `dir`). Returns the ids (`0..n`) and the
+/// interned keys.
+fn string_keys(spec: &str, dir: &Path) -> Result<(IdSet, Keys), String> {
+    let text;
+    let names: Vec<&str> = match spec.trim().strip_prefix('@') {
+        Some(file) => {
+            let path = dir.join(file.trim());
+            text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read the key list {}: {e}", path.display()))?;
+            text.lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .filter(|l| !l.is_empty())
+                .collect()
+        }
+        None => spec
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    if names.is_empty() {
+        return Err(format!("{spec:?} lists no key"));
+    }
+    let keys = Keys::strings(&names).map_err(|e| e.to_string())?;
+    let ids = IdSet::from_ranges(vec![(0, keys.len() as u64 - 1)]);
+    Ok((ids, keys))
 }
 
 /// Checks a URL template and splits it around its one `{id}`.

@@ -38,6 +38,11 @@ type = "integer"
 metric = "followerRatio"
 formula = "followerCount / followingCount"
 
+[not_found]
+status = 500
+pointer = "/error/name"
+equals = "InfluencerNotFoundError"
+
 [http]
 {http}
 "#

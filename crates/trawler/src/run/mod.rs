@@ -54,12 +54,13 @@ pub struct Args {
     #[arg(long, default_value_t = trawler_api::runtime::DEFAULT_NICE,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub api_nice: i32,
-    /// Check every account's suspicious status once per this period.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    pub suspicious_period: Duration,
-    /// Do not run the suspicious-status enrichment.
-    #[arg(long)]
-    pub no_suspicious: bool,
+    /// Ask the job's enrichment about every entity once per this period
+    /// (replaces the job file's `period`; Mockstagram's suspicious check).
+    #[arg(long, alias = "suspicious-period", value_parser = parse_duration)]
+    pub enrichment_period: Option<Duration>,
+    /// Do not run the job's enrichment.
+    #[arg(long, alias = "no-suspicious")]
+    pub no_enrichment: bool,
     /// Dynamics of the built-in simulator: mockstagram or realistic.
     #[arg(long, default_value = "mockstagram")]
     pub sim_dynamics: trawler_sim::Dynamics,
@@ -137,7 +138,8 @@ impl Args {
         config.data = self.data.clone();
         config.listen = self.listen;
         config.api_token = self.api_token.clone();
-        config.suspicious_period = (!self.no_suspicious).then_some(self.suspicious_period);
+        config.enrichment = !self.no_enrichment;
+        config.enrichment_period = self.enrichment_period;
         config.simulator = SimSettings {
             dynamics: self.sim_dynamics,
             seed: self.sim_seed,
