@@ -24,6 +24,7 @@
 //! ```
 
 pub mod model;
+pub mod packages;
 pub mod rng;
 mod server;
 
