@@ -1,5 +1,6 @@
 //! A fast, faithful stand-in for the Mockstagram API, so that trawler runs
-//! and is tested on one machine.
+//! and is tested on one machine, and a second API of another shape (a
+//! package registry) so that trawler can show it is a generic engine.
 //!
 //! The contract (see `BRIEF.md`): `GET /api/v1/influencers/{pk}` answers an
 //! account and moves it; any pk outside the range, or not an integer, answers
@@ -7,11 +8,29 @@
 //! `POST /api/v1/influencers/is_suspicious` answers `{"pk","suspicious"}`
 //! after a delay of N(1 s, 1 s) clamped to [0, 10 s]. Unknown paths get 404.
 //!
+//! The package registry ([`packages`]), which only this crate knows of:
+//! `GET /api/v2/packages/{name}` answers
+//!
+//! ```json
+//! {"package":{"name":"serde","registry":"sim"},
+//!  "stats":{"downloads":{"total":123456,"lastDay":789},"stars":345,"score":0.8734},
+//!  "maintainers":["maintainer-17","maintainer-4242"]}
+//! ```
+//!
+//! and moves the package: `total` grows by 0 to 50 per read, `lastDay` and
+//! `stars` walk up and down by small steps without going below zero, and
+//! `score`, a float in `[0, 1]` with four decimals, drifts by at most 0.002.
+//! A name is 1 to 64 bytes of `[a-z0-9._-]`; every such name exists except
+//! those starting with `missing-`, which, like names of any other shape,
+//! answer `404 {"error":"no such package"}`. Initial values derive from
+//! `(seed, name)`, so simulators with the same seed answer alike; the API
+//! does not depend on `accounts` or `dynamics`.
+//!
 //! Beyond the contract the simulator offers realistic time-driven dynamics
-//! ([`model::Dynamics::Realistic`]), fault knobs ([`Faults`]) and a
-//! non-mutating inspection API (`GET /_sim/stats`, `GET /_sim/accounts/{pk}`)
-//! that tests use to check, for instance, that an account was read exactly
-//! once per interval.
+//! ([`model::Dynamics::Realistic`]), fault knobs ([`Faults`], applied to both
+//! APIs) and a non-mutating inspection API (`GET /_sim/stats`,
+//! `GET /_sim/accounts/{pk}`, `GET /_sim/packages/{name}`) that tests use to
+//! check, for instance, that an account was read exactly once per interval.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,6 +43,7 @@
 //! ```
 
 pub mod model;
+pub mod packages;
 pub mod rng;
 mod server;
 
@@ -37,8 +57,8 @@ pub use server::{suspicious_delay, Counters, MAX_BODY_BYTES};
 /// Fault injection, for testing how a crawler copes with a bad target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Faults {
-    /// Fraction of API requests (0.0–1.0) answered `503` without touching
-    /// the account.
+    /// Fraction of API requests (0.0–1.0), of either API, answered `503`
+    /// without touching the account or package.
     pub error_rate: f64,
     /// Latency added to every API request before it is answered.
     pub latency: Duration,
@@ -179,6 +199,7 @@ impl SimConfig {
         Ok(Simulator {
             shared: Arc::new(server::Shared {
                 accounts,
+                packages: packages::Packages::new(self.seed),
                 faults: self.faults.clone(),
                 entropy: rng::Entropy::new(self.seed ^ 0x5EED),
                 counters: server::Counters::default(),
@@ -207,6 +228,11 @@ impl Simulator {
     /// The account table, for in-process inspection.
     pub fn accounts(&self) -> &model::Accounts {
         &self.shared.accounts
+    }
+
+    /// The package registry's table, for in-process inspection.
+    pub fn packages(&self) -> &packages::Packages {
+        &self.shared.packages
     }
 
     /// Changes `Faults::max_rps` while serving (0 = no limit): a target

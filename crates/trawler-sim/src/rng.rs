@@ -23,6 +23,16 @@ pub fn hash(keys: &[u64]) -> u64 {
         .fold(0x6A09_E667_F3BC_C909, |acc, &k| mix(acc ^ k))
 }
 
+/// FNV-1a (64-bit) of a byte string: turns a string key, such as a package
+/// name, into a `u64` for [`hash`]. Fixed, unlike std's randomised hasher,
+/// so that two simulators with the same seed agree.
+#[inline]
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |acc, &b| {
+        (acc ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
 /// A uniform `f64` in `[0, 1)` from 53 random bits.
 #[inline]
 pub fn unit(h: u64) -> f64 {
@@ -87,6 +97,13 @@ mod tests {
         let var = sum_sq / (2 * n) as f64 - mean * mean;
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var - 1.0).abs() < 0.01, "variance {var}");
+    }
+
+    #[test]
+    fn fnv1a_matches_the_reference_vectors() {
+        assert_eq!(fnv1a(b""), 0xCBF2_9CE4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xAF63_DC4C_8601_EC8C);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_F739_67E8);
     }
 
     #[test]

@@ -1,10 +1,16 @@
-//! The HTTP face of the simulator: the Mockstagram routes plus a small,
-//! non-mutating `/_sim` inspection API for tests and operators.
+//! The HTTP face of the simulator: the Mockstagram routes, the package
+//! registry's route (`GET /api/v2/packages/{name}`, a second API of another
+//! shape, see [`crate::packages`]) plus a small, non-mutating `/_sim`
+//! inspection API for tests and operators.
 //!
 //! Built directly on hyper's HTTP/1.1 connection driver rather than a router
-//! framework: there are four routes, and the simulator must never be what
-//! limits a crawl on the same machine, so every request is one match on the
-//! path and one small pre-sized buffer for the body.
+//! framework: there are a handful of routes, and the simulator must never be
+//! what limits a crawl on the same machine, so every request is one match on
+//! the path and one small pre-sized buffer for the body.
+//!
+//! Both APIs go through the same fault knobs ([`Faults`]: rate limit,
+//! latency, injected 503s) before their data is touched, so a politeness
+//! test written against one can run against the other.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::model::Accounts;
+use crate::packages::{self, Packages};
 use crate::rng::{normal, unit, Entropy};
 use crate::Faults;
 
@@ -39,6 +46,8 @@ pub struct Counters {
     pub suspicious_calls: AtomicU64,
     /// Requests answered `429` beyond `max_rps`.
     pub rate_limited: AtomicU64,
+    /// 404 `no such package` answers of the packages API.
+    pub package_not_found: AtomicU64,
 }
 
 /// The turn of each request under `max_rps`: a virtual queue (the
@@ -87,6 +96,7 @@ impl Pacer {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) accounts: Accounts,
+    pub(crate) packages: Packages,
     pub(crate) faults: Faults,
     pub(crate) entropy: Entropy,
     pub(crate) counters: Counters,
@@ -97,6 +107,7 @@ pub(crate) struct Shared {
 type Body = Full<Bytes>;
 
 const PREFIX: &str = "/api/v1/influencers/";
+const PACKAGES_PREFIX: &str = "/api/v2/packages/";
 
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()));
@@ -113,6 +124,17 @@ fn not_found_influencer(shared: &Shared) -> Response<Body> {
     json(
         StatusCode::INTERNAL_SERVER_ERROR,
         Bytes::from_static(br#"{"error":{"name":"InfluencerNotFoundError"}}"#),
+    )
+}
+
+fn not_found_package(shared: &Shared) -> Response<Body> {
+    shared
+        .counters
+        .package_not_found
+        .fetch_add(1, Ordering::Relaxed);
+    json(
+        StatusCode::NOT_FOUND,
+        Bytes::from_static(br#"{"error":"no such package"}"#),
     )
 }
 
@@ -160,10 +182,22 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             _ => error(StatusCode::NOT_FOUND, "NotFound", "no such route"),
         };
     }
+    if let Some(name) = path.strip_prefix(PACKAGES_PREFIX) {
+        if name.contains('/') || req.method() != Method::GET {
+            return error(StatusCode::NOT_FOUND, "NotFound", "no such route");
+        }
+        if let Some(response) = shared.faults.inject(&shared).await {
+            return response;
+        }
+        return get_package(&shared, name);
+    }
     match (req.method(), path) {
         (&Method::GET, "/_sim/stats") => sim_stats(&shared),
         (&Method::GET, p) if p.starts_with("/_sim/accounts/") => {
             sim_account(&shared, parse_pk(&p["/_sim/accounts/".len()..]))
+        }
+        (&Method::GET, p) if p.starts_with("/_sim/packages/") => {
+            sim_package(&shared, &p["/_sim/packages/".len()..])
         }
         _ => error(StatusCode::NOT_FOUND, "NotFound", "no such route"),
     }
@@ -184,6 +218,43 @@ fn get_influencer(shared: &Shared, pk: Option<u64>) -> Response<Body> {
         r#"{{"pk":{pk},"username":"influencer-{pk}","followerCount":{},"followingCount":{}}}"#,
         counts.followers, counts.following
     );
+    json(StatusCode::OK, body)
+}
+
+/// Writes a package score, kept in ten-thousandths, with exactly four
+/// decimals: always a JSON float, never an integer, even at 0 and 1.
+fn write_score(out: &mut Vec<u8>, score: u16) {
+    use std::io::Write;
+    let scale = packages::SCORE_SCALE;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{}.{:04}", score / scale, score % scale);
+}
+
+fn get_package(shared: &Shared, name: &str) -> Response<Body> {
+    let Some(stats) = shared.packages.read(name) else {
+        return not_found_package(shared);
+    };
+    use std::io::Write;
+    let mut body = Vec::with_capacity(256);
+    // Writing into a Vec cannot fail. The name needs no escaping: a name
+    // that exists is only `[a-z0-9._-]`.
+    let _ = write!(
+        body,
+        r#"{{"package":{{"name":"{name}","registry":"sim"}},"stats":{{"downloads":{{"total":{},"lastDay":{}}},"stars":{},"score":"#,
+        stats.downloads, stats.last_day, stats.stars
+    );
+    write_score(&mut body, stats.score);
+    body.extend_from_slice(br#"},"maintainers":["#);
+    for (i, id) in packages::maintainers(shared.packages.seed(), name)
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            body.push(b',');
+        }
+        let _ = write!(body, r#""{id}""#);
+    }
+    body.extend_from_slice(b"]}");
     json(StatusCode::OK, body)
 }
 
@@ -260,6 +331,9 @@ fn sim_stats(shared: &Shared) -> Response<Body> {
         "injectedErrors": c.injected_errors.load(Ordering::Relaxed),
         "suspiciousCalls": c.suspicious_calls.load(Ordering::Relaxed),
         "rateLimited": c.rate_limited.load(Ordering::Relaxed),
+        "packageReads": shared.packages.reads(),
+        "packages": shared.packages.len(),
+        "packageNotFound": c.package_not_found.load(Ordering::Relaxed),
     });
     json(StatusCode::OK, body.to_string())
 }
@@ -276,6 +350,23 @@ fn sim_account(shared: &Shared, pk: Option<u64>) -> Response<Body> {
             json(StatusCode::OK, body.to_string())
         }
         None => error(StatusCode::NOT_FOUND, "NotFound", "no such account"),
+    }
+}
+
+fn sim_package(shared: &Shared, name: &str) -> Response<Body> {
+    match shared.packages.peek(name) {
+        Some(view) => {
+            let body = serde_json::json!({
+                "name": name,
+                "reads": view.reads,
+                "downloads": view.stats.downloads,
+                "lastDay": view.stats.last_day,
+                "stars": view.stats.stars,
+                "score": view.stats.score(),
+            });
+            json(StatusCode::OK, body.to_string())
+        }
+        None => error(StatusCode::NOT_FOUND, "NotFound", "no such package"),
     }
 }
 
