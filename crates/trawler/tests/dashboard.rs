@@ -1,5 +1,5 @@
-//! The dashboard in a real browser: `trawler run` against its built-in
-//! simulator, Debian's Chromium driven headless by `tests/browser/dashboard.mjs`
+//! The dashboard in a real browser, for the Mockstagram job and for the
+//! packages job: `trawler run` against its built-in simulator, Debian's Chromium driven headless by `tests/browser/dashboard.mjs`
 //! (playwright-core). Checks that the health numbers are real, that a live
 //! number changes without a reload, that searching a pk shows its charts,
 //! and that the page fits a phone. Screenshots are kept under
@@ -34,12 +34,6 @@ fn chromium() -> PathBuf {
 
 #[test]
 fn the_dashboard_shows_live_health_leaderboard_and_an_account_in_a_real_browser() {
-    let chromium = chromium();
-    let browser_dir = repo_root().join("tests/browser");
-    assert!(
-        browser_dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is not installed: run scripts/test, or `npm ci --prefix tests/browser`"
-    );
     let data = tempfile::tempdir().unwrap();
     let run = Proc::start(&[
         "run",
@@ -56,21 +50,72 @@ fn the_dashboard_shows_live_health_leaderboard_and_an_account_in_a_real_browser(
     ]);
     let api = run.wait_line("listening on ", Duration::from_secs(60));
 
+    let seen = browse(&api, "1000042", "dashboard");
+    assert_eq!(seen["tracked"], 5000, "{seen}");
+    let polls = seen["polls"].as_array().unwrap();
+    assert!(polls[0].as_f64().unwrap() > 0.0, "{seen}");
+    assert!(
+        polls[1].as_f64().unwrap() > polls[0].as_f64().unwrap(),
+        "{seen}"
+    );
+    assert_eq!(seen["leaderboardRows"], 20, "{seen}");
+    drop(run);
+}
+
+/// The same page for another job (`jobs/packages.toml`, string keys, a
+/// float field, no enrichment) against the built-in simulator, as the
+/// README's demo runs it: the page takes every name from the job.
+#[test]
+fn the_dashboard_shows_the_packages_job_in_a_real_browser() {
+    let data = tempfile::tempdir().unwrap();
+    let job = repo_root().join("jobs/packages.toml");
+    let run = Proc::start(&[
+        "run",
+        "--config",
+        job.to_str().unwrap(),
+        "--interval",
+        "2s",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let api = run.wait_line("listening on ", Duration::from_secs(60));
+    let seen = browse(&api, "tokio-http", "dashboard-packages");
+    assert_eq!(seen["job"], "packages", "{seen}");
+    // 1,000 listed; the 2 the registry does not know leave once read.
+    let tracked = seen["tracked"].as_u64().unwrap();
+    assert!((998..=1000).contains(&tracked), "{seen}");
+    assert_eq!(seen["leaderboardRows"], 20, "{seen}");
+    drop(run);
+}
+
+/// Drives `tests/browser/dashboard.mjs` against the API at `api`, opening
+/// the entity `key`; returns what the browser saw. Screenshots go to
+/// `target/test-artifacts/{prefix}*.png` and must be there afterwards.
+fn browse(api: &str, key: &str, prefix: &str) -> serde_json::Value {
+    let chromium = chromium();
+    let browser_dir = repo_root().join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run scripts/test, or `npm ci --prefix tests/browser`"
+    );
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
     let shots = [
-        "dashboard.png",
-        "dashboard-account.png",
-        "dashboard-phone.png",
+        format!("{prefix}.png"),
+        format!("{prefix}-account.png"),
+        format!("{prefix}-phone.png"),
     ];
-    for shot in shots {
+    for shot in &shots {
         let _ = std::fs::remove_file(artifacts.join(shot));
     }
     let mut node = Command::new("node")
         .current_dir(&browser_dir)
         .arg("dashboard.mjs")
-        .arg(&api)
+        .arg(api)
         .arg(&artifacts)
-        .arg("1000042")
+        .arg(key)
+        .arg(prefix)
         .env("CHROMIUM", &chromium)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -97,21 +142,13 @@ fn the_dashboard_shows_live_health_leaderboard_and_an_account_in_a_real_browser(
     let seen: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap())
         .unwrap_or_else(|e| panic!("unexpected output ({e}): {stdout}"));
     eprintln!("the browser saw {seen}");
-    assert_eq!(seen["tracked"], 5000, "{seen}");
-    let polls = seen["polls"].as_array().unwrap();
-    assert!(polls[0].as_f64().unwrap() > 0.0, "{seen}");
-    assert!(
-        polls[1].as_f64().unwrap() > polls[0].as_f64().unwrap(),
-        "{seen}"
-    );
-    assert_eq!(seen["leaderboardRows"], 20, "{seen}");
-    for shot in shots {
+    for shot in &shots {
         let len = std::fs::metadata(artifacts.join(shot))
             .map(|m| m.len())
             .unwrap_or(0);
         assert!(len > 10_000, "screenshot {shot} missing or empty");
     }
-    drop(run);
+    seen
 }
 
 /// Playwright's `waitForFunction` takes the Promise an async predicate
