@@ -1,33 +1,65 @@
-//! The API's read model of a running job, on top of the [`Node`].
+//! The API's read model of a running job, the same in both modes.
 //!
-//! Latest values, ranks and averages come from the live views (memory,
-//! microseconds); series come from the store. A derived metric's series is
-//! computed from its stored operands point by point — they share slot
-//! timestamps — or bucket by bucket from their averages when a step is given.
+//! Latest values, ranks, top and movers come from the live views (memory,
+//! microseconds); series come through the storage [`Reader`] (the embedded
+//! store or VictoriaMetrics). A derived metric's series is computed from its
+//! stored operands point by point — they share slot timestamps — or bucket
+//! by bucket from their averages when a step is given. What differs between
+//! the modes (tracking, their own figures) is behind [`Host`].
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value as Json};
 use trawler_api::{ApiError, Backend, JobInfo, Points, SeriesQuery, TopBy, TrackOutcome};
-use trawler_store::{Aggregate, Point};
 use trawler_views::{Views, Window};
 
 use crate::layout::{Layout, Term};
-use crate::node::Node;
+use crate::storage::{Reader, StorageError};
 
-/// [`Backend`] over a [`Node`].
-pub struct NodeBackend {
-    node: Arc<Node>,
+/// What the read model needs from the mode it runs in (the embedded
+/// [`crate::node::Node`] or a cluster node): its views, which entities it
+/// tracks and how to change that, and its own figures. Everything else —
+/// names, latest values, rank, top, movers, series through a [`Reader`] —
+/// is answered the same in both modes by [`NodeBackend`].
+pub trait Host: Send + Sync + 'static {
+    /// The live views.
+    fn views(&self) -> &Views;
+    /// The job's metric layout.
+    fn layout(&self) -> &Layout;
+    /// Whether `id` is tracked (an untracked entity is a 404).
+    fn is_tracked(&self, id: u64) -> bool;
+    /// Starts tracking ids (persisted before it returns).
+    fn track(&self, ids: &[u64]) -> Result<TrackOutcome, ApiError>;
+    /// Stops tracking an id; `false` when it was not tracked.
+    fn untrack(&self, id: u64) -> Result<bool, ApiError>;
+    /// Ids the target reported as not found, after `after`, at most `limit`.
+    fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64>;
+    /// The mode's own figures (crawl or cluster, store) into the stats.
+    fn stats(&self, out: &mut Map<String, Json>);
+    /// The mode's own metrics, in Prometheus text.
+    fn render_metrics(&self, out: &mut String);
+    /// The enrichment, if running.
+    fn enrich(&self) -> Option<&trawler_enrich::EnrichHandle>;
+}
+
+/// The API's read model: one [`Backend`] for both modes, over a [`Host`]
+/// and a [`Reader`].
+pub struct NodeBackend<H: Host> {
+    host: Arc<H>,
+    reader: Arc<dyn Reader>,
     names: Names,
 }
 
-impl NodeBackend {
-    /// Wraps a node.
-    pub fn new(node: Arc<Node>) -> Self {
-        let names = Names::new(node.crawl.job(), &node.layout);
-        Self { node, names }
+impl<H: Host> NodeBackend<H> {
+    /// The read model of `host`'s `job`, reading series from `reader`.
+    pub fn new(host: Arc<H>, job: &trawler_crawl::Job, reader: Arc<dyn Reader>) -> Self {
+        let names = Names::new(job, host.layout());
+        Self {
+            host,
+            reader,
+            names,
+        }
     }
 }
 
@@ -305,6 +337,43 @@ pub fn invalid_page(
         .collect()
 }
 
+/// The crawl's figures of one node (its polls, lag, errors and whether it
+/// holds its schedule) into the stats.
+pub fn crawl_stats(
+    out: &mut Map<String, Json>,
+    crawl: &trawler_crawl::MetricsSnapshot,
+    interval: std::time::Duration,
+) {
+    out.insert("pollsPerSecond".into(), number(crawl.polls_per_sec));
+    out.insert(
+        "lagP50Ms".into(),
+        crawl.lag_p50_ms.map(number).unwrap_or(Json::Null),
+    );
+    out.insert(
+        "lagP99Ms".into(),
+        crawl.lag_p99_ms.map(number).unwrap_or(Json::Null),
+    );
+    out.insert("polls".into(), json!(crawl.polls_ok));
+    out.insert(
+        "errors".into(),
+        json!(crawl.errors.iter().map(|(_, n)| n).sum::<u64>()),
+    );
+    out.insert("gaps".into(), json!(crawl.gaps));
+    out.insert("missedSlots".into(), json!(crawl.missed_slots));
+    let schedule = &crawl.schedule;
+    out.insert("behindSchedule".into(), json!(schedule.behind));
+    out.insert("intervalMs".into(), json!(interval.as_millis() as u64));
+    out.insert("neededPerSecond".into(), number(schedule.needed_per_sec));
+    out.insert(
+        "achievedPerSecond".into(),
+        number(schedule.achieved_per_sec),
+    );
+    out.insert(
+        "effectiveIntervalMs".into(),
+        number(schedule.effective_interval_ms),
+    );
+}
+
 /// Appends one-sample metrics labelled with the job, in Prometheus text.
 pub fn write_metrics(out: &mut String, job: &str, metrics: &[(&str, &str, &str, u64)]) {
     for (name, help, kind, value) in metrics {
@@ -315,8 +384,8 @@ pub fn write_metrics(out: &mut String, job: &str, metrics: &[(&str, &str, &str, 
     }
 }
 
-fn storage_error(e: trawler_store::Error) -> ApiError {
-    ApiError::Unavailable(format!("storage: {e}"))
+fn storage_error(e: StorageError) -> ApiError {
+    ApiError::Unavailable(e.to_string())
 }
 
 fn number(v: f64) -> Json {
@@ -325,31 +394,7 @@ fn number(v: f64) -> Json {
         .unwrap_or(Json::Null)
 }
 
-impl NodeBackend {
-    fn stored_points(
-        &self,
-        series: trawler_store::SeriesId,
-        q: SeriesQuery,
-    ) -> Result<Points, ApiError> {
-        let store = &self.node.store;
-        Ok(match q.step_ms {
-            None => store
-                .range(series, q.from_ms, q.to_ms)
-                .map_err(storage_error)?
-                .into_iter()
-                .map(|Point { ts_ms, value }| (ts_ms, value.as_f64()))
-                .collect(),
-            Some(step) => store
-                .downsample(series, q.from_ms, q.to_ms, step)
-                .map_err(storage_error)?
-                .into_iter()
-                .map(|a: Aggregate| (a.start_ms, a.avg()))
-                .collect(),
-        })
-    }
-}
-
-impl Backend for NodeBackend {
+impl<H: Host> Backend for NodeBackend<H> {
     fn info(&self) -> &JobInfo {
         self.names.info()
     }
@@ -363,142 +408,65 @@ impl Backend for NodeBackend {
     }
 
     fn entity(&self, id: u64) -> Result<Option<Map<String, Json>>, ApiError> {
-        let node = &self.node;
-        if !node.crawl.is_tracked(id) {
+        if !self.host.is_tracked(id) {
             return Ok(None);
         }
-        Ok(Some(entity_json(&node.views, &self.names, id)))
+        Ok(Some(entity_json(self.host.views(), &self.names, id)))
     }
 
     fn series(&self, id: u64, metric: &str, q: SeriesQuery) -> Result<Option<Points>, ApiError> {
-        let node = &self.node;
-        if !node.crawl.is_tracked(id) {
+        if !self.host.is_tracked(id) {
             return Ok(None);
         }
-        let Some(series) = node
-            .series
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .map(<[_]>::to_vec)
-        else {
-            return Ok(Some(Vec::new())); // tracked, not crawled yet
-        };
-        metric_points(&node.layout, metric, |pos| {
-            self.stored_points(series[pos], q)
+        metric_points(self.host.layout(), metric, |pos| {
+            self.reader.points(id, pos, q).map_err(storage_error)
         })
         .map(Some)
     }
 
     fn track(&self, keys: &[String]) -> Result<TrackOutcome, ApiError> {
-        let node = &self.node;
         let ids = self.names.intern(keys)?;
-        let ids = ids.as_slice();
-        let added = node.crawl.track(ids.iter().copied()) as u64;
-        if let Some(enrich) = node.enrich() {
-            enrich.track(ids.to_vec());
-        }
-        node.save_state().map_err(|e| {
-            ApiError::Unavailable(format!("could not persist the tracked set: {e}"))
-        })?;
-        let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len() as u64;
-        Ok(TrackOutcome {
-            added,
-            already_tracked: distinct - added,
-            tracked: node.crawl.tracked_count() as u64,
-        })
+        self.host.track(&ids)
     }
 
     fn untrack(&self, id: u64) -> Result<bool, ApiError> {
-        let node = &self.node;
-        if !node.crawl.untrack(id) {
-            return Ok(false);
-        }
-        node.views.remove(&[id]);
-        node.forget_references(&[id]);
-        if let Some(enrich) = node.enrich() {
-            enrich.untrack(id);
-        }
-        node.save_state().map_err(|e| {
-            ApiError::Unavailable(format!("could not persist the tracked set: {e}"))
-        })?;
-        Ok(true)
+        self.host.untrack(id)
     }
 
     fn stats(&self) -> Map<String, Json> {
-        let node = &self.node;
-        let crawl = node.crawl.metrics();
-        let views = node.views.stats();
-        let rank_by = node.views.schema().rank_by();
-        let average = views.averages.get(rank_by);
+        let views = self.host.views();
+        let figures = views.stats();
+        let average = figures.averages.get(views.schema().rank_by());
         let mut out = Map::new();
-        out.insert("trackedAccounts".into(), json!(crawl.gauges.tracked));
-        out.insert("crawledAccounts".into(), json!(views.tracked));
+        out.insert("crawledAccounts".into(), json!(figures.tracked));
         out.insert(
-            node.layout.average.clone(),
+            self.host.layout().average.clone(),
             average
                 .and_then(|a| a.mean())
                 .map(number)
                 .unwrap_or(Json::Null),
         );
         out.insert("averageCovers".into(), json!(average.map(|a| a.count)));
-        out.insert("invalidAccounts".into(), json!(crawl.gauges.invalid));
-        out.insert("pollsPerSecond".into(), number(crawl.polls_per_sec));
-        out.insert(
-            "lagP50Ms".into(),
-            crawl.lag_p50_ms.map(number).unwrap_or(Json::Null),
+        flag_stats(
+            &mut out,
+            &self.names,
+            figures.suspicious,
+            self.host.enrich(),
         );
-        out.insert(
-            "lagP99Ms".into(),
-            crawl.lag_p99_ms.map(number).unwrap_or(Json::Null),
-        );
-        out.insert("polls".into(), json!(crawl.polls_ok));
-        out.insert(
-            "errors".into(),
-            json!(crawl.errors.iter().map(|(_, n)| n).sum::<u64>()),
-        );
-        out.insert("gaps".into(), json!(crawl.gaps));
-        out.insert("missedSlots".into(), json!(crawl.missed_slots));
-        let schedule = crawl.schedule;
-        out.insert("behindSchedule".into(), json!(schedule.behind));
-        out.insert(
-            "intervalMs".into(),
-            json!(node.crawl.job().interval().as_millis() as u64),
-        );
-        out.insert("neededPerSecond".into(), number(schedule.needed_per_sec));
-        out.insert(
-            "achievedPerSecond".into(),
-            number(schedule.achieved_per_sec),
-        );
-        out.insert(
-            "effectiveIntervalMs".into(),
-            number(schedule.effective_interval_ms),
-        );
-        flag_stats(&mut out, &self.names, views.suspicious, node.enrich());
-        let store = node.store.stats();
-        out.insert("samplesStored".into(), json!(store.samples));
-        out.insert("bytesOnDisk".into(), json!(store.bytes_on_disk));
-        out.insert(
-            "bytesPerSample".into(),
-            if store.samples > 0 {
-                number(store.bytes_on_disk as f64 / store.samples as f64)
-            } else {
-                Json::Null
-            },
-        );
+        self.host.stats(&mut out);
         out
     }
 
     fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
-        invalid_page(&self.node.crawl, after, limit)
+        self.host.invalid(after, limit)
     }
 
     fn top(&self, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
-        top_json(&self.node.views, &self.names, by, limit)
+        top_json(self.host.views(), &self.names, by, limit)
     }
 
     fn flagged(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
-        self.node.views.suspicious(after, limit)
+        self.host.views().suspicious(after, limit)
     }
 
     fn now_ms(&self) -> i64 {
@@ -506,191 +474,77 @@ impl Backend for NodeBackend {
     }
 
     fn average_series(&self, q: SeriesQuery) -> Result<Points, ApiError> {
-        let node = &self.node;
-        let job = crate::node::aggregates_job(&node.job);
-        let metric = &node.layout.average;
-        let series = node
-            .store
-            .list_series(&job)
-            .into_iter()
-            .find(|s| s.metric == *metric && s.entity == 0);
-        match series {
-            Some(s) => self.stored_points(s.id, q),
-            None => Ok(Vec::new()),
-        }
+        self.reader.average_history(q).map_err(storage_error)
     }
 
     fn render_metrics(&self, out: &mut String) {
-        let node = &self.node;
-        out.push_str(&node.crawl.metrics().to_prometheus(&node.job));
-        let s = node.store.stats();
-        let job = &node.job;
+        self.host.render_metrics(out);
+        let job = &self.names.info().name;
         write_metrics(
             out,
             job,
-            &[
-                (
-                    "trawler_store_bytes_on_disk",
-                    "Bytes the store holds on disk.",
-                    "gauge",
-                    s.bytes_on_disk,
-                ),
-                (
-                    "trawler_store_block_bytes",
-                    "Bytes in compressed blocks.",
-                    "gauge",
-                    s.block_bytes,
-                ),
-                (
-                    "trawler_store_wal_bytes",
-                    "Bytes in write-ahead log segments.",
-                    "gauge",
-                    s.wal_bytes,
-                ),
-                (
-                    "trawler_store_samples",
-                    "Samples stored.",
-                    "gauge",
-                    s.samples,
-                ),
-                (
-                    "trawler_store_head_samples",
-                    "Samples in the in-memory head.",
-                    "gauge",
-                    s.head_samples,
-                ),
-                (
-                    "trawler_store_series",
-                    "Series in the catalog.",
-                    "gauge",
-                    s.series,
-                ),
-                (
-                    "trawler_store_memory_bytes",
-                    "Memory the store holds.",
-                    "gauge",
-                    s.memory_bytes,
-                ),
-                ("trawler_store_blocks", "Live blocks.", "gauge", s.blocks),
-                (
-                    "trawler_store_flushes_total",
-                    "Heads written as blocks.",
-                    "counter",
-                    s.flushes,
-                ),
-                (
-                    "trawler_store_compactions_total",
-                    "Compactions run.",
-                    "counter",
-                    s.compactions,
-                ),
-                (
-                    "trawler_store_corrupt_blocks",
-                    "Blocks that failed their checksum.",
-                    "gauge",
-                    s.corrupt_blocks,
-                ),
-                (
-                    "trawler_store_stale_samples_total",
-                    "Samples dropped as stale.",
-                    "counter",
-                    s.stale_samples,
-                ),
-                (
-                    "trawler_ingest_store_errors_total",
-                    "Batches the store refused.",
-                    "counter",
-                    node.counters.store_errors.load(Ordering::Relaxed),
-                ),
-                (
-                    "trawler_ingest_queue_events",
-                    "Crawl events waiting for ingest (sampled at each batch).",
-                    "gauge",
-                    node.counters.queued.load(Ordering::Relaxed),
-                ),
-                (
-                    "trawler_ingest_queue_peak_events",
-                    "Most crawl events ever waiting for ingest.",
-                    "gauge",
-                    node.counters.queued_peak.load(Ordering::Relaxed),
-                ),
-                (
-                    "trawler_ingest_queue_capacity",
-                    "Crawl events the buffer between crawl and ingest holds.",
-                    "gauge",
-                    node.counters.queue_capacity.load(Ordering::Relaxed),
-                ),
-                (
-                    "trawler_views_memory_bytes",
-                    "Memory the live views hold.",
-                    "gauge",
-                    node.views.memory().total() as u64,
-                ),
-                (
-                    "trawler_views_references_memory_bytes",
-                    "Memory the movers' hourly references hold.",
-                    "gauge",
-                    node.references_memory_bytes() as u64,
-                ),
-            ],
+            &[(
+                "trawler_views_memory_bytes",
+                "Memory the live views hold.",
+                "gauge",
+                self.host.views().memory().total() as u64,
+            )],
         );
-        if s.samples > 0 {
-            let _ = writeln!(
-                out,
-                "# HELP trawler_store_bytes_per_sample Bytes on disk per stored sample.\n# TYPE trawler_store_bytes_per_sample gauge\ntrawler_store_bytes_per_sample{{job=\"{job}\"}} {}",
-                s.bytes_on_disk as f64 / s.samples as f64
-            );
-        }
-        if let Some(enrich) = node.enrich() {
-            let m = enrich.metrics();
-            write_metrics(
-                out,
-                job,
-                &[
-                    (
-                        "trawler_enrich_calls_total",
-                        "Enrichment calls made.",
-                        "counter",
-                        m.calls,
-                    ),
-                    (
-                        "trawler_enrich_answers_total",
-                        "Enrichment answers received.",
-                        "counter",
-                        m.answers,
-                    ),
-                    (
-                        "trawler_enrich_reused_total",
-                        "Answers reused without a call.",
-                        "counter",
-                        m.reused,
-                    ),
-                    (
-                        "trawler_enrich_retries_total",
-                        "Enrichment calls retried.",
-                        "counter",
-                        m.retries,
-                    ),
-                    (
-                        "trawler_enrich_failures_total",
-                        "Checks failed after every retry.",
-                        "counter",
-                        m.failures,
-                    ),
-                    (
-                        "trawler_enrich_in_flight",
-                        "Enrichment calls in flight.",
-                        "gauge",
-                        m.in_flight,
-                    ),
-                    (
-                        "trawler_enrich_put_off",
-                        "Ids waiting for a later retry.",
-                        "gauge",
-                        m.put_off,
-                    ),
-                ],
-            );
+        if let Some(enrich) = self.host.enrich() {
+            enrich_metrics(out, job, enrich);
         }
     }
+}
+
+/// The enrichment's counters, in Prometheus text.
+fn enrich_metrics(out: &mut String, job: &str, enrich: &trawler_enrich::EnrichHandle) {
+    let m = enrich.metrics();
+    write_metrics(
+        out,
+        job,
+        &[
+            (
+                "trawler_enrich_calls_total",
+                "Enrichment calls made.",
+                "counter",
+                m.calls,
+            ),
+            (
+                "trawler_enrich_answers_total",
+                "Enrichment answers received.",
+                "counter",
+                m.answers,
+            ),
+            (
+                "trawler_enrich_reused_total",
+                "Answers reused without a call.",
+                "counter",
+                m.reused,
+            ),
+            (
+                "trawler_enrich_retries_total",
+                "Enrichment calls retried.",
+                "counter",
+                m.retries,
+            ),
+            (
+                "trawler_enrich_failures_total",
+                "Checks failed after every retry.",
+                "counter",
+                m.failures,
+            ),
+            (
+                "trawler_enrich_in_flight",
+                "Enrichment calls in flight.",
+                "gauge",
+                m.in_flight,
+            ),
+            (
+                "trawler_enrich_put_off",
+                "Ids waiting for a later retry.",
+                "gauge",
+                m.put_off,
+            ),
+        ],
+    );
 }

@@ -18,36 +18,28 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::{mpsc, watch};
-use trawler_api::{ApiError, Backend, Points, SeriesQuery, TopBy, TrackOutcome};
+use trawler_api::{ApiError, TrackOutcome};
 use trawler_cluster::stream::{self, Message};
-use trawler_cluster::{
-    Batch, Cluster, LeaseState, Publisher, Row, ShardOwner, VerdictRow, Verdicts, VmClient,
-    WriterMetrics,
-};
+use trawler_cluster::{Cluster, LeaseState, Publisher, ShardOwner, VmClient, WriterMetrics};
 use trawler_crawl::{CrawlHandle, Event, IdSet, Job};
 use trawler_enrich::{EnrichHandle, Verdict};
-use trawler_views::{HourlyFirsts, Reference, Suspicion, Update, Views, HOURS};
+use trawler_views::{HourlyFirsts, Reference, Suspicion, Update, Views};
 
-use crate::backend::{
-    entity_json, flag_stats, invalid_page, metric_points, top_json, write_metrics, Names,
-};
+use crate::backend::{invalid_page, write_metrics, Host, NodeBackend};
 use crate::config::{ClusterSettings, NodeConfig};
 use crate::error::{Result, Step};
 use crate::layout::Layout;
 use crate::now_ms;
-
-const HOUR_MS: i64 = 3_600_000;
-
-/// How long a batch is retried before its observations count as dropped.
-const PUBLISH_GIVE_UP: Duration = Duration::from_secs(60);
+use crate::storage::victoria::{StreamWriter, VictoriaReader};
+use crate::storage::Writer;
 
 /// Everything a cluster node shares between its tasks and the API.
 pub struct ClusterNode {
     job: Job,
-    /// How the API names entities.
-    names: Names,
-    /// How series are labelled in VictoriaMetrics.
-    naming: trawler_cluster::vm::Naming,
+    /// The durable writer: the stream.
+    writer: Arc<StreamWriter>,
+    /// Series reads: VictoriaMetrics.
+    reader: Arc<VictoriaReader>,
     /// Every id of the job (the cluster's tracked set).
     all_ids: IdSet,
     layout: Layout,
@@ -55,11 +47,10 @@ pub struct ClusterNode {
     crawl: CrawlHandle,
     enrich: OnceLock<EnrichHandle>,
     cluster: Cluster,
-    vm: VmClient,
     shard_ids: Vec<Vec<u64>>,
     leases: Arc<Mutex<LeaseState>>,
-    publisher: Publisher,
-    writer: Arc<WriterMetrics>,
+    /// The VictoriaMetrics writer task's counters.
+    vm_writer: Arc<WriterMetrics>,
     /// Movers' references by entity, fed by the followed stream.
     references: Mutex<HourlyFirsts>,
     /// Observations the stream acknowledged (stored on every replica).
@@ -108,7 +99,7 @@ impl ClusterNode {
             "achievedPerSecond": m.schedule.achieved_per_sec,
             "tracked": m.gauges.tracked,
             "invalid": m.gauges.invalid,
-            "vmSamples": self.writer.samples.load(Ordering::Relaxed),
+            "vmSamples": self.vm_writer.samples.load(Ordering::Relaxed),
         });
         Bytes::from(beat.to_string())
     }
@@ -187,75 +178,43 @@ impl ClusterNode {
     }
 }
 
-/// Publishes crawl events in batches; an observation is acknowledged when
-/// the stream stored its batch.
+/// Publishes crawl events in batches through the durable writer; an
+/// observation is acknowledged when the stream stored its batch.
 async fn publish_events(node: Arc<ClusterNode>, mut events: mpsc::Receiver<Event>) {
-    let subject = stream::obs_subject(node.job.name());
-    let stored: Vec<usize> = node.layout.stored.iter().map(|s| s.index).collect();
-    let names: Vec<String> = node.layout.stored.iter().map(|s| s.name.clone()).collect();
     let mut batch = Vec::with_capacity(1_024);
     while events.recv_many(&mut batch, 1_024).await > 0 {
-        let rows: Vec<Row> = batch
+        let observations: Vec<&trawler_crawl::Observation> = batch
             .iter()
             .filter_map(|e| match e {
-                Event::Observation(o) => Some(Row(
-                    o.id,
-                    o.slot_ms,
-                    stored
-                        .iter()
-                        .map(|&i| Some(o.values[i]).filter(|v| !v.is_nan()))
-                        .collect(),
-                )),
+                Event::Observation(o) => Some(o),
                 _ => None,
             })
             .collect();
+        let n = observations.len() as u64;
+        if n > 0 {
+            // The writer waits for the stream's acknowledgement.
+            match tokio::task::block_in_place(|| node.writer.append(&observations)) {
+                Ok(_) => {
+                    node.acknowledged.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    node.dropped.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(error = %e, observations = n, "the stream did not take a batch; its observations are lost");
+                }
+            }
+        }
         batch.clear();
-        if rows.is_empty() {
-            continue;
-        }
-        let n = rows.len();
-        let payload = Batch {
-            node: node.cluster.config.node_id.clone(),
-            metrics: names.clone(),
-            rows,
-        };
-        match node
-            .publisher
-            .publish_json(subject.clone(), &payload, PUBLISH_GIVE_UP)
-            .await
-        {
-            Ok(()) => {
-                node.acknowledged.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                node.dropped.fetch_add(n as u64, Ordering::Relaxed);
-                tracing::error!(error = %e, observations = n, "the stream did not take a batch; its observations are lost");
-            }
-        }
     }
 }
 
-/// Publishes enrichment answers.
+/// Publishes enrichment answers through the durable writer.
 async fn publish_verdicts(node: Arc<ClusterNode>, mut verdicts: mpsc::Receiver<Verdict>) {
-    let subject = stream::verdict_subject(node.job.name());
     let mut batch = Vec::with_capacity(1_024);
     while verdicts.recv_many(&mut batch, 1_024).await > 0 {
-        let payload = Verdicts {
-            // Only a job with an enrichment sends answers.
-            metric: node.layout.flag.clone().unwrap_or_default(),
-            rows: batch
-                .iter()
-                .map(|v| VerdictRow(v.id, v.value, v.checked_at_ms))
-                .collect(),
-        };
-        batch.clear();
-        if let Err(e) = node
-            .publisher
-            .publish_json(subject.clone(), &payload, PUBLISH_GIVE_UP)
-            .await
-        {
+        if let Err(e) = tokio::task::block_in_place(|| node.writer.append_flags(&batch)) {
             tracing::error!(error = %e, "the stream did not take a batch of verdicts");
         }
+        batch.clear();
     }
 }
 
@@ -289,48 +248,6 @@ async fn follow_stream(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) 
     }
 }
 
-/// Restores the movers' references from VictoriaMetrics once at start-up:
-/// the first value of the ranked metric in each of the last [`HOURS`]
-/// clock hours (MetricsQL's `first_over_time` over the hour), the same
-/// references the embedded mode reads from its store's hourly rollups. The
-/// stream fills the hours it sees meanwhile; VictoriaMetrics' first value of
-/// an hour (older) replaces the stream's. Returns the entities restored.
-async fn restore_references(node: &ClusterNode) -> usize {
-    let rank = node.layout.views.rank_by.clone();
-    let key_label = node.job.key_name().to_owned();
-    let job = node.job.name().to_owned();
-    let hour = now_ms().div_euclid(HOUR_MS) * HOUR_MS;
-    let mut restored = std::collections::HashSet::new();
-    for back in (0..HOURS as i64).rev() {
-        let start = hour - back * HOUR_MS;
-        // The window (t − 1h, t] of an instant query at the hour's last
-        // millisecond is the clock hour.
-        let query = format!("first_over_time({rank}{{job=\"{job}\"}}[1h])");
-        match node.vm.query_at(&query, start + HOUR_MS - 1).await {
-            Ok(series) => {
-                let mut firsts = node.references.lock().unwrap_or_else(|e| e.into_inner());
-                for (labels, v) in series {
-                    let Some(id) = labels
-                        .get(&key_label)
-                        .and_then(|p| p.as_str())
-                        .and_then(|p| node.job.keys().parse(p).ok().flatten())
-                    else {
-                        continue;
-                    };
-                    if v.is_finite() {
-                        firsts.restore(id, start, v as i64);
-                        restored.insert(id);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, hour_ms = start, "movers' references of an hour not restored");
-            }
-        }
-    }
-    restored.len()
-}
-
 /// Runs this process as a cluster node until `shutdown` completes.
 pub(crate) async fn run(
     node_config: &NodeConfig,
@@ -361,10 +278,24 @@ pub(crate) async fn run(
         key_label: job.key_name().to_owned(),
         key: Arc::new(move |id, out| keys.write(id, out)),
     };
-    let node = Arc::new(ClusterNode {
-        publisher: Publisher::new(cluster.js.clone(), &cluster.config.node_id),
-        names: Names::new(&job, &layout),
+    let runtime = tokio::runtime::Handle::current();
+    let writer = Arc::new(StreamWriter::new(
+        Publisher::new(cluster.js.clone(), &cluster.config.node_id),
+        &cluster.config.node_id,
+        job.name(),
+        &layout,
+        runtime.clone(),
+    ));
+    let reader = Arc::new(VictoriaReader::new(
+        vm.clone(),
         naming,
+        job.keys().clone(),
+        &layout,
+        runtime,
+    ));
+    let node = Arc::new(ClusterNode {
+        writer,
+        reader,
         job: job.clone(),
         all_ids,
         layout,
@@ -372,10 +303,9 @@ pub(crate) async fn run(
         crawl,
         enrich: OnceLock::new(),
         cluster: cluster.clone(),
-        vm: vm.clone(),
         shard_ids,
         leases: Arc::new(Mutex::new(LeaseState::default())),
-        writer: Arc::new(WriterMetrics::default()),
+        vm_writer: Arc::new(WriterMetrics::default()),
         references: Mutex::new(HourlyFirsts::default()),
         acknowledged: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
@@ -387,9 +317,12 @@ pub(crate) async fn run(
     let follow_task = tokio::spawn(follow_stream(node.clone(), stop_rx.clone()));
     {
         let node = node.clone();
-        tokio::spawn(async move {
+        tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let restored = restore_references(&node).await;
+            let restored =
+                crate::node::restore_references(&*node.reader, &node.references, now_ms(), |id| {
+                    node.all_ids.contains(id)
+                });
             tracing::info!(
                 entities = restored,
                 ms = started.elapsed().as_millis() as u64,
@@ -402,8 +335,8 @@ pub(crate) async fn run(
         let (cluster, vm, naming, metrics, stop) = (
             cluster.clone(),
             vm.clone(),
-            node.naming.clone(),
-            node.writer.clone(),
+            node.reader.naming().clone(),
+            node.vm_writer.clone(),
             writer_stop_rx,
         );
         tokio::spawn(async move {
@@ -449,7 +382,11 @@ pub(crate) async fn run(
         token: node_config.api_token.clone(),
         ..Default::default()
     }
-    .build(Arc::new(ClusterBackend { node: node.clone() }))
+    .build(Arc::new(NodeBackend::new(
+        node.clone(),
+        &job,
+        node.reader.clone(),
+    )))
     .step("the API")?;
     let listener = crate::bind_api(node_config.listen)?;
     let api_addr = listener.local_addr().step("binding the API")?;
@@ -481,9 +418,9 @@ pub(crate) async fn run(
                     polls_per_s = m.polls_per_sec.round(),
                     lag_p99_ms = m.lag_p99_ms.unwrap_or(0.0),
                     gaps = m.gaps,
-                    published = node.publisher.published.load(Ordering::Relaxed),
-                    imported = node.writer.samples.load(Ordering::Relaxed),
-                    backlog = node.writer.backlog.load(Ordering::Relaxed),
+                    published = node.writer.publisher().published.load(Ordering::Relaxed),
+                    imported = node.vm_writer.samples.load(Ordering::Relaxed),
+                    backlog = node.vm_writer.backlog.load(Ordering::Relaxed),
                     "status"
                 );
             }
@@ -529,90 +466,21 @@ impl trawler_enrich::Inputs for ClusterInputs {
     }
 }
 
-/// [`Backend`] of a cluster node.
-pub struct ClusterBackend {
-    node: Arc<ClusterNode>,
-}
-
-fn vm_error(e: trawler_cluster::Error) -> ApiError {
-    ApiError::Unavailable(format!("series store: {e}"))
-}
-
-/// Averages raw points into buckets of `step` (aligned to the epoch), so a
-/// derived metric's operands share bucket starts.
-fn downsample(points: Points, step: i64) -> Points {
-    let mut out: Points = Vec::new();
-    let mut acc: Option<(i64, f64, u32)> = None;
-    for (t, v) in points {
-        let start = t - t.rem_euclid(step);
-        match &mut acc {
-            Some((s, sum, n)) if *s == start => {
-                *sum += v;
-                *n += 1;
-            }
-            _ => {
-                if let Some((s, sum, n)) = acc.take() {
-                    out.push((s, sum / f64::from(n)));
-                }
-                acc = Some((start, v, 1));
-            }
-        }
-    }
-    if let Some((s, sum, n)) = acc {
-        out.push((s, sum / f64::from(n)));
-    }
-    out
-}
-
-impl ClusterBackend {
-    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        // Series reads run on the API's blocking pool (spawn_blocking).
-        tokio::runtime::Handle::current().block_on(f)
-    }
-}
-
-impl Backend for ClusterBackend {
-    fn info(&self) -> &trawler_api::JobInfo {
-        self.node.names.info()
+impl Host for ClusterNode {
+    fn views(&self) -> &Views {
+        &self.views
     }
 
-    fn key(&self, text: &str) -> Result<Option<u64>, ApiError> {
-        self.node.names.key(text)
+    fn layout(&self) -> &Layout {
+        &self.layout
     }
 
-    fn key_json(&self, id: u64) -> Json {
-        self.node.names.key_json(id)
+    /// The cluster tracks every id of the job file, whichever node polls it.
+    fn is_tracked(&self, id: u64) -> bool {
+        self.all_ids.contains(id)
     }
 
-    fn entity(&self, id: u64) -> Result<Option<Map<String, Json>>, ApiError> {
-        if !self.node.all_ids.contains(id) {
-            return Ok(None);
-        }
-        Ok(Some(entity_json(&self.node.views, &self.node.names, id)))
-    }
-
-    fn series(&self, id: u64, metric: &str, q: SeriesQuery) -> Result<Option<Points>, ApiError> {
-        let node = &self.node;
-        if !node.all_ids.contains(id) {
-            return Ok(None);
-        }
-        metric_points(&node.layout, metric, |pos| {
-            let name = &node.layout.stored[pos].name;
-            let points = self
-                .block_on(
-                    node.vm
-                        .export(&node.naming.selector(name, id), q.from_ms, q.to_ms),
-                )
-                .map_err(vm_error)?;
-            Ok(match q.step_ms {
-                Some(step) => downsample(points, step),
-                None => points,
-            })
-        })
-        .map(Some)
-    }
-
-    fn track(&self, _keys: &[String]) -> Result<TrackOutcome, ApiError> {
+    fn track(&self, _ids: &[u64]) -> Result<TrackOutcome, ApiError> {
         Err(ApiError::bad_request(
             "cluster_mode",
             "in cluster mode the tracked set is the job file's ids; change it there",
@@ -626,11 +494,18 @@ impl Backend for ClusterBackend {
         ))
     }
 
-    fn stats(&self) -> Map<String, Json> {
-        let node = &self.node;
-        let views = node.views.stats();
-        let rank_by = node.views.schema().rank_by();
-        let average = views.averages.get(rank_by);
+    fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
+        invalid_page(&self.crawl, after, limit)
+    }
+
+    fn enrich(&self) -> Option<&EnrichHandle> {
+        self.enrich.get()
+    }
+
+    /// The cluster's figures: every node's heartbeat summed (or the worst
+    /// of them), so any node answers for the whole cluster.
+    fn stats(&self, out: &mut Map<String, Json>) {
+        let node = self;
         let leases = node
             .leases
             .lock()
@@ -648,17 +523,7 @@ impl Backend for ClusterBackend {
                 .filter_map(|b| b[key].as_f64())
                 .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
         };
-        let mut out = Map::new();
         out.insert("trackedAccounts".into(), json!(node.all_ids.len()));
-        out.insert("crawledAccounts".into(), json!(views.tracked));
-        out.insert(
-            node.layout.average.clone(),
-            average
-                .and_then(|a| a.mean())
-                .map(Json::from)
-                .unwrap_or(Json::Null),
-        );
-        out.insert("averageCovers".into(), json!(average.map(|a| a.count)));
         out.insert("invalidAccounts".into(), json!(sum("invalid") as u64));
         out.insert("pollsPerSecond".into(), json!(sum("pollsPerSecond")));
         out.insert("lagP50Ms".into(), json!(max("lagP50Ms")));
@@ -685,21 +550,15 @@ impl Backend for ClusterBackend {
                 interval_ms
             }),
         );
-        flag_stats(&mut out, &node.names, views.suspicious, node.enrich.get());
         out.insert("samplesStored".into(), json!(sum("vmSamples") as u64));
         out.insert("bytesOnDisk".into(), Json::Null);
         out.insert("bytesPerSample".into(), Json::Null);
         out.insert("nodes".into(), json!(leases.nodes.len()));
         out.insert("shardsHeld".into(), json!(leases.held));
-        out
-    }
-
-    fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
-        invalid_page(&self.node.crawl, after, limit)
     }
 
     fn render_metrics(&self, out: &mut String) {
-        let node = &self.node;
+        let node = self;
         let job = node.job.name();
         out.push_str(&node.crawl.metrics().to_prometheus(job));
         let leases = node
@@ -745,13 +604,13 @@ impl Backend for ClusterBackend {
                     "trawler_cluster_published_batches_total",
                     "Batches the stream acknowledged.",
                     "counter",
-                    node.publisher.published.load(Ordering::Relaxed),
+                    node.writer.publisher().published.load(Ordering::Relaxed),
                 ),
                 (
                     "trawler_cluster_publish_failures_total",
                     "Publish attempts that failed and were retried.",
                     "counter",
-                    node.publisher.failures.load(Ordering::Relaxed),
+                    node.writer.publisher().failures.load(Ordering::Relaxed),
                 ),
                 (
                     "trawler_cluster_acknowledged_observations_total",
@@ -775,63 +634,21 @@ impl Backend for ClusterBackend {
                     "trawler_vm_imported_samples_total",
                     "Samples this node imported into VictoriaMetrics.",
                     "counter",
-                    node.writer.samples.load(Ordering::Relaxed),
+                    node.vm_writer.samples.load(Ordering::Relaxed),
                 ),
                 (
                     "trawler_vm_import_failures_total",
                     "Imports that failed (their batches come back).",
                     "counter",
-                    node.writer.failures.load(Ordering::Relaxed),
+                    node.vm_writer.failures.load(Ordering::Relaxed),
                 ),
                 (
                     "trawler_vm_backlog_messages",
                     "Stream messages not yet imported.",
                     "gauge",
-                    node.writer.backlog.load(Ordering::Relaxed),
-                ),
-                (
-                    "trawler_views_memory_bytes",
-                    "Memory the live views hold.",
-                    "gauge",
-                    node.views.memory().total() as u64,
+                    node.vm_writer.backlog.load(Ordering::Relaxed),
                 ),
             ],
         );
-    }
-
-    fn top(&self, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
-        top_json(&self.node.views, &self.node.names, by, limit)
-    }
-
-    fn flagged(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
-        self.node.views.suspicious(after, limit)
-    }
-
-    fn now_ms(&self) -> i64 {
-        super::now_ms()
-    }
-
-    fn average_series(&self, q: SeriesQuery) -> Result<Points, ApiError> {
-        let node = &self.node;
-        let rank = &node.layout.stored[node.layout.rank_stored].name;
-        let query = format!("avg({rank}{{job=\"{}\"}})", node.job.name());
-        let step = q.step_ms.unwrap_or(60_000).max(60_000);
-        self.block_on(node.vm.query_range(&query, q.from_ms, q.to_ms, step))
-            .map_err(vm_error)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn downsampling_averages_epoch_aligned_buckets() {
-        let points = vec![(0, 1.0), (30_000, 3.0), (60_000, 10.0), (179_999, 20.0)];
-        assert_eq!(
-            downsample(points, 60_000),
-            vec![(0, 2.0), (60_000, 10.0), (120_000, 20.0)]
-        );
-        assert!(downsample(Vec::new(), 1_000).is_empty());
     }
 }

@@ -223,7 +223,11 @@ pub(crate) async fn run(
         token: config.api_token.clone(),
         ..Default::default()
     }
-    .build(Arc::new(NodeBackend::new(node.clone())))
+    .build(Arc::new(NodeBackend::new(
+        node.clone(),
+        &job,
+        node.storage.clone(),
+    )))
     .step("the API")?;
     let listener = crate::bind_api(config.listen)?;
     let api_addr = listener.local_addr().step("binding the API")?;

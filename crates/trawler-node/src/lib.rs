@@ -25,6 +25,7 @@ pub mod layout;
 pub mod node;
 pub mod state;
 pub mod status;
+pub mod storage;
 
 use std::future::Future;
 

@@ -9,55 +9,24 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use serde_json::{json, Map, Value as Json};
 use tokio::sync::mpsc;
+use trawler_api::{ApiError, TrackOutcome};
 use trawler_crawl::{CrawlHandle, Event, IdSet, Observation};
 use trawler_enrich::{EnrichHandle, Verdict};
-use trawler_store::{Resolution, Sample, SeriesId, SeriesKey, Store, Value, ValueKind};
+use trawler_store::{Store, Value};
 use trawler_views::{HourlyFirsts, Reference, Row, Suspicion, Update, Views, HOURS};
 
 use crate::layout::Layout;
 use crate::state::StateFiles;
+use crate::storage::embedded::EmbeddedStorage;
+use crate::storage::{Reader, Writer};
 
-/// The job-level series (the average's history) live under this job name,
-/// entity 0, so they never collide with an entity's series.
-pub fn aggregates_job(job: &str) -> String {
-    format!("{job}:aggregates")
-}
+pub use crate::storage::embedded::aggregates_job;
 
 const HOUR_MS: i64 = 3_600_000;
-
-/// Series ids of each entity, in [`Layout::stored`] order, created on first
-/// sight. A flat vector indexed through a map keeps it to ~24 bytes per
-/// entity plus 8 per series.
-#[derive(Debug, Default)]
-pub struct SeriesTable {
-    offsets: HashMap<u64, u32>,
-    ids: Vec<SeriesId>,
-    per_entity: usize,
-}
-
-impl SeriesTable {
-    fn new(per_entity: usize) -> Self {
-        Self {
-            per_entity,
-            ..Self::default()
-        }
-    }
-
-    /// The series of `entity`, if it has any.
-    pub fn get(&self, entity: u64) -> Option<&[SeriesId]> {
-        let at = *self.offsets.get(&entity)? as usize * self.per_entity;
-        Some(&self.ids[at..at + self.per_entity])
-    }
-
-    fn insert(&mut self, entity: u64, series: &[SeriesId]) {
-        let offset = (self.ids.len() / self.per_entity) as u32;
-        self.offsets.insert(entity, offset);
-        self.ids.extend_from_slice(series);
-    }
-}
 
 /// Counters of the ingest path.
 #[derive(Debug, Default)]
@@ -84,18 +53,14 @@ pub struct Node {
     pub job: String,
     /// Metric layout.
     pub layout: Layout,
-    /// The embedded store.
-    pub store: Arc<Store>,
+    /// The embedded store behind the storage seams.
+    pub storage: Arc<EmbeddedStorage>,
     /// Live views.
     pub views: Views,
     /// The crawl.
     pub crawl: CrawlHandle,
     /// The enrichment, once started (it needs the node for its inputs).
     enrich: OnceLock<EnrichHandle>,
-    /// Series ids by entity.
-    pub series: RwLock<SeriesTable>,
-    /// Series of the enrichment's answers by entity.
-    flag_series: Mutex<HashMap<u64, SeriesId>>,
     /// Movers' references by entity, fed by ingest (no store reads on the
     /// ingest path) and restored from the store once at start-up.
     references: Mutex<HourlyFirsts>,
@@ -113,7 +78,7 @@ pub struct Node {
 }
 
 impl Node {
-    /// Assembles a node; series ids come from the store's catalog.
+    /// Assembles a node over `store`; series ids come from its catalog.
     pub fn new(
         job: String,
         layout: Layout,
@@ -123,32 +88,14 @@ impl Node {
         files: StateFiles,
     ) -> Self {
         let keys_saved = AtomicU64::new(crawl.job().keys().len() as u64);
-        let mut table = SeriesTable::new(layout.stored.len());
-        let mut flags = HashMap::new();
-        let mut partial: HashMap<u64, Vec<Option<SeriesId>>> = HashMap::new();
-        for info in store.list_series(&job) {
-            if layout.flag.as_deref() == Some(info.metric.as_str()) {
-                flags.insert(info.entity, info.id);
-            } else if let Some(pos) = layout.stored.iter().position(|s| s.name == info.metric) {
-                partial
-                    .entry(info.entity)
-                    .or_insert_with(|| vec![None; layout.stored.len()])[pos] = Some(info.id);
-            }
-        }
-        for (entity, ids) in partial {
-            if let Some(ids) = ids.into_iter().collect::<Option<Vec<_>>>() {
-                table.insert(entity, &ids);
-            }
-        }
+        let storage = Arc::new(EmbeddedStorage::new(&job, &layout, store));
         Self {
             job,
             layout,
-            store,
+            storage,
             views,
             crawl,
             enrich: OnceLock::new(),
-            series: RwLock::new(table),
-            flag_series: Mutex::new(flags),
             references: Mutex::new(HourlyFirsts::default()),
             files,
             keys_saved,
@@ -168,7 +115,7 @@ impl Node {
     /// failed fsync) makes the node stop, instead of crawling into a store
     /// that loses everything.
     fn check_store(&self) {
-        if let Some(why) = self.store.poisoned() {
+        if let Some(why) = self.storage.refused() {
             if self.failed.borrow().is_none() {
                 tracing::error!(error = %why, "the store refuses writes after a failed fsync; the node stops");
                 self.failed.send_replace(Some(why));
@@ -188,7 +135,6 @@ impl Node {
 
     /// Appends a batch of crawl events to the store, then to the views.
     pub fn ingest(&self, events: &[Event]) {
-        let stored = &self.layout.stored;
         let observations: Vec<&Observation> = events
             .iter()
             .filter_map(|e| match e {
@@ -196,39 +142,14 @@ impl Node {
                 _ => None,
             })
             .collect();
-        self.ensure_series(observations.iter().map(|o| o.id));
-        let mut samples = Vec::with_capacity(observations.len() * stored.len());
-        {
-            let table = self.series.read().unwrap_or_else(|e| e.into_inner());
-            for o in &observations {
-                let Some(ids) = table.get(o.id) else { continue };
-                for (s, series) in stored.iter().zip(ids) {
-                    let v = o.values[s.index];
-                    if v.is_nan() {
-                        continue;
-                    }
-                    let value = match s.kind {
-                        ValueKind::Int => Value::Int(v as i64),
-                        ValueKind::Float => Value::Float(v),
-                    };
-                    samples.push(Sample {
-                        series: *series,
-                        ts_ms: o.slot_ms,
-                        value,
-                    });
-                }
-            }
-        }
-        if !samples.is_empty() {
-            match self.store.append(&samples) {
-                Ok(appended) => {
-                    self.counters
-                        .samples
-                        .fetch_add(appended.accepted as u64, Ordering::Relaxed);
+        if !observations.is_empty() {
+            match self.storage.append(&observations) {
+                Ok(accepted) => {
+                    self.counters.samples.fetch_add(accepted, Ordering::Relaxed);
                 }
                 Err(e) => {
                     self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, samples = samples.len(), "store append failed; batch not acknowledged");
+                    tracing::error!(error = %e, observations = observations.len(), "store append failed; batch not acknowledged");
                     self.check_store();
                     return;
                 }
@@ -313,55 +234,12 @@ impl Node {
             .memory_bytes()
     }
 
-    /// Restores the movers' references from the store's hourly rollups of
-    /// the last [`HOURS`] clock hours up to `now_ms`'s, once at start-up and
-    /// beside the crawl: ingest fills the hours it sees meanwhile, and the
-    /// store's first value of an hour (older) replaces ingest's. Until an
-    /// entity is restored its movers may lack a reference (it is left out
-    /// of them for that observation). Returns the entities restored.
+    /// Restores the movers' references from the store's hourly rollups
+    /// once at start-up (see [`restore_references`]).
     pub fn restore_references(&self, now_ms: i64) -> usize {
-        let hour = now_ms.div_euclid(HOUR_MS) * HOUR_MS;
-        let from = hour - (HOURS as i64 - 1) * HOUR_MS;
-        let rank = self.layout.rank_stored;
-        let entities: Vec<(u64, SeriesId)> = {
-            let table = self.series.read().unwrap_or_else(|e| e.into_inner());
-            table
-                .offsets
-                .keys()
-                .filter_map(|&e| table.get(e).map(|ids| (e, ids[rank])))
-                .collect()
-        };
-        let mut restored = 0;
-        for chunk in entities.chunks(1_024) {
-            let read: Vec<(u64, Vec<(i64, i64)>)> = chunk
-                .iter()
-                .filter_map(|&(entity, series)| {
-                    let rollups = self
-                        .store
-                        .rollups(series, from, hour + HOUR_MS, Resolution::Hour)
-                        .ok()?;
-                    let firsts = rollups
-                        .iter()
-                        .map(|r| match r.first {
-                            Value::Int(v) => (r.start_ms, v),
-                            Value::Float(v) => (r.start_ms, v as i64),
-                        })
-                        .collect();
-                    Some((entity, firsts))
-                })
-                .collect();
-            let mut firsts = self.references.lock().unwrap_or_else(|e| e.into_inner());
-            for (entity, hours) in read {
-                if !self.crawl.is_tracked(entity) {
-                    continue;
-                }
-                restored += usize::from(!hours.is_empty());
-                for (start, v) in hours {
-                    firsts.restore(entity, start, v);
-                }
-            }
-        }
-        restored
+        restore_references(&*self.storage, &self.references, now_ms, |id| {
+            self.crawl.is_tracked(id)
+        })
     }
 
     /// Appends the current average of the ranked metric to its history.
@@ -374,59 +252,8 @@ impl Node {
         else {
             return;
         };
-        let job = aggregates_job(&self.job);
-        let key = SeriesKey {
-            job: &job,
-            entity: 0,
-            metric: &self.layout.average,
-        };
-        let result = self.store.series(key, ValueKind::Float).and_then(|series| {
-            self.store.append(&[Sample {
-                series,
-                ts_ms,
-                value: Value::Float(mean),
-            }])
-        });
-        if let Err(e) = result {
+        if let Err(e) = self.storage.append_average(ts_ms, mean) {
             tracing::error!(error = %e, "could not store the average");
-        }
-    }
-
-    /// Creates the series of entities seen for the first time, in one
-    /// catalog batch.
-    fn ensure_series(&self, entities: impl Iterator<Item = u64>) {
-        let missing: Vec<u64> = {
-            let table = self.series.read().unwrap_or_else(|e| e.into_inner());
-            entities.filter(|id| table.get(*id).is_none()).collect()
-        };
-        if missing.is_empty() {
-            return;
-        }
-        let keys: Vec<(SeriesKey, ValueKind)> = missing
-            .iter()
-            .flat_map(|&entity| {
-                self.layout.stored.iter().map(move |s| {
-                    (
-                        SeriesKey {
-                            job: &self.job,
-                            entity,
-                            metric: &s.name,
-                        },
-                        s.kind,
-                    )
-                })
-            })
-            .collect();
-        match self.store.series_batch(&keys) {
-            Ok(ids) => {
-                let mut table = self.series.write().unwrap_or_else(|e| e.into_inner());
-                for (entity, chunk) in missing.iter().zip(ids.chunks(self.layout.stored.len())) {
-                    if table.get(*entity).is_none() {
-                        table.insert(*entity, chunk);
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "could not create series"),
         }
     }
 
@@ -437,43 +264,11 @@ impl Node {
         self.counters
             .verdicts
             .fetch_add(verdicts.len() as u64, Ordering::Relaxed);
-        let Some(flag) = self.layout.flag.as_deref() else {
+        if let Err(e) = self.storage.append_flags(verdicts) {
+            tracing::error!(error = %e, "could not store the enrichment's answers");
+            self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+            self.check_store();
             return;
-        };
-        let mut samples = Vec::new();
-        let mut series = self.flag_series.lock().unwrap_or_else(|e| e.into_inner());
-        for v in verdicts {
-            let id = match series.get(&v.id) {
-                Some(id) => *id,
-                None => {
-                    let key = SeriesKey {
-                        job: &self.job,
-                        entity: v.id,
-                        metric: flag,
-                    };
-                    match self.store.series(key, ValueKind::Int) {
-                        Ok(id) => *series.entry(v.id).or_insert(id),
-                        Err(e) => {
-                            tracing::error!(error = %e, metric = flag, "could not create an enrichment series");
-                            continue;
-                        }
-                    }
-                }
-            };
-            samples.push(Sample {
-                series: id,
-                ts_ms: v.checked_at_ms,
-                value: Value::Int(v.value as i64),
-            });
-        }
-        drop(series);
-        if !samples.is_empty() {
-            if let Err(e) = self.store.append(&samples) {
-                tracing::error!(error = %e, metric = flag, "could not store the enrichment's answers");
-                self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                self.check_store();
-                return;
-            }
         }
         let checks: Vec<(u64, Suspicion)> = verdicts
             .iter()
@@ -507,6 +302,237 @@ impl Node {
             .save(&self.crawl.invalid_ids().into_iter().collect())?;
         Ok(())
     }
+}
+
+impl crate::backend::Host for Node {
+    fn views(&self) -> &Views {
+        &self.views
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn is_tracked(&self, id: u64) -> bool {
+        self.crawl.is_tracked(id)
+    }
+
+    fn track(&self, ids: &[u64]) -> Result<TrackOutcome, ApiError> {
+        let added = self.crawl.track(ids.iter().copied()) as u64;
+        if let Some(enrich) = self.enrich() {
+            enrich.track(ids.to_vec());
+        }
+        self.save_state().map_err(|e| {
+            ApiError::Unavailable(format!("could not persist the tracked set: {e}"))
+        })?;
+        let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len() as u64;
+        Ok(TrackOutcome {
+            added,
+            already_tracked: distinct - added,
+            tracked: self.crawl.tracked_count() as u64,
+        })
+    }
+
+    fn untrack(&self, id: u64) -> Result<bool, ApiError> {
+        if !self.crawl.untrack(id) {
+            return Ok(false);
+        }
+        self.views.remove(&[id]);
+        self.forget_references(&[id]);
+        if let Some(enrich) = self.enrich() {
+            enrich.untrack(id);
+        }
+        self.save_state().map_err(|e| {
+            ApiError::Unavailable(format!("could not persist the tracked set: {e}"))
+        })?;
+        Ok(true)
+    }
+
+    fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
+        crate::backend::invalid_page(&self.crawl, after, limit)
+    }
+
+    fn stats(&self, out: &mut Map<String, Json>) {
+        let crawl = self.crawl.metrics();
+        out.insert("trackedAccounts".into(), json!(crawl.gauges.tracked));
+        out.insert("invalidAccounts".into(), json!(crawl.gauges.invalid));
+        crate::backend::crawl_stats(out, &crawl, self.crawl.job().interval());
+        let store = self.storage.store().stats();
+        out.insert("samplesStored".into(), json!(store.samples));
+        out.insert("bytesOnDisk".into(), json!(store.bytes_on_disk));
+        out.insert(
+            "bytesPerSample".into(),
+            if store.samples > 0 {
+                json!(store.bytes_on_disk as f64 / store.samples as f64)
+            } else {
+                Json::Null
+            },
+        );
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        out.push_str(&self.crawl.metrics().to_prometheus(&self.job));
+        let s = self.storage.store().stats();
+        let c = &self.counters;
+        crate::backend::write_metrics(
+            out,
+            &self.job,
+            &[
+                (
+                    "trawler_store_bytes_on_disk",
+                    "Bytes the store holds on disk.",
+                    "gauge",
+                    s.bytes_on_disk,
+                ),
+                (
+                    "trawler_store_block_bytes",
+                    "Bytes in compressed blocks.",
+                    "gauge",
+                    s.block_bytes,
+                ),
+                (
+                    "trawler_store_wal_bytes",
+                    "Bytes in write-ahead log segments.",
+                    "gauge",
+                    s.wal_bytes,
+                ),
+                (
+                    "trawler_store_samples",
+                    "Samples stored.",
+                    "gauge",
+                    s.samples,
+                ),
+                (
+                    "trawler_store_head_samples",
+                    "Samples in the in-memory head.",
+                    "gauge",
+                    s.head_samples,
+                ),
+                (
+                    "trawler_store_series",
+                    "Series in the catalog.",
+                    "gauge",
+                    s.series,
+                ),
+                (
+                    "trawler_store_memory_bytes",
+                    "Memory the store holds.",
+                    "gauge",
+                    s.memory_bytes,
+                ),
+                ("trawler_store_blocks", "Live blocks.", "gauge", s.blocks),
+                (
+                    "trawler_store_flushes_total",
+                    "Heads written as blocks.",
+                    "counter",
+                    s.flushes,
+                ),
+                (
+                    "trawler_store_compactions_total",
+                    "Compactions run.",
+                    "counter",
+                    s.compactions,
+                ),
+                (
+                    "trawler_store_corrupt_blocks",
+                    "Blocks that failed their checksum.",
+                    "gauge",
+                    s.corrupt_blocks,
+                ),
+                (
+                    "trawler_store_stale_samples_total",
+                    "Samples dropped as stale.",
+                    "counter",
+                    s.stale_samples,
+                ),
+                (
+                    "trawler_ingest_store_errors_total",
+                    "Batches the store refused.",
+                    "counter",
+                    c.store_errors.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_ingest_queue_events",
+                    "Crawl events waiting for ingest (sampled at each batch).",
+                    "gauge",
+                    c.queued.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_ingest_queue_peak_events",
+                    "Most crawl events ever waiting for ingest.",
+                    "gauge",
+                    c.queued_peak.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_ingest_queue_capacity",
+                    "Crawl events the buffer between crawl and ingest holds.",
+                    "gauge",
+                    c.queue_capacity.load(Ordering::Relaxed),
+                ),
+                (
+                    "trawler_views_references_memory_bytes",
+                    "Memory the movers' hourly references hold.",
+                    "gauge",
+                    self.references_memory_bytes() as u64,
+                ),
+            ],
+        );
+        if s.samples > 0 {
+            use std::fmt::Write;
+            let _ = writeln!(
+                out,
+                "# HELP trawler_store_bytes_per_sample Bytes on disk per stored sample.\n# TYPE trawler_store_bytes_per_sample gauge\ntrawler_store_bytes_per_sample{{job=\"{}\"}} {}",
+                self.job,
+                s.bytes_on_disk as f64 / s.samples as f64
+            );
+        }
+    }
+
+    fn enrich(&self) -> Option<&EnrichHandle> {
+        self.enrich.get()
+    }
+}
+
+/// Restores the movers' references from `reader` once at start-up: the
+/// first value of the ranked metric in each of the last [`HOURS`] clock
+/// hours up to `now_ms`'s (the embedded store's hourly rollups, or
+/// VictoriaMetrics' `first_over_time`), beside the crawl: ingest (or the
+/// stream) fills the hours it sees meanwhile, and the stored first value of
+/// an hour (older) replaces it. Until an entity is restored its movers may
+/// lack a reference (it is left out of them for that observation). Returns
+/// the entities restored; the same in both modes.
+pub fn restore_references(
+    reader: &dyn Reader,
+    references: &Mutex<HourlyFirsts>,
+    now_ms: i64,
+    is_tracked: impl Fn(u64) -> bool,
+) -> usize {
+    let hour = now_ms.div_euclid(HOUR_MS) * HOUR_MS;
+    let from = hour - (HOURS as i64 - 1) * HOUR_MS;
+    let mut restored = std::collections::HashSet::new();
+    // In chunks, so ingest never waits long on the references' lock.
+    let mut chunk: Vec<(u64, i64, i64)> = Vec::with_capacity(4_096);
+    let flush = |chunk: &mut Vec<(u64, i64, i64)>,
+                 restored: &mut std::collections::HashSet<u64>| {
+        let mut firsts = references.lock().unwrap_or_else(|e| e.into_inner());
+        for (entity, start, v) in chunk.drain(..) {
+            if is_tracked(entity) {
+                firsts.restore(entity, start, v);
+                restored.insert(entity);
+            }
+        }
+    };
+    let result = reader.hourly_firsts(from, hour + HOUR_MS, &mut |entity, start, v| {
+        chunk.push((entity, start, v));
+        if chunk.len() == chunk.capacity() {
+            flush(&mut chunk, &mut restored);
+        }
+    });
+    flush(&mut chunk, &mut restored);
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "the movers' references were not all restored");
+    }
+    restored.len()
 }
 
 /// The job's enrichment (its first `[[enrichment]]`), each entity asked

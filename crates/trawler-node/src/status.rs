@@ -61,7 +61,7 @@ pub fn human_bytes(bytes: u64) -> String {
 /// Reads the figures of a running node.
 pub fn snapshot(node: &crate::node::Node) -> Snapshot {
     let crawl = node.crawl.metrics();
-    let store = node.store.stats();
+    let store = node.storage.store().stats();
     Snapshot {
         tracked: crawl.gauges.tracked,
         polls_per_s: crawl.polls_per_sec,

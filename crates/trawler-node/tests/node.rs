@@ -15,7 +15,7 @@ use trawler_node::state::StateFiles;
 
 struct Fixture {
     node: Arc<Node>,
-    backend: NodeBackend,
+    backend: NodeBackend<Node>,
     _dir: tempfile::TempDir,
 }
 
@@ -54,7 +54,7 @@ fn fixture_with(store: impl FnOnce(&mut trawler_store::StoreConfig)) -> Fixture 
         StateFiles::in_folder(dir.path()),
     ));
     Fixture {
-        backend: NodeBackend::new(node.clone()),
+        backend: NodeBackend::new(node.clone(), &job, node.storage.clone()),
         node,
         _dir: dir,
     }
