@@ -157,32 +157,51 @@ pub(crate) fn parse_formula(formula: &str, known: &[Metric]) -> Result<Source, S
     })
 }
 
-/// Reads every metric of `metrics` from a JSON body, in order. Derived
-/// metrics whose result is not finite (division by zero) are `NaN`.
-pub(crate) fn extract(metrics: &[Metric], body: &[u8]) -> Result<Box<[f64]>, ExtractError> {
-    let json: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| ExtractError::NotJson(e.to_string()))?;
+/// Reads every metric of `metrics` from a JSON body, in order, walking the
+/// body once with the fields' compiled pointers (`paths`, built from the
+/// fields in metric order). Derived metrics whose result is not finite
+/// (division by zero) are `NaN`.
+pub(crate) fn extract(
+    metrics: &[Metric],
+    paths: &super::walk::Paths,
+    body: &[u8],
+) -> Result<Box<[f64]>, ExtractError> {
+    use super::walk::Found;
+    let mut stack = [Found::Missing; 16];
+    let mut heap = Vec::new();
+    let found: &mut [Found] = if paths.fields() <= stack.len() {
+        &mut stack[..paths.fields()]
+    } else {
+        heap.resize(paths.fields(), Found::Missing);
+        &mut heap
+    };
+    paths
+        .walk(body, found)
+        .map_err(|e| ExtractError::NotJson(e.to_string()))?;
     let mut values = Vec::with_capacity(metrics.len());
+    let mut field = 0;
     for metric in metrics {
         let value = match &metric.source {
             Source::Field { pointer, kind } => {
-                let found = json.pointer(pointer).ok_or_else(|| ExtractError::Missing {
-                    pointer: pointer.clone(),
-                })?;
-                let number = match kind {
-                    NumberKind::Integer => found
-                        .as_i64()
-                        .map(|v| v as f64)
-                        .or_else(|| found.as_u64().map(|v| v as f64)),
-                    NumberKind::Float => found.as_f64(),
-                };
-                number.ok_or_else(|| ExtractError::NotANumber {
-                    pointer: pointer.clone(),
-                    expected: match kind {
-                        NumberKind::Integer => "an integer",
-                        NumberKind::Float => "a number",
-                    },
-                })?
+                let slot = field;
+                field += 1;
+                match found.get(slot).copied().unwrap_or(Found::Missing) {
+                    Found::Number(v) => v,
+                    Found::Missing => {
+                        return Err(ExtractError::Missing {
+                            pointer: pointer.clone(),
+                        })
+                    }
+                    Found::Wrong => {
+                        return Err(ExtractError::NotANumber {
+                            pointer: pointer.clone(),
+                            expected: match kind {
+                                NumberKind::Integer => "an integer",
+                                NumberKind::Float => "a number",
+                            },
+                        })
+                    }
+                }
             }
             Source::Derived { left, op, right } => {
                 let get = |o: &Operand| match *o {
@@ -195,6 +214,14 @@ pub(crate) fn extract(metrics: &[Metric], body: &[u8]) -> Result<Box<[f64]>, Ext
         values.push(value);
     }
     Ok(values.into_boxed_slice())
+}
+
+/// The compiled pointers of `metrics`' fields, in metric order.
+pub(crate) fn paths(metrics: &[Metric]) -> super::walk::Paths {
+    super::walk::Paths::new(metrics.iter().filter_map(|m| match &m.source {
+        Source::Field { pointer, kind } => Some((pointer.as_str(), *kind)),
+        Source::Derived { .. } => None,
+    }))
 }
 
 /// The answer by which the target says an id does not exist: a status and,
@@ -229,6 +256,10 @@ impl NotFoundRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ex(metrics: &[Metric], body: &[u8]) -> Result<Box<[f64]>, ExtractError> {
+        extract(metrics, &paths(metrics), body)
+    }
 
     #[test]
     fn the_evaluator_gives_nan_where_there_is_no_finite_value() {
@@ -267,7 +298,7 @@ mod tests {
     #[test]
     fn extracts_fields_and_derived_metrics() {
         let body = br#"{"pk":1000001,"username":"influencer-1000001","followerCount":104821,"followingCount":1131}"#;
-        let values = extract(&mockstagram(), body).unwrap();
+        let values = ex(&mockstagram(), body).unwrap();
         assert_eq!(&values[..2], &[104_821.0, 1_131.0]);
         assert!((values[2] - 104_821.0 / 1_131.0).abs() < 1e-12);
     }
@@ -275,24 +306,21 @@ mod tests {
     #[test]
     fn bad_bodies_are_errors_not_panics() {
         let m = mockstagram();
+        assert!(matches!(ex(&m, b"<html>"), Err(ExtractError::NotJson(_))));
+        assert!(matches!(ex(&m, b""), Err(ExtractError::NotJson(_))));
         assert!(matches!(
-            extract(&m, b"<html>"),
-            Err(ExtractError::NotJson(_))
-        ));
-        assert!(matches!(extract(&m, b""), Err(ExtractError::NotJson(_))));
-        assert!(matches!(
-            extract(&m, br#"{"followerCount":1}"#),
+            ex(&m, br#"{"followerCount":1}"#),
             Err(ExtractError::Missing { .. })
         ));
         assert!(matches!(
-            extract(&m, br#"{"followerCount":1.5,"followingCount":2}"#),
+            ex(&m, br#"{"followerCount":1.5,"followingCount":2}"#),
             Err(ExtractError::NotANumber { .. })
         ));
         assert!(matches!(
-            extract(&m, br#"{"followerCount":"1","followingCount":2}"#),
+            ex(&m, br#"{"followerCount":"1","followingCount":2}"#),
             Err(ExtractError::NotANumber { .. })
         ));
-        let zero = extract(&m, br#"{"followerCount":1,"followingCount":0}"#).unwrap();
+        let zero = ex(&m, br#"{"followerCount":1,"followingCount":0}"#).unwrap();
         assert!(zero[2].is_nan());
     }
 

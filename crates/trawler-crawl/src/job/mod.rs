@@ -47,6 +47,7 @@
 mod duration;
 mod enrichment;
 mod extract;
+mod walk;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -364,6 +365,8 @@ pub struct Job {
     key_name: String,
     interval: Duration,
     metrics: Vec<Metric>,
+    /// The fields' pointers, compiled once: a body is walked in one pass.
+    paths: walk::Paths,
     not_found: NotFoundRule,
     http: HttpSettings,
     label: Option<String>,
@@ -657,6 +660,7 @@ impl JobConfig {
             keys: Arc::new(keys),
             key_name,
             interval,
+            paths: extract::paths(&metrics),
             metrics,
             not_found,
             http,
@@ -865,7 +869,7 @@ impl Job {
 
     /// Reads the job's metrics from a response body, in metric order.
     pub fn extract(&self, body: &[u8]) -> Result<Box<[f64]>, ExtractError> {
-        extract::extract(&self.metrics, body)
+        extract::extract(&self.metrics, &self.paths, body)
     }
 }
 
