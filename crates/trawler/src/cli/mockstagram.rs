@@ -6,11 +6,15 @@ use std::time::Duration;
 use anyhow::Context;
 use trawler_sim::{Dynamics, Faults, SimConfig};
 
-/// Serve a fast, faithful simulator of the Mockstagram API.
+/// Serve a fast, faithful simulator of the Mockstagram API (and of a
+/// package registry, the second job's API).
 ///
 /// `GET /api/v1/influencers/{pk}` answers and moves an account;
 /// `POST /api/v1/influencers/is_suspicious` answers after N(1 s, 1 s).
-/// `GET /_sim/stats` and `GET /_sim/accounts/{pk}` inspect without moving.
+/// `GET /api/v2/packages/{name}` answers and moves a package (nested JSON,
+/// string keys; `missing-…` names are 404s).
+/// `GET /_sim/stats`, `GET /_sim/accounts/{pk}` and `GET /_sim/packages/{name}`
+/// inspect without moving.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Address to listen on.
