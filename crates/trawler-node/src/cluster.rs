@@ -23,7 +23,7 @@ use trawler_cluster::stream::{self, Message};
 use trawler_cluster::{Cluster, LeaseState, Publisher, ShardOwner, VmClient, WriterMetrics};
 use trawler_crawl::{CrawlHandle, Event, IdSet, Job};
 use trawler_enrich::{EnrichHandle, Verdict};
-use trawler_views::{HourlyFirsts, Reference, Suspicion, Update, Views};
+use trawler_views::{HourlyFirsts, Suspicion, Views};
 
 use crate::backend::{invalid_page, write_metrics, Host, NodeBackend};
 use crate::config::{ClusterSettings, NodeConfig};
@@ -112,49 +112,22 @@ impl ClusterNode {
                 if let Some(latest) = batch.rows.iter().map(|r| r.1).max() {
                     self.followed_until_ms.fetch_max(latest, Ordering::Relaxed);
                 }
-                let schema = self.views.schema();
-                let columns: Vec<Option<usize>> = schema
+                // The batch's columns of the views' metrics, by name.
+                let columns: Vec<Option<usize>> = self
+                    .views
+                    .schema()
                     .metrics()
                     .iter()
                     .map(|m| batch.metrics.iter().position(|b| b == m))
                     .collect();
-                let rank_name = &schema.metrics()[schema.rank_by()];
-                let rank = batch.metrics.iter().position(|b| b == rank_name);
-                let references: Vec<Reference> = {
-                    let mut firsts = self.references.lock().unwrap_or_else(|e| e.into_inner());
-                    batch
-                        .rows
-                        .iter()
-                        .map(|row| {
-                            let value = rank
-                                .and_then(|c| row.2.get(c).copied().flatten())
-                                .filter(|v| v.is_finite())
-                                .map(|v| v as i64);
-                            firsts.observe(row.0, row.1, value)
-                        })
-                        .collect()
-                };
-                let width = columns.len();
-                let mut values = Vec::with_capacity(batch.rows.len() * width);
-                for row in &batch.rows {
-                    values.extend(columns.iter().enumerate().map(|(slot, c)| {
-                        c.and_then(|c| row.2.get(c).copied().flatten())
-                            .filter(|v| v.is_finite())
-                            .and_then(|v| self.layout.view_value(slot, v))
-                    }));
-                }
-                let updates: Vec<Update> = batch
-                    .rows
-                    .iter()
-                    .enumerate()
-                    .map(|(n, row)| Update {
-                        id: row.0,
-                        ts_ms: row.1,
-                        values: &values[n * width..(n + 1) * width],
-                        reference: references[n],
-                    })
-                    .collect();
-                if let Err(e) = self.views.apply(&updates) {
+                let rows: Vec<(u64, i64)> = batch.rows.iter().map(|r| (r.0, r.1)).collect();
+                if let Err(e) = crate::node::apply_to_views(
+                    &self.views,
+                    &self.layout,
+                    &self.references,
+                    &rows,
+                    |n, slot| columns[slot].and_then(|c| batch.rows[n].2.get(c).copied().flatten()),
+                ) {
                     tracing::error!(error = %e, "views rejected a batch from the stream");
                 }
             }

@@ -155,30 +155,15 @@ impl Node {
                 }
             }
         }
-        let mut values = Vec::with_capacity(observations.len() * self.layout.viewed.len());
-        for o in &observations {
-            values.extend(
-                self.layout
-                    .viewed
-                    .iter()
-                    .enumerate()
-                    .map(|(slot, &i)| self.layout.view_value(slot, o.values[i])),
-            );
-        }
-        let width = self.layout.viewed.len();
-        let references = self.references(&observations);
-        let updates: Vec<Update> = observations
-            .iter()
-            .zip(references)
-            .enumerate()
-            .map(|(n, (o, reference))| Update {
-                id: o.id,
-                ts_ms: o.slot_ms,
-                values: &values[n * width..(n + 1) * width],
-                reference,
-            })
-            .collect();
-        if let Err(e) = self.views.apply(&updates) {
+        let rows: Vec<(u64, i64)> = observations.iter().map(|o| (o.id, o.slot_ms)).collect();
+        let viewed = &self.layout.viewed;
+        if let Err(e) = apply_to_views(
+            &self.views,
+            &self.layout,
+            &self.references,
+            &rows,
+            |n, slot| Some(observations[n].values[viewed[slot]]),
+        ) {
             tracing::error!(error = %e, "views rejected a batch");
         }
         let mut invalid = Vec::new();
@@ -203,19 +188,6 @@ impl Node {
                 tracing::error!(error = %e, "could not persist the invalid ids");
             }
         }
-    }
-
-    /// The movers' references of each observation, from memory.
-    fn references(&self, observations: &[&Observation]) -> Vec<Reference> {
-        let rank = self.layout.stored[self.layout.rank_stored].index;
-        let mut firsts = self.references.lock().unwrap_or_else(|e| e.into_inner());
-        observations
-            .iter()
-            .map(|o| {
-                let v = o.values[rank];
-                firsts.observe(o.id, o.slot_ms, (!v.is_nan()).then_some(v as i64))
-            })
-            .collect()
     }
 
     /// Drops the references of entities no longer tracked.
@@ -491,6 +463,48 @@ impl crate::backend::Host for Node {
     fn enrich(&self) -> Option<&EnrichHandle> {
         self.enrich.get()
     }
+}
+
+/// Applies a batch to the views, the same in both modes: row `n` of `rows`
+/// is `(id, slot time)`, and `value(n, slot)` its value of the views'
+/// `slot`-th metric (`None` or not finite: no value), converted as the
+/// views hold it. Each row's movers' reference comes from memory
+/// (`references`), fed by this very batch: no store read on the way in.
+pub fn apply_to_views(
+    views: &Views,
+    layout: &Layout,
+    references: &Mutex<HourlyFirsts>,
+    rows: &[(u64, i64)],
+    value: impl Fn(usize, usize) -> Option<f64>,
+) -> Result<trawler_views::Applied, trawler_views::ViewsError> {
+    let width = layout.viewed.len();
+    let rank = views.schema().rank_by();
+    let finite = |n: usize, slot: usize| value(n, slot).filter(|v| v.is_finite());
+    let references: Vec<Reference> = {
+        let mut firsts = references.lock().unwrap_or_else(|e| e.into_inner());
+        rows.iter()
+            .enumerate()
+            .map(|(n, &(id, ts))| firsts.observe(id, ts, finite(n, rank).map(|v| v as i64)))
+            .collect()
+    };
+    let mut values = Vec::with_capacity(rows.len() * width);
+    for n in 0..rows.len() {
+        values.extend(
+            (0..width).map(|slot| finite(n, slot).and_then(|v| layout.view_value(slot, v))),
+        );
+    }
+    let updates: Vec<Update> = rows
+        .iter()
+        .zip(references)
+        .enumerate()
+        .map(|(n, (&(id, ts_ms), reference))| Update {
+            id,
+            ts_ms,
+            values: &values[n * width..(n + 1) * width],
+            reference,
+        })
+        .collect();
+    views.apply(&updates)
 }
 
 /// Restores the movers' references from `reader` once at start-up: the

@@ -206,3 +206,37 @@ async fn a_store_that_refuses_writes_stops_the_node() {
         10_000
     );
 }
+
+/// The movers' references come from ingest itself (no store read on the
+/// way in): an entity's first value of the previous clock hour is its 1 h
+/// reference, so the gain is the latest value minus that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn movers_are_fed_by_ingest_with_the_previous_hours_first_value() {
+    const HOUR: i64 = 3_600_000;
+    let f = fixture();
+    let now = trawler_node::now_ms();
+    let previous = now.div_euclid(HOUR) * HOUR - HOUR;
+    f.node.ingest(&[
+        observation(1, previous + 60_000, 100.0, 10.0),
+        observation(2, previous + 60_000, 500.0, 10.0),
+    ]);
+    // Later in the same hour: not the hour's first value.
+    f.node.ingest(&[
+        observation(1, previous + 120_000, 150.0, 10.0),
+        observation(2, previous + 120_000, 550.0, 10.0),
+    ]);
+    f.node.ingest(&[
+        observation(1, now - 1, 1_000.0, 10.0),
+        observation(2, now - 1, 400.0, 10.0),
+    ]);
+    let gainers = f.node.views.top_gainers(trawler_views::Window::Hour, 10);
+    let losers = f.node.views.top_losers(trawler_views::Window::Hour, 10);
+    assert_eq!(
+        gainers.iter().map(|m| (m.id, m.gain)).collect::<Vec<_>>(),
+        [(1, 900)]
+    );
+    assert_eq!(
+        losers.iter().map(|m| (m.id, m.gain)).collect::<Vec<_>>(),
+        [(2, -100)]
+    );
+}
