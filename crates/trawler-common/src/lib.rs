@@ -1,0 +1,13 @@
+//! Small helpers that several trawler crates need in exactly the same form.
+//!
+//! Each of these was once written in every crate that needed it, each copy
+//! a little different. A difference there is a bug waiting (a sample
+//! stamped on a clock the API does not read from), so there is one of each
+//! here, and the crates that use them say only what is theirs:
+//!
+//! * [`clock`] — unix time as trawler sees it, shifted by `--clock-offset`.
+//!
+//! This crate knows nothing of jobs, the store or the crawl; it sits below
+//! every other trawler crate.
+
+pub mod clock;
