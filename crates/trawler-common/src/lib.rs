@@ -6,8 +6,10 @@
 //! here, and the crates that use them say only what is theirs:
 //!
 //! * [`clock`] — unix time as trawler sees it, shifted by `--clock-offset`.
+//! * [`thread`] — a thread's CPU priority, for work that can wait.
 //!
 //! This crate knows nothing of jobs, the store or the crawl; it sits below
 //! every other trawler crate.
 
 pub mod clock;
+pub mod thread;
