@@ -27,7 +27,8 @@ pub const DEFAULT_THREADS: usize = 2;
 pub const DEFAULT_NICE: i32 = 10;
 
 /// A runtime for the API: `threads` workers and a blocking pool of at most
-/// `8 × threads`, every thread at `nice` (0 = the caller's priority). Drop
+/// `8 × threads`, every thread `nice` steps below the process's priority
+/// (0 = the same; see [`lower_priority`]). Drop
 /// it outside any async context (e.g. after `block_on` returns).
 pub fn runtime(threads: usize, nice: i32) -> std::io::Result<Runtime> {
     let threads = threads.max(1);

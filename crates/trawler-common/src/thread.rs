@@ -20,7 +20,17 @@
 //! .unwrap();
 //! ```
 
-/// Sets the calling thread's nice value to `nice` (0 leaves it as it is).
+/// Runs the calling thread `nice` steps below the process (the nice value
+/// of its main thread plus `nice`, at most 19; 0 leaves the thread as it
+/// is).
+///
+/// Relative to the process, because an absolute value goes wrong in a
+/// process started with `nice -n 10`: a thread set to 5 would run *above*
+/// the crawl (where the process may raise priority, e.g. as root). Not
+/// relative to the calling thread, because a thread inherits the nice
+/// value of the thread that spawns it: tokio starts blocking threads from
+/// workers that are already lowered, and those must not sink further.
+///
 /// Best effort: a failure only means the thread competes with the others
 /// as an equal, so it is logged at debug level and otherwise ignored.
 pub fn lower_priority(nice: i32) {
@@ -28,7 +38,14 @@ pub fn lower_priority(nice: i32) {
         return;
     }
     #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+    if let Err(e) =
+        rustix::process::getpriority_process(Some(rustix::process::getpid())).and_then(|process| {
+            rustix::process::setpriority_process(
+                Some(rustix::thread::gettid()),
+                (process + nice).min(19),
+            )
+        })
+    {
         let thread = std::thread::current();
         tracing::debug!(
             error = %e,
@@ -50,16 +67,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_calling_thread_is_lowered() {
+    fn only_the_calling_thread_is_lowered_relative_to_where_it_was() {
         let before = current_nice();
         let lowered = std::thread::spawn(move || {
-            lower_priority(before + 3);
+            lower_priority(3);
             current_nice()
         })
         .join()
         .unwrap();
         assert_eq!(lowered, (before + 3).min(19));
         assert_eq!(current_nice(), before);
+    }
+
+    #[test]
+    fn a_thread_spawned_by_a_lowered_thread_does_not_sink_further() {
+        let before = current_nice();
+        let lowered = std::thread::spawn(|| {
+            lower_priority(3);
+            std::thread::spawn(|| {
+                lower_priority(3);
+                current_nice()
+            })
+            .join()
+            .unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, (before + 3).min(19));
     }
 
     #[test]
