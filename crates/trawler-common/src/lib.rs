@@ -6,10 +6,13 @@
 //! here, and the crates that use them say only what is theirs:
 //!
 //! * [`clock`] — unix time as trawler sees it, shifted by `--clock-offset`.
+//! * `http` (feature `http`) — the pooled HTTP/1.1 client.
 //! * [`thread`] — a thread's CPU priority, for work that can wait.
 //!
 //! This crate knows nothing of jobs, the store or the crawl; it sits below
 //! every other trawler crate.
 
 pub mod clock;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod thread;

@@ -51,10 +51,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use trawler_common::clock::unix_ms;
+use trawler_common::http::ClientSettings;
 use trawler_crawl::schedule::Wheel;
 
 /// How to run an enrichment. Validated by [`EnrichConfig::build`].
@@ -161,13 +161,11 @@ impl EnrichConfig {
         if self.period.as_millis() > u32::MAX as u128 {
             return Err(EnrichError::PeriodTooLong);
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(self.max_in_flight)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        let client = ClientSettings {
+            max_idle_per_host: self.max_in_flight,
+            ..ClientSettings::new(self.timeout)
+        }
+        .build();
         Ok(Enrichment {
             config: self.clone(),
             uri,
