@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value as Json};
 use trawler_api::{ApiError, Backend, JobInfo, Points, SeriesQuery, TopBy, TrackOutcome};
+use trawler_common::prom::{family, Kind};
 use trawler_store::{Aggregate, Point};
 use trawler_views::{Views, Window};
 
@@ -306,12 +307,12 @@ pub fn invalid_page(
 }
 
 /// Appends one-sample metrics labelled with the job, in Prometheus text.
+/// `kind` is the `# TYPE` (`"counter"`, `"gauge"`); another name is
+/// written as `untyped`.
 pub fn write_metrics(out: &mut String, job: &str, metrics: &[(&str, &str, &str, u64)]) {
     for (name, help, kind, value) in metrics {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{job=\"{job}\"}} {value}"
-        );
+        let kind = Kind::from_name(kind).unwrap_or(Kind::Untyped);
+        family(out, name, kind, help).sample(&[("job", job)], *value);
     }
 }
 
