@@ -135,10 +135,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Now, in unix ms, on the clock the job stamps its samples with: the
     /// default end of a series read and the time of a live sample.
     fn now_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
+        trawler_common::clock::unix_ms()
     }
 }
 

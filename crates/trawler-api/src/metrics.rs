@@ -2,9 +2,10 @@
 //! the event-stream subscribers.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use trawler_common::prom::{family, Kind};
 
 /// Requests answered, by matched route template and status code, and the
 /// state of the live-update streams.
@@ -42,35 +43,30 @@ impl HttpMetrics {
     /// Appends every API metric in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        out.push_str(
-            "# HELP trawler_api_requests_total API requests answered, by route and status.\n",
+        let mut requests = family(
+            out,
+            "trawler_api_requests_total",
+            Kind::Counter,
+            "API requests answered, by route and status.",
         );
-        out.push_str("# TYPE trawler_api_requests_total counter\n");
         for ((route, status), n) in counts.iter() {
-            let _ = writeln!(
-                out,
-                "trawler_api_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+            requests.sample(&[("route", route), ("status", &status.to_string())], *n);
         }
         for (name, help, kind, value) in [
             (
                 "trawler_api_event_subscribers",
                 "Clients subscribed to the event stream.",
-                "gauge",
+                Kind::Gauge,
                 &self.subscribers,
             ),
             (
                 "trawler_api_event_subscribers_lagged_total",
                 "Event-stream subscribers dropped for not reading.",
-                "counter",
+                Kind::Counter,
                 &self.subscribers_lagged,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
+            family(out, name, kind, help).sample(&[], value.load(Ordering::Relaxed));
         }
     }
 }

@@ -17,6 +17,7 @@ use std::future::Future;
 
 use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
+use trawler_common::thread::lower_priority;
 
 use crate::Api;
 
@@ -26,7 +27,8 @@ pub const DEFAULT_THREADS: usize = 2;
 pub const DEFAULT_NICE: i32 = 10;
 
 /// A runtime for the API: `threads` workers and a blocking pool of at most
-/// `8 × threads`, every thread at `nice` (0 = the caller's priority). Drop
+/// `8 × threads`, every thread `nice` steps below the process's priority
+/// (0 = the same; see [`lower_priority`]). Drop
 /// it outside any async context (e.g. after `block_on` returns).
 pub fn runtime(threads: usize, nice: i32) -> std::io::Result<Runtime> {
     let threads = threads.max(1);
@@ -37,25 +39,6 @@ pub fn runtime(threads: usize, nice: i32) -> std::io::Result<Runtime> {
         .on_thread_start(move || lower_priority(nice))
         .enable_all()
         .build()
-}
-
-/// Lowers the calling thread's CPU priority (Linux: `setpriority` on the
-/// thread id affects that thread only). Best effort: a failure only means
-/// the API competes with the crawl as an equal.
-fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
-        tracing::debug!(error = %e, nice, "could not lower an API thread's priority");
-    }
-}
-
-/// The calling thread's nice value (Linux), for tests.
-#[cfg(target_os = "linux")]
-pub fn current_nice() -> i32 {
-    rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(0)
 }
 
 impl Api {
@@ -80,6 +63,8 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
+    use trawler_common::thread::current_nice;
+
     use super::*;
 
     #[cfg(target_os = "linux")]

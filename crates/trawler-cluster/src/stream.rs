@@ -10,7 +10,7 @@
 //! drops a copy that did arrive the first time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream::StorageType};
 use bytes::Bytes;
@@ -119,10 +119,7 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher for this node.
     pub fn new(js: jetstream::Context, node: &str) -> Self {
-        let start = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
+        let start = trawler_common::clock::unix_us();
         Self {
             js,
             run_id: format!("{node}-{start}"),

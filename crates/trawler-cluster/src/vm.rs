@@ -22,8 +22,8 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
+use trawler_common::http::ClientSettings;
 
 use crate::stream::{self, Message};
 use crate::{Cluster, Error};
@@ -48,12 +48,11 @@ impl VmClient {
                 reason: format!("victoriametrics={url}: expected http://host:port"),
             });
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = ClientSettings {
+            idle_timeout: Duration::from_secs(30),
+            ..ClientSettings::new(Duration::from_secs(2))
+        }
+        .build();
         Ok(Self { base, client })
     }
 

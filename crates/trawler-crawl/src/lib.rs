@@ -47,7 +47,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
-pub mod clock;
+pub use trawler_common::clock;
 pub mod crawler;
 mod event;
 pub mod fetch;

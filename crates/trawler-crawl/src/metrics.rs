@@ -8,12 +8,13 @@
 //! the whole run.
 
 use std::collections::VecDeque;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use trawler_common::prom::family;
+use trawler_common::prom::Kind::{self, Counter, Gauge};
 
 /// Why an attempt failed. Also the label of `trawler_crawl_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -454,163 +455,160 @@ impl MetricsSnapshot {
     /// with the job name.
     pub fn to_prometheus(&self, job: &str) -> String {
         let mut out = String::with_capacity(2_048);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            let _ = writeln!(out, "# HELP trawler_crawl_{name} {help}");
-            let _ = writeln!(out, "# TYPE trawler_crawl_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "trawler_crawl_{name}{{job=\"{job}\"{labels}}} {value}");
+        let labels = [("job", job)];
+        let (g, s) = (self.gauges, self.schedule);
+        // Families of one sample labelled with the job only.
+        let singles = |out: &mut String, families: &[(&str, Kind, &str, f64)]| {
+            for &(name, kind, help, value) in families {
+                family(out, name, kind, help).sample(&labels, value);
             }
         };
-        let g = self.gauges;
-        metric(
-            "polls_total",
-            "counter",
-            "Successful reads.",
-            &[("", self.polls_ok as f64)],
+        singles(
+            &mut out,
+            &[(
+                "trawler_crawl_polls_total",
+                Counter,
+                "Successful reads.",
+                self.polls_ok as f64,
+            )],
         );
-        let errors: Vec<(String, f64)> = self
-            .errors
-            .iter()
-            .map(|(k, n)| (format!(",kind=\"{}\"", k.label()), *n as f64))
-            .collect();
-        let errors: Vec<(&str, f64)> = errors.iter().map(|(l, n)| (l.as_str(), *n)).collect();
-        metric(
-            "errors_total",
-            "counter",
+        let mut errors = family(
+            &mut out,
+            "trawler_crawl_errors_total",
+            Counter,
             "Failed attempts by kind.",
-            &errors,
         );
-        metric(
-            "retries_total",
-            "counter",
-            "Retried attempts within a slot.",
-            &[("", self.retries as f64)],
+        for (kind, n) in &self.errors {
+            errors.sample(&[("job", job), ("kind", kind.label())], *n as f64);
+        }
+        singles(
+            &mut out,
+            &[
+                (
+                    "trawler_crawl_retries_total",
+                    Counter,
+                    "Retried attempts within a slot.",
+                    self.retries as f64,
+                ),
+                (
+                    "trawler_crawl_pauses_total",
+                    Counter,
+                    "Pauses of every request to the target asked for by Retry-After.",
+                    self.pauses as f64,
+                ),
+                (
+                    "trawler_crawl_gaps_total",
+                    Counter,
+                    "Slots without an observation.",
+                    self.gaps as f64,
+                ),
+                (
+                    "trawler_crawl_missed_slots_total",
+                    Counter,
+                    "Slots that could not start before the next slot of their id.",
+                    self.missed_slots as f64,
+                ),
+                (
+                    "trawler_crawl_abandoned_total",
+                    Counter,
+                    "Requests abandoned at shutdown.",
+                    self.abandoned as f64,
+                ),
+                (
+                    "trawler_crawl_polls_per_second",
+                    Gauge,
+                    "Successful reads per second, last 10 s.",
+                    self.polls_per_sec,
+                ),
+            ],
         );
-        metric(
-            "pauses_total",
-            "counter",
-            "Pauses of every request to the target asked for by Retry-After.",
-            &[("", self.pauses as f64)],
+        let mut recent = family(
+            &mut out,
+            "trawler_crawl_recent_lag_seconds",
+            Gauge,
+            "Response time minus slot time, quantiles over the last 10 s.",
         );
-        metric(
-            "gaps_total",
-            "counter",
-            "Slots without an observation.",
-            &[("", self.gaps as f64)],
-        );
-        metric(
-            "missed_slots_total",
-            "counter",
-            "Slots that could not start before the next slot of their id.",
-            &[("", self.missed_slots as f64)],
-        );
-        metric(
-            "abandoned_total",
-            "counter",
-            "Requests abandoned at shutdown.",
-            &[("", self.abandoned as f64)],
-        );
-        metric(
-            "polls_per_second",
-            "gauge",
-            "Successful reads per second, last 10 s.",
-            &[("", self.polls_per_sec)],
-        );
-        let mut lag = Vec::new();
         for (q, v) in [("0.5", self.lag_p50_ms), ("0.99", self.lag_p99_ms)] {
             if let Some(ms) = v {
-                lag.push((q, ms / 1e3));
+                recent.sample(&[("job", job), ("quantile", q)], ms / 1e3);
             }
         }
-        let lag: Vec<(String, f64)> = lag
-            .into_iter()
-            .map(|(q, s)| (format!(",quantile=\"{q}\""), s))
-            .collect();
-        let lag: Vec<(&str, f64)> = lag.iter().map(|(l, s)| (l.as_str(), *s)).collect();
-        metric(
-            "recent_lag_seconds",
-            "gauge",
-            "Response time minus slot time, quantiles over the last 10 s.",
-            &lag,
+        singles(
+            &mut out,
+            &[
+                (
+                    "trawler_crawl_needed_per_second",
+                    Gauge,
+                    "Slots per second the schedule needs.",
+                    s.needed_per_sec,
+                ),
+                (
+                    "trawler_crawl_achieved_per_second",
+                    Gauge,
+                    "Slots started per second, last 10 s.",
+                    s.achieved_per_sec,
+                ),
+                (
+                    "trawler_crawl_effective_interval_seconds",
+                    Gauge,
+                    "The interval every id gets at the achieved rate.",
+                    s.effective_interval_ms / 1e3,
+                ),
+                (
+                    "trawler_crawl_schedule_stretch_seconds_total",
+                    Counter,
+                    "How far the stretch policy has moved the schedule back.",
+                    s.stretched_ms / 1e3,
+                ),
+                (
+                    "trawler_crawl_behind_schedule",
+                    Gauge,
+                    "1 while more than 1 % of the needed slots are missed.",
+                    f64::from(u8::from(s.behind)),
+                ),
+                (
+                    "trawler_crawl_tracked_ids",
+                    Gauge,
+                    "Ids being polled.",
+                    g.tracked as f64,
+                ),
+                (
+                    "trawler_crawl_invalid_ids",
+                    Gauge,
+                    "Ids the target does not know.",
+                    g.invalid as f64,
+                ),
+                (
+                    "trawler_crawl_in_flight",
+                    Gauge,
+                    "Requests in flight.",
+                    g.in_flight as f64,
+                ),
+                (
+                    "trawler_crawl_concurrency_limit",
+                    Gauge,
+                    "Adaptive limit on requests in flight.",
+                    g.concurrency_limit as f64,
+                ),
+            ],
         );
-
-        let s = self.schedule;
-        metric(
-            "needed_per_second",
-            "gauge",
-            "Slots per second the schedule needs.",
-            &[("", s.needed_per_sec)],
-        );
-        metric(
-            "achieved_per_second",
-            "gauge",
-            "Slots started per second, last 10 s.",
-            &[("", s.achieved_per_sec)],
-        );
-        metric(
-            "effective_interval_seconds",
-            "gauge",
-            "The interval every id gets at the achieved rate.",
-            &[("", s.effective_interval_ms / 1e3)],
-        );
-        metric(
-            "schedule_stretch_seconds_total",
-            "counter",
-            "How far the stretch policy has moved the schedule back.",
-            &[("", s.stretched_ms / 1e3)],
-        );
-        metric(
-            "behind_schedule",
-            "gauge",
-            "1 while more than 1 % of the needed slots are missed.",
-            &[("", f64::from(u8::from(s.behind)))],
-        );
-        metric(
-            "tracked_ids",
-            "gauge",
-            "Ids being polled.",
-            &[("", g.tracked as f64)],
-        );
-        metric(
-            "invalid_ids",
-            "gauge",
-            "Ids the target does not know.",
-            &[("", g.invalid as f64)],
-        );
-        metric(
-            "in_flight",
-            "gauge",
-            "Requests in flight.",
-            &[("", g.in_flight as f64)],
-        );
-        metric(
-            "concurrency_limit",
-            "gauge",
-            "Adaptive limit on requests in flight.",
-            &[("", g.concurrency_limit as f64)],
-        );
-        let mut histogram = String::with_capacity(1_024);
-        let _ = writeln!(
-            histogram,
-            "# HELP trawler_crawl_lag_seconds Response time minus slot time, since start.\n\
-             # TYPE trawler_crawl_lag_seconds histogram"
+        let mut lag = family(
+            &mut out,
+            "trawler_crawl_lag_seconds",
+            Kind::Histogram,
+            "Response time minus slot time, since start.",
         );
         for le in LAG_BOUNDS_SECONDS {
-            let _ = writeln!(
-                histogram,
-                "trawler_crawl_lag_seconds_bucket{{job=\"{job}\",le=\"{le}\"}} {}",
-                self.lag_total.count_at_most((le * 1e6) as u64)
+            lag.sample_of(
+                "_bucket",
+                &[("job", job), ("le", &le.to_string())],
+                self.lag_total.count_at_most((le * 1e6) as u64),
             );
         }
         let count = self.lag_total.count();
-        let _ = writeln!(
-            histogram,
-            "trawler_crawl_lag_seconds_bucket{{job=\"{job}\",le=\"+Inf\"}} {count}\n\
-             trawler_crawl_lag_seconds_sum{{job=\"{job}\"}} {}\n\
-             trawler_crawl_lag_seconds_count{{job=\"{job}\"}} {count}",
-            self.lag_sum_us as f64 / 1e6
-        );
-        out.push_str(&histogram);
+        lag.sample_of("_bucket", &[("job", job), ("le", "+Inf")], count)
+            .sample_of("_sum", &labels, self.lag_sum_us as f64 / 1e6)
+            .sample_of("_count", &labels, count);
         out
     }
 }

@@ -51,9 +51,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
+use trawler_common::clock::unix_ms;
+use trawler_common::http::ClientSettings;
 use trawler_crawl::schedule::Wheel;
 
 /// How to run an enrichment. Validated by [`EnrichConfig::build`].
@@ -160,13 +161,11 @@ impl EnrichConfig {
         if self.period.as_millis() > u32::MAX as u128 {
             return Err(EnrichError::PeriodTooLong);
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(self.max_in_flight)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        let client = ClientSettings {
+            max_idle_per_host: self.max_in_flight,
+            ..ClientSettings::new(self.timeout)
+        }
+        .build();
         Ok(Enrichment {
             config: self.clone(),
             uri,
@@ -291,7 +290,7 @@ impl EnrichHandle {
     /// How far the current sweep is, 0.0–1.0: every id whose phase lies
     /// before this point of the period has had its slot in this period.
     pub fn sweep_progress(&self) -> f64 {
-        now_ms().rem_euclid(self.period_ms) as f64 / self.period_ms as f64
+        unix_ms().rem_euclid(self.period_ms) as f64 / self.period_ms as f64
     }
 }
 
@@ -341,7 +340,7 @@ impl Enrichment {
             metrics: metrics.clone(),
             period_ms,
         };
-        let mut wheel = Wheel::new(period_ms as u64, now_ms());
+        let mut wheel = Wheel::new(period_ms as u64, unix_ms());
         wheel.insert_many(ids.into_iter());
         metrics.tracked.store(wheel.len() as u64, Ordering::Relaxed);
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight));
@@ -376,11 +375,11 @@ impl Enrichment {
                         continue;
                     }
                     Some(id) = failed_rx.recv() => {
-                        put_off.push(Reverse((now_ms() + retry_later_ms, id)));
+                        put_off.push(Reverse((unix_ms() + retry_later_ms, id)));
                     }
                     _ = tick.tick() => {}
                 }
-                let now = now_ms();
+                let now = unix_ms();
                 while let Some(Reverse((at, id))) = put_off.peek().copied() {
                     if at > now || permits.available_permits() == 0 {
                         break;
@@ -444,7 +443,7 @@ impl Worker {
                 let verdict = Verdict {
                     id,
                     value,
-                    checked_at_ms: now_ms(),
+                    checked_at_ms: unix_ms(),
                     reused: true,
                 };
                 let _ = self.out.send(verdict).await;
@@ -473,7 +472,7 @@ impl Worker {
                     let verdict = Verdict {
                         id,
                         value,
-                        checked_at_ms: now_ms(),
+                        checked_at_ms: unix_ms(),
                         reused: false,
                     };
                     let _ = self.out.send(verdict).await;
@@ -521,10 +520,6 @@ impl Worker {
             .and_then(serde_json::Value::as_bool)
             .ok_or_else(|| format!("answer has no boolean at {}", self.config.answer))
     }
-}
-
-fn now_ms() -> i64 {
-    trawler_crawl::clock::unix_ms()
 }
 
 #[cfg(test)]

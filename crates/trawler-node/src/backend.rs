@@ -7,11 +7,11 @@
 //! by bucket from their averages when a step is given. What differs between
 //! the modes (tracking, their own figures) is behind [`Host`].
 
-use std::fmt::Write;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value as Json};
 use trawler_api::{ApiError, Backend, JobInfo, Points, SeriesQuery, TopBy, TrackOutcome};
+use trawler_common::prom::{family, Kind};
 use trawler_views::{Views, Window};
 
 use crate::layout::{Layout, Term};
@@ -375,12 +375,12 @@ pub fn crawl_stats(
 }
 
 /// Appends one-sample metrics labelled with the job, in Prometheus text.
+/// `kind` is the `# TYPE` (`"counter"`, `"gauge"`); another name is
+/// written as `untyped`.
 pub fn write_metrics(out: &mut String, job: &str, metrics: &[(&str, &str, &str, u64)]) {
     for (name, help, kind, value) in metrics {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{job=\"{job}\"}} {value}"
-        );
+        let kind = Kind::from_name(kind).unwrap_or(Kind::Untyped);
+        family(out, name, kind, help).sample(&[("job", job)], *value);
     }
 }
 

@@ -33,11 +33,9 @@ pub use config::{ClusterFlags, ClusterSettings, Flags, NodeConfig, SimSettings, 
 use error::Step;
 pub use error::{Error, Result};
 
-/// Unix time in milliseconds (with the clock offset of
-/// [`trawler_crawl::clock`]).
-pub fn now_ms() -> i64 {
-    trawler_crawl::clock::unix_ms()
-}
+/// Unix time in milliseconds, on the shifted clock every part of a node
+/// stamps and reads with ([`trawler_common::clock`]).
+pub use trawler_common::clock::unix_ms as now_ms;
 
 /// Runs the node `config` describes (embedded, or one node of a cluster)
 /// until `shutdown` completes, then stops it in order: the API and the

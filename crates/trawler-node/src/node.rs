@@ -450,12 +450,16 @@ impl crate::backend::Host for Node {
             ],
         );
         if s.samples > 0 {
-            use std::fmt::Write;
-            let _ = writeln!(
+            use trawler_common::prom::{family, Kind};
+            family(
                 out,
-                "# HELP trawler_store_bytes_per_sample Bytes on disk per stored sample.\n# TYPE trawler_store_bytes_per_sample gauge\ntrawler_store_bytes_per_sample{{job=\"{}\"}} {}",
-                self.job,
-                s.bytes_on_disk as f64 / s.samples as f64
+                "trawler_store_bytes_per_sample",
+                Kind::Gauge,
+                "Bytes on disk per stored sample.",
+            )
+            .sample(
+                &[("job", &self.job)],
+                s.bytes_on_disk as f64 / s.samples as f64,
             );
         }
     }

@@ -13,7 +13,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::Request;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use trawler_common::http::ClientSettings;
 
 use super::{Fetch, Response, TransportError};
 use crate::job::Job;
@@ -53,15 +53,12 @@ impl HttpFetcher {
             reason: e.to_string(),
         })?;
         let http = job.http();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(http.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(http.max_connections)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let client = ClientSettings {
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            max_idle_per_host: http.max_connections,
+            ..ClientSettings::new(http.connect_timeout)
+        }
+        .build();
         Ok(Self {
             client,
             job: job.clone(),

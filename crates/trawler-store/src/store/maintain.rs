@@ -19,6 +19,8 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use trawler_common::thread::lower_priority;
+
 use super::{lock, read, write, Inner, Store};
 use crate::block::{Block, BlockWriter, IndexEntry};
 use crate::error::IoContext;
@@ -100,19 +102,6 @@ impl Workers {
             }
             work(&i);
         }
-    }
-}
-
-/// Lowers the calling thread's CPU priority (Linux: `setpriority` on the
-/// thread id affects that thread only). Best effort: a failure only means
-/// maintenance competes with ingest as an equal.
-fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
-        tracing::debug!(error = %e, nice, "could not lower a store thread's priority");
     }
 }
 

@@ -8,8 +8,15 @@
 //! under test stays the real one: the schedule's slots, the samples'
 //! timestamps and the store's day boundaries all follow this clock.
 //!
+//! It lives here, not in the crawler, because every part that stamps or
+//! reads a time must agree on it: the crawl's slots, the enrichment's
+//! verdicts, the node's hour boundaries, the API's default end of a range.
+//! A second "now" anywhere makes a shifted run disagree with itself. The
+//! simulator (`trawler-sim`) does not use it on purpose: it stands for the
+//! outside world, whose clock a soak test does not move.
+//!
 //! ```
-//! let before = trawler_crawl::clock::unix_ms();
+//! let before = trawler_common::clock::unix_ms();
 //! assert!(before > 1_600_000_000_000);
 //! ```
 

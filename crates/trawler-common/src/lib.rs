@@ -1,0 +1,20 @@
+//! Small helpers that several trawler crates need in exactly the same form.
+//!
+//! Each of these was once written in every crate that needed it, each copy
+//! a little different. A difference there is a bug waiting (a sample
+//! stamped on a clock the API does not read from), so there is one of each
+//! here, and the crates that use them say only what is theirs:
+//!
+//! * [`clock`] — unix time as trawler sees it, shifted by `--clock-offset`.
+//! * `http` (feature `http`) — the pooled HTTP/1.1 client.
+//! * [`prom`] — Prometheus text exposition for `/metrics`.
+//! * [`thread`] — a thread's CPU priority, for work that can wait.
+//!
+//! This crate knows nothing of jobs, the store or the crawl; it sits below
+//! every other trawler crate.
+
+pub mod clock;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod prom;
+pub mod thread;
