@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 
 use crate::{ApiError, Backend, HttpMetrics};
 
@@ -77,12 +77,12 @@ impl Hub {
         }
     }
 
-    /// Samples `backend` every interval until `stop` turns true, then closes
+    /// Samples `backend` every interval until `stop` fires, then closes
     /// the channel so that every stream ends.
     pub(crate) async fn run<B: Backend>(
         self: Arc<Self>,
         backend: Arc<B>,
-        mut stop: watch::Receiver<bool>,
+        mut stop: trawler_common::shutdown::Shutdown,
     ) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -90,7 +90,7 @@ impl Hub {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stop.wait() => break,
             }
             seq += 1;
             let sample = self.sample(backend.as_ref(), seq);

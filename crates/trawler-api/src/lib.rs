@@ -264,9 +264,9 @@ impl ApiConfig {
     }
 }
 
-/// Starts the live-statistics sampler; it runs until the watch turns true.
+/// Starts the live-statistics sampler; it runs until its shutdown fires.
 type Sampler = Box<
-    dyn FnOnce(tokio::sync::watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>>
+    dyn FnOnce(trawler_common::shutdown::Shutdown) -> Pin<Box<dyn Future<Output = ()> + Send>>
         + Send,
 >;
 
@@ -296,11 +296,11 @@ impl Api {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let sampler = tokio::spawn((self.sampler)(stop_rx));
+        let (stop, stopped) = trawler_common::shutdown::channel();
+        let sampler = tokio::spawn((self.sampler)(stopped));
         let shutdown = async move {
             shutdown.await;
-            let _ = stop_tx.send(true);
+            stop.trigger();
         };
         let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(shutdown)

@@ -34,7 +34,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::{Cluster, Error};
@@ -134,7 +133,7 @@ where
         .await
 }
 
-/// Keeps this node's share of the leases until `stop` turns true, then
+/// Keeps this node's share of the leases until `stop` fires, then
 /// gives every lease back so that others take over at once.
 /// `heartbeat` is the payload of this node's heartbeat (its figures).
 pub async fn run_leases(
@@ -142,7 +141,7 @@ pub async fn run_leases(
     owner: Arc<dyn ShardOwner>,
     state: Arc<Mutex<LeaseState>>,
     heartbeat: impl Fn() -> Bytes + Send + 'static,
-    mut stop: watch::Receiver<bool>,
+    mut stop: trawler_common::shutdown::Shutdown,
 ) {
     let ttl = cluster.config.lease_ttl;
     let tick = ttl / 5;
@@ -154,7 +153,7 @@ pub async fn run_leases(
     loop {
         tokio::select! {
             _ = interval.tick() => {}
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait() => break,
         }
         // Fence first: whatever happens below, nothing is polled past its
         // lease's safe end.

@@ -22,7 +22,6 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use tokio::sync::watch;
 use trawler_common::http::ClientSettings;
 
 use crate::stream::{self, Message};
@@ -328,7 +327,7 @@ pub struct WriterMetrics {
     pub backlog: AtomicU64,
 }
 
-/// Drains a job's subjects into VictoriaMetrics. When `stop` turns true it
+/// Drains a job's subjects into VictoriaMetrics. When `stop` fires it
 /// finishes what is pending (until a fetch comes back empty) and returns.
 /// Every node may run one; they share the durable consumer `vm-<job>`.
 pub async fn run_writer(
@@ -336,7 +335,7 @@ pub async fn run_writer(
     vm: VmClient,
     naming: Naming,
     metrics: Arc<WriterMetrics>,
-    stop: watch::Receiver<bool>,
+    stop: trawler_common::shutdown::Shutdown,
 ) -> Result<(), Error> {
     let stream = cluster
         .js
@@ -365,7 +364,7 @@ pub async fn run_writer(
         let messages = match fetch(&consumer).await {
             Ok(m) => m,
             Err(e) => {
-                if *stop.borrow() {
+                if stop.is_triggered() {
                     return Ok(());
                 }
                 tracing::warn!(error = %e, "fetching from the stream failed");
@@ -375,7 +374,7 @@ pub async fn run_writer(
         };
         if messages.is_empty() {
             // Asked to stop: leave once what was published is written.
-            if *stop.borrow() {
+            if stop.is_triggered() {
                 return Ok(());
             }
             if let Ok(info) = consumer.clone().info().await {

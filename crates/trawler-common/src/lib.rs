@@ -8,6 +8,7 @@
 //! * [`clock`] — unix time as trawler sees it, shifted by `--clock-offset`.
 //! * `http` (feature `http`) — the pooled HTTP/1.1 client.
 //! * [`prom`] — Prometheus text exposition for `/metrics`.
+//! * [`shutdown`] — one way to tell a task to stop.
 //! * [`thread`] — a thread's CPU priority, for work that can wait.
 //!
 //! This crate knows nothing of jobs, the store or the crawl; it sits below
@@ -17,4 +18,5 @@ pub mod clock;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod prom;
+pub mod shutdown;
 pub mod thread;

@@ -31,7 +31,7 @@
 //! }
 //! .build()?;
 //! let (verdicts_tx, mut verdicts) = tokio::sync::mpsc::channel(1024);
-//! let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+//! let (_stop, stop_rx) = trawler_common::shutdown::channel();
 //! let (handle, _task) = enrichment.spawn(1_000_000..2_000_000, inputs, verdicts_tx, stop_rx);
 //! while let Some(v) = verdicts.recv().await {
 //!     println!("{} suspicious={} (progress {:.1} %)", v.id, v.value, 100.0 * handle.sweep_progress());
@@ -51,7 +51,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use trawler_common::clock::unix_ms;
 use trawler_common::http::ClientSettings;
@@ -322,14 +322,14 @@ struct Worker {
 
 impl Enrichment {
     /// Starts enriching `ids`. Verdicts go to `out` (the enrichment waits
-    /// when `out` is full). Stops when `shutdown` becomes true, abandoning
+    /// when `out` is full). Stops when `shutdown` fires, abandoning
     /// calls in flight: an unanswered check is simply made next period.
     pub fn spawn(
         self,
         ids: impl IntoIterator<Item = u64>,
         inputs: Arc<dyn Inputs>,
         out: mpsc::Sender<Verdict>,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: trawler_common::shutdown::Shutdown,
     ) -> (EnrichHandle, JoinHandle<()>) {
         let period_ms = self.config.period.as_millis() as i64;
         let metrics = Arc::new(Metrics::default());
@@ -362,7 +362,7 @@ impl Enrichment {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
+                    _ = shutdown.wait() => break,
                     Some(command) = command_rx.recv() => {
                         match command {
                             Command::Track(ids) => { wheel.insert_many(ids.into_iter()); }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use trawler_common::shutdown::{self, Trigger};
 use trawler_enrich::{EnrichConfig, EnrichHandle, Inputs, Verdict};
 use trawler_sim::{Faults, SimConfig, Simulator};
 
@@ -95,11 +96,11 @@ async fn start(
     faults: Faults,
     n: u64,
     period_ms: u64,
-) -> (EnrichHandle, mpsc::Receiver<Verdict>, watch::Sender<bool>) {
+) -> (EnrichHandle, mpsc::Receiver<Verdict>, Trigger) {
     let (sim, url) = sim(faults).await;
     let inputs = Arc::new(Fixed::new(n, sim.accounts().threshold()));
     let (tx, rx) = mpsc::channel(1024);
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = shutdown::channel();
     let (handle, _task) =
         config(url, period_ms)
             .build()

@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value as Json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use trawler_api::{ApiError, TrackOutcome};
 use trawler_cluster::stream::{self, Message};
 use trawler_cluster::{Cluster, LeaseState, Publisher, ShardOwner, VmClient, WriterMetrics};
+use trawler_common::shutdown::Shutdown;
 use trawler_crawl::{CrawlHandle, Event, IdSet, Job};
 use trawler_enrich::{EnrichHandle, Verdict};
 use trawler_views::{HourlyFirsts, Suspicion, Views};
@@ -192,7 +193,7 @@ async fn publish_verdicts(node: Arc<ClusterNode>, mut verdicts: mpsc::Receiver<V
 }
 
 /// Keeps the views following the stream; reconnects from where it was.
-async fn follow_stream(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) {
+async fn follow_stream(node: Arc<ClusterNode>, mut stop: Shutdown) {
     let replay = node.job.interval() * 2 + Duration::from_secs(30);
     // The stream's start time is the server's clock: undo the job clock's
     // offset (`--clock-offset`), which slot times carry.
@@ -209,7 +210,7 @@ async fn follow_stream(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) 
                     tracing::warn!(error = %e, "following the stream failed; resuming");
                 }
             }
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         }
         // Resume an interval before the last slot applied (views ignore
         // older updates); from the same point if nothing was applied yet.
@@ -240,7 +241,7 @@ pub(crate) async fn run(
         shard_ids[cluster.shard_of(id) as usize].push(id);
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = trawler_common::shutdown::channel();
     let (events_tx, events_rx) = mpsc::channel(65_536);
     // No ids at start: the node polls the shards it leases.
     let crawl = trawler_crawl::start_http(job.with_ids(IdSet::default()), events_tx)
@@ -303,7 +304,7 @@ pub(crate) async fn run(
             );
         });
     }
-    let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
+    let (writer_stop_tx, writer_stop_rx) = trawler_common::shutdown::channel();
     let writer_task = {
         let (cluster, vm, naming, metrics, stop) = (
             cluster.clone(),
@@ -367,9 +368,7 @@ pub(crate) async fn run(
     println!("listening on http://{api_addr}");
     let api_stop = {
         let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
+        async move { rx.wait().await }
     };
     let api_task = api
         .spawn_on(&api_runtime, listener, api_stop)
@@ -401,7 +400,7 @@ pub(crate) async fn run(
     }
 
     tracing::info!("shutting down: giving the leases back");
-    let _ = stop_tx.send(true);
+    stop_tx.trigger();
     let _ = leases_task.await;
     let report = node.crawl.shutdown(node_config.grace).await;
     // The crawl's sender is gone once it stopped: the publisher drains.
@@ -410,7 +409,7 @@ pub(crate) async fn run(
         task.abort();
     }
     // The writer finishes what was published, within the grace period.
-    let _ = writer_stop_tx.send(true);
+    writer_stop_tx.trigger();
     let _ = tokio::time::timeout(node_config.grace, writer_task).await;
     follow_task.abort();
     let _ = tokio::time::timeout(node_config.grace, api_task).await;

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use trawler_crawl::IdSet;
 use trawler_store::{StoreConfig, SyncPolicy};
 
@@ -64,12 +64,10 @@ pub(crate) async fn run(
     }
     let mut job = config.job.build_with(&overrides)?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = trawler_common::shutdown::channel();
     let stopped = || {
         let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
+        async move { rx.wait().await }
     };
 
     // The built-in simulator, when no target is given.
@@ -251,7 +249,7 @@ pub(crate) async fn run(
     }
 
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
+    stop_tx.trigger();
     let report = node.crawl.shutdown(config.grace).await;
     let _ = ingest.await;
     averages.abort();
