@@ -82,7 +82,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(%code, error = %self, "request failed on the server side");
         }
-        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = crate::ErrorBody::new(code, self.to_string());
         (status, axum::Json(body)).into_response()
     }
 }

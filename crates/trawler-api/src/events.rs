@@ -30,14 +30,15 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::{ApiError, Backend, HttpMetrics};
 
-/// One sample: its time and its JSON text (`{"t":ms,…stats}`).
-type Sample = Arc<str>;
+/// One sample as JSON text ([`crate::Sample`]: `{"t":ms,"seq":n,…stats}`),
+/// serialised once for every subscriber and the history.
+type SampleText = Arc<str>;
 
 /// The producer's shared state: the history and the channel subscribers
 /// join. `sender` is `None` once the server is shutting down.
 pub(crate) struct Hub {
-    sender: Mutex<Option<broadcast::Sender<Sample>>>,
-    history: Mutex<VecDeque<Sample>>,
+    sender: Mutex<Option<broadcast::Sender<SampleText>>>,
+    history: Mutex<VecDeque<SampleText>>,
     history_len: usize,
     interval: Duration,
     max_subscribers: usize,
@@ -109,12 +110,16 @@ impl Hub {
         lock(&self.sender).take();
     }
 
-    fn sample<B: Backend>(&self, backend: &B, seq: u64) -> Sample {
-        let mut stats = serde_json::Map::new();
-        stats.insert("t".into(), backend.now_ms().into());
-        stats.insert("seq".into(), seq.into());
-        stats.extend(backend.stats());
-        serde_json::Value::Object(stats).to_string().into()
+    fn sample<B: Backend>(&self, backend: &B, seq: u64) -> SampleText {
+        let sample = crate::Sample {
+            t: backend.now_ms(),
+            seq,
+            stats: backend.stats(),
+        };
+        // Numbers and strings only: writing them to a string cannot fail.
+        serde_json::to_string(&crate::Named::new(backend.info(), &sample))
+            .unwrap_or_default()
+            .into()
     }
 
     /// The history as a JSON document, oldest sample first.
@@ -173,8 +178,8 @@ impl Hub {
 /// Copies samples to one subscriber's queue; drops the subscriber when the
 /// queue is full rather than waiting for it.
 async fn forward(
-    mut receiver: broadcast::Receiver<Sample>,
-    queue: mpsc::Sender<Sample>,
+    mut receiver: broadcast::Receiver<SampleText>,
+    queue: mpsc::Sender<SampleText>,
     slot: Slot,
 ) {
     loop {

@@ -6,14 +6,22 @@
 //! routing, parameter parsing, limits, authentication and error shapes — and
 //! lets the backend change without touching a route.
 //!
-//! Every answer is JSON; every error is `{"error":{"code","message"}}` with a
-//! 4xx status for anything the client did wrong. No input reaches a panic.
+//! Every answer is JSON of a type in this crate ([`Entity`], [`Stats`],
+//! [`TopAnswer`], [`Series`], [`KeyPage`], [`JobInfo`], [`TrackOutcome`],
+//! [`ErrorBody`]…): the backend fills them, the routes send them, and the
+//! OpenAPI document at `/api/openapi.json` is assembled from their schemas
+//! ([`Schema`], see [`answers`]), so the contract is written once. The job names some
+//! members (its key, label, metrics, flag and average): those answers hold
+//! values only and are written with the job's names by [`Named`]. Every
+//! error is `{"error":{"code","message"}}` with a 4xx status for anything
+//! the client did wrong. No input reaches a panic.
 //!
 //! Secure by default: the binary listens on 127.0.0.1; when told to listen
 //! beyond loopback, [`ApiConfig::build`] refuses to start without a token for
 //! the endpoints that change state. Request bodies and concurrent requests
 //! are bounded.
 
+pub mod answers;
 mod dashboard;
 mod error;
 mod events;
@@ -29,6 +37,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use answers::{
+    Entity, EntityRef, ErrorBody, ErrorDetail, Figures, FlagNames, JobInfo, JobShaped, KeyPage,
+    Mover, Named, RankedEntry, Sample, Schema, Series, Stats, TopAnswer, TopEntries, TrackOutcome,
+};
 pub use error::ApiError;
 pub use metrics::HttpMetrics;
 
@@ -46,51 +58,6 @@ pub struct SeriesQuery {
     pub step_ms: Option<i64>,
 }
 
-/// What a tracking change did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TrackOutcome {
-    /// Ids newly tracked.
-    pub added: u64,
-    /// Ids that were tracked already.
-    pub already_tracked: u64,
-    /// Ids tracked after the change.
-    pub tracked: u64,
-}
-
-/// What the API serves: the job's names, from its job file. Written into
-/// the dashboard page and the OpenAPI document, and served at
-/// `GET /api/v1/{job}` so any client can learn the shape of the answers.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobInfo {
-    /// The job's name: the path segment of `/api/v1/{job}/…`.
-    pub name: String,
-    /// What an entity's key is called in answers (`pk`); lists of keys are
-    /// called by its plural (`pks`).
-    pub key_name: String,
-    /// Whether keys are strings (else unsigned integers).
-    pub string_keys: bool,
-    /// What an entity's label is called (`username`), when it has one.
-    pub label_name: Option<String>,
-    /// The metrics a series read may name.
-    pub metrics: Vec<String>,
-    /// The metric entities are ranked by (`followerCount`).
-    pub rank_metric: String,
-    /// The name of the average of the ranked metric (`averageFollowerCount`).
-    pub average: String,
-    /// The enrichment's yes/no flag (`suspicious`), when the job has one:
-    /// a member of each entity and a list at `/api/v1/{job}/{flag}`.
-    pub flag: Option<String>,
-}
-
-impl JobInfo {
-    /// The name of a list of keys: the key's name with an `s` (`pks`).
-    pub fn keys_name(&self) -> String {
-        format!("{}s", self.key_name)
-    }
-}
-
 /// The read model of one job, implemented by the binary.
 ///
 /// Methods are synchronous. Those that may block on disk (series reads,
@@ -105,12 +72,9 @@ pub trait Backend: Send + Sync + 'static {
     fn key(&self, text: &str) -> Result<Option<u64>, ApiError>;
     /// An id's key as JSON (a number or a string).
     fn key_json(&self, id: u64) -> serde_json::Value;
-    /// The latest view of an entity as a JSON object, or `None` when the
-    /// entity is not tracked.
-    fn entity(
-        &self,
-        id: u64,
-    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ApiError>;
+    /// The latest view of an entity, or `None` when the entity is not
+    /// tracked.
+    fn entity(&self, id: u64) -> Result<Option<Entity>, ApiError>;
     /// Points of one metric of a tracked entity. `None` when not tracked.
     fn series(&self, id: u64, metric: &str, query: SeriesQuery)
         -> Result<Option<Points>, ApiError>;
@@ -119,14 +83,14 @@ pub trait Backend: Send + Sync + 'static {
     fn track(&self, keys: &[String]) -> Result<TrackOutcome, ApiError>;
     /// Stops tracking an id; `false` when it was not tracked.
     fn untrack(&self, id: u64) -> Result<bool, ApiError>;
-    /// Job-wide statistics as a JSON object.
-    fn stats(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// Job-wide statistics.
+    fn stats(&self) -> Stats;
     /// Ids the target reported as not found, after `after`, at most `limit`.
     fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64>;
     /// Appends the process's own metrics in Prometheus text format.
     fn render_metrics(&self, out: &mut String);
-    /// The first `limit` entities by `by`, as JSON objects.
-    fn top(&self, by: TopBy, limit: usize) -> Vec<serde_json::Map<String, serde_json::Value>>;
+    /// The first `limit` entities by `by`.
+    fn top(&self, by: TopBy, limit: usize) -> TopEntries;
     /// Entities whose flag (the enrichment's answer) is yes, in id order
     /// after `after`, at most `limit`.
     fn flagged(&self, after: Option<u64>, limit: usize) -> Vec<u64>;

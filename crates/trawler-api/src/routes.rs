@@ -16,7 +16,10 @@ use axum::{Json, Router};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::events::Hub;
-use crate::{params, ApiConfig, ApiError, Backend, HttpMetrics, SeriesQuery, TopBy};
+use crate::{
+    params, ApiConfig, ApiError, Backend, ErrorBody, HttpMetrics, JobShaped, KeyPage, Named,
+    SeriesQuery, TopAnswer, TopBy,
+};
 
 struct Ctx<B> {
     backend: Arc<B>,
@@ -73,7 +76,10 @@ pub(crate) fn router<B: Backend>(
     }
     router
         .route(&base, get(job_info::<B>))
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/metrics", get(metrics::<B>))
         .route(&format!("{base}/stats"), get(stats::<B>))
         .route(&format!("{base}/invalid"), get(invalid::<B>))
@@ -81,14 +87,17 @@ pub(crate) fn router<B: Backend>(
         .route(&format!("{base}/average/series"), get(average_series::<B>))
         .route("/api/openapi.json", get(openapi::<B>))
         .route(&format!("{base}/track"), post(track::<B>))
-        .route(&format!("{base}/{{{key}}}"), get(entity::<B>).delete(untrack::<B>))
+        .route(
+            &format!("{base}/{{{key}}}"),
+            get(entity::<B>).delete(untrack::<B>),
+        )
         .route(&format!("{base}/{{{key}}}/series"), get(series::<B>))
         .route("/api/v1/events", get(events::<B>))
         .route(&format!("{base}/health/history"), get(health_history::<B>))
         .merge(dashboard)
         .fallback(|| async { ApiError::not_found("no_route", "no such route") })
         .method_not_allowed_fallback(|| async {
-            let body = serde_json::json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route"}});
+            let body = ErrorBody::new("method_not_allowed", "method not allowed on this route");
             (StatusCode::METHOD_NOT_ALLOWED, Json(body))
         })
         .layer(middleware::from_fn_with_state(http_metrics, count_requests))
@@ -165,6 +174,11 @@ impl<B: Backend> Ctx<B> {
     }
 }
 
+/// `value` as JSON with the job's member names.
+fn named<T: JobShaped>(info: &crate::JobInfo, value: &T) -> Response {
+    Json(Named::new(info, value)).into_response()
+}
+
 async fn job_info<B: Backend>(State(ctx): Shared<B>) -> Json<crate::JobInfo> {
     Json(ctx.info.clone())
 }
@@ -172,12 +186,13 @@ async fn job_info<B: Backend>(State(ctx): Shared<B>) -> Json<crate::JobInfo> {
 async fn entity<B: Backend>(
     State(ctx): Shared<B>,
     Path(key): Path<String>,
-) -> Result<Json<serde_json::Map<String, serde_json::Value>>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = ctx.id(&key)?;
-    ctx.backend
+    let entity = ctx
+        .backend
         .entity(id)?
-        .map(Json)
-        .ok_or_else(|| ctx.not_tracked(&key))
+        .ok_or_else(|| ctx.not_tracked(&key))?;
+    Ok(named(&ctx.info, &entity))
 }
 
 async fn series<B: Backend>(
@@ -216,19 +231,15 @@ async fn series<B: Backend>(
             ),
         ));
     }
-    let mut body = serde_json::Map::new();
-    body.insert(ctx.info.key_name.clone(), ctx.backend.key_json(id));
-    let rest = serde_json::json!({
-        "metric": metric,
-        "from": query.from_ms,
-        "to": query.to_ms,
-        "step": query.step_ms,
-        "points": points.iter().map(|(t, v)| serde_json::json!([t, v])).collect::<Vec<_>>(),
-    });
-    if let serde_json::Value::Object(rest) = rest {
-        body.extend(rest);
-    }
-    Ok(Json(body).into_response())
+    let series = crate::Series {
+        key: Some(ctx.backend.key_json(id)),
+        metric: metric.clone(),
+        from: query.from_ms,
+        to: query.to_ms,
+        step: query.step_ms,
+        points,
+    };
+    Ok(named(&ctx.info, &series))
 }
 
 /// A key in a track request: a number or a string, read as text and
@@ -318,27 +329,24 @@ async fn untrack<B: Backend>(
     }
 }
 
-async fn stats<B: Backend>(
-    State(ctx): Shared<B>,
-) -> Json<serde_json::Map<String, serde_json::Value>> {
-    Json(ctx.backend.stats())
+async fn stats<B: Backend>(State(ctx): Shared<B>) -> Response {
+    named(&ctx.info, &ctx.backend.stats())
 }
 
 async fn invalid<B: Backend>(
     State(ctx): Shared<B>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     page(&ctx, q, |after, limit| ctx.backend.invalid(after, limit))
 }
 
 /// A page of keys after `after` (query `after`, `limit`), with the cursor
-/// of the next page when this one is full: `{"pks": […], "next": …}`
-/// (the job's key name, plural).
+/// of the next page when this one is full ([`KeyPage`]).
 fn page<B: Backend>(
     ctx: &Ctx<B>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
     read: impl FnOnce(Option<u64>, usize) -> Vec<u64>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
     let after = match q.get("after") {
         // A key never seen: nothing is after it in id order that a
@@ -353,11 +361,8 @@ fn page<B: Backend>(
     } else {
         None
     };
-    let keys: Vec<serde_json::Value> = ids.iter().map(|id| ctx.backend.key_json(*id)).collect();
-    let mut out = serde_json::Map::new();
-    out.insert(ctx.info.keys_name(), keys.into());
-    out.insert("next".into(), next.unwrap_or(serde_json::Value::Null));
-    Ok(Json(out.into()))
+    let keys = ids.iter().map(|id| ctx.backend.key_json(*id)).collect();
+    Ok(named(&ctx.info, &KeyPage { keys, next }))
 }
 
 async fn metrics<B: Backend>(State(ctx): Shared<B>) -> Response {
@@ -431,7 +436,7 @@ fn limit(q: &HashMap<String, String>, default: usize, max: usize) -> Result<usiz
 async fn top<B: Backend>(
     State(ctx): Shared<B>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
     let ranked = ctx.info.rank_metric.clone();
     let by_name = q.get("by").cloned().unwrap_or_else(|| ranked.clone());
@@ -451,35 +456,39 @@ async fn top<B: Backend>(
         }
     };
     let limit = limit(&q, 10, 1_000)?;
-    Ok(Json(
-        serde_json::json!({ "by": by_name, "entries": ctx.backend.top(by, limit) }),
-    ))
+    let top = TopAnswer {
+        by: by_name,
+        entries: ctx.backend.top(by, limit),
+    };
+    Ok(named(&ctx.info, &top))
 }
 
 async fn flagged<B: Backend>(
     State(ctx): Shared<B>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     page(&ctx, q, |after, limit| ctx.backend.flagged(after, limit))
 }
 
 async fn average_series<B: Backend>(
     State(ctx): Shared<B>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
     let query = range(&q, ctx.backend.now_ms(), ctx.max_points)?;
     let backend = ctx.backend.clone();
     let points = tokio::task::spawn_blocking(move || backend.average_series(query))
         .await
         .map_err(|e| ApiError::Unavailable(format!("series read failed: {e}")))??;
-    Ok(Json(serde_json::json!({
-        "metric": ctx.info.average,
-        "from": query.from_ms,
-        "to": query.to_ms,
-        "step": query.step_ms,
-        "points": points.iter().map(|(t, v)| serde_json::json!([t, v])).collect::<Vec<_>>(),
-    })))
+    let series = crate::Series {
+        key: None,
+        metric: ctx.info.average.clone(),
+        from: query.from_ms,
+        to: query.to_ms,
+        step: query.step_ms,
+        points,
+    };
+    Ok(named(&ctx.info, &series))
 }
 
 async fn openapi<B: Backend>(State(ctx): Shared<B>) -> Response {

@@ -11,18 +11,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use trawler_api::{
-    ApiConfig, ApiError, Backend, HttpMetrics, JobInfo, Points, SeriesQuery, TopBy, TrackOutcome,
+    ApiConfig, ApiError, Backend, Entity, Figures, HttpMetrics, JobInfo, Points, SeriesQuery,
+    Stats, TopBy, TopEntries, TrackOutcome,
 };
 
 /// A read model whose statistics change on every read, with `padding`
 /// bytes to make samples as large as a test needs.
 struct Counting {
     reads: AtomicU64,
-    padding: usize,
     info: JobInfo,
 }
 
@@ -30,7 +30,6 @@ impl Counting {
     fn new(padding: usize) -> Self {
         Self {
             reads: AtomicU64::new(0),
-            padding,
             info: JobInfo {
                 name: "things".into(),
                 key_name: "id".into(),
@@ -38,7 +37,9 @@ impl Counting {
                 label_name: None,
                 metrics: vec!["v".into()],
                 rank_metric: "v".into(),
-                average: "averageV".into(),
+                // The padding: the average's name is a member of every
+                // sample, and the one name a job may make as long as it likes.
+                average: format!("average{}", "V".repeat(padding)),
                 flag: None,
             },
         }
@@ -57,7 +58,7 @@ impl Backend for Counting {
     fn key_json(&self, id: u64) -> Value {
         id.into()
     }
-    fn entity(&self, _: u64) -> Result<Option<Map<String, Value>>, ApiError> {
+    fn entity(&self, _: u64) -> Result<Option<Entity>, ApiError> {
         Ok(None)
     }
     fn series(&self, _: u64, _: &str, _: SeriesQuery) -> Result<Option<Points>, ApiError> {
@@ -69,19 +70,22 @@ impl Backend for Counting {
     fn untrack(&self, _: u64) -> Result<bool, ApiError> {
         Ok(false)
     }
-    fn stats(&self) -> Map<String, Value> {
+    fn stats(&self) -> Stats {
         let n = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut m = Map::new();
-        m.insert("polls".into(), json!(n * 100));
-        m.insert("padding".into(), json!("x".repeat(self.padding)));
-        m
+        Stats {
+            figures: Figures {
+                polls: n * 100,
+                ..Figures::default()
+            },
+            ..Stats::default()
+        }
     }
     fn invalid(&self, _: Option<u64>, _: usize) -> Vec<u64> {
         Vec::new()
     }
     fn render_metrics(&self, _: &mut String) {}
-    fn top(&self, _: TopBy, _: usize) -> Vec<Map<String, Value>> {
-        Vec::new()
+    fn top(&self, _: TopBy, _: usize) -> TopEntries {
+        TopEntries::Ranked(Vec::new())
     }
     fn flagged(&self, _: Option<u64>, _: usize) -> Vec<u64> {
         Vec::new()

@@ -9,8 +9,11 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value as Json};
-use trawler_api::{ApiError, Backend, JobInfo, Points, SeriesQuery, TopBy, TrackOutcome};
+use serde_json::{Number, Value as Json};
+use trawler_api::{
+    ApiError, Backend, Entity, EntityRef, Figures, JobInfo, Mover, Points, RankedEntry,
+    SeriesQuery, Stats, TopBy, TopEntries, TrackOutcome,
+};
 use trawler_common::prom::{family, Kind};
 use trawler_views::{Views, Window};
 
@@ -36,7 +39,7 @@ pub trait Host: Send + Sync + 'static {
     /// Ids the target reported as not found, after `after`, at most `limit`.
     fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64>;
     /// The mode's own figures (crawl or cluster, store) into the stats.
-    fn stats(&self, out: &mut Map<String, Json>);
+    fn stats(&self, out: &mut Figures);
     /// The mode's own metrics, in Prometheus text.
     fn render_metrics(&self, out: &mut String);
     /// The enrichment, if running.
@@ -63,13 +66,11 @@ impl<H: Host> NodeBackend<H> {
     }
 }
 
-/// Formats unix ms as RFC 3339 with milliseconds.
-pub fn rfc3339(ms: i64) -> Json {
-    let Ok(ms) = u64::try_from(ms) else {
-        return Json::Null;
-    };
+/// Formats unix ms as RFC 3339 with milliseconds (`None` before 1970).
+pub fn rfc3339(ms: i64) -> Option<String> {
+    let ms = u64::try_from(ms).ok()?;
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    Json::String(humantime::format_rfc3339_millis(t).to_string())
+    Some(humantime::format_rfc3339_millis(t).to_string())
 }
 
 /// How the API names a job's entities: its key (`pk`, a number or an
@@ -130,93 +131,54 @@ impl Names {
         self.job.keys().to_json(id)
     }
 
-    /// `{pk, username}`: the head of every object naming an entity.
-    pub fn object(&self, id: u64) -> Map<String, Json> {
-        let mut out = Map::new();
-        out.insert(self.info.key_name.clone(), self.key_json(id));
-        if let Some(name) = &self.info.label_name {
-            out.insert(
-                name.clone(),
-                self.job.label_for(id).map_or(Json::Null, Json::from),
-            );
+    /// `{pk, username}`: the head of every answer naming an entity.
+    pub fn entity_ref(&self, id: u64) -> EntityRef {
+        EntityRef {
+            key: self.key_json(id),
+            label: self.job.label_for(id),
         }
-        out
     }
 }
 
-/// An entity's latest view as the API's JSON object (nulls until its first
+/// An entity's latest view as the API answers it (nulls until its first
 /// observation). Shared by the embedded and the cluster read models.
-pub fn entity_json(views: &Views, names: &Names, id: u64) -> Map<String, Json> {
-    let mut out = names.object(id);
-    let flag = names.info.flag.as_deref();
+pub fn entity(views: &Views, names: &Names, id: u64) -> Entity {
     let schema = views.schema();
-    match views.entity(id) {
-        Some(e) => {
-            for (m, (name, value)) in schema.metrics().iter().zip(&e.values).enumerate() {
-                let value = match value {
-                    Some(v) if schema.is_float(m) => number(trawler_views::decode_float(*v)),
-                    Some(v) => json!(v),
-                    None => Json::Null,
-                };
-                out.insert(name.clone(), value);
-            }
-            for ((name, _, _), ratio) in schema.ratios().iter().zip(&e.ratios) {
-                out.insert(name.clone(), ratio.map(number).unwrap_or(Json::Null));
-            }
-            out.insert("rank".into(), json!(e.rank));
-            if let Some(flag) = flag {
-                out.insert(flag.into(), json!(e.suspicion.map(|s| s.suspicious)));
-                out.insert(
-                    format!("{flag}CheckedAt"),
-                    e.suspicion
-                        .map(|s| rfc3339(s.checked_at_ms))
-                        .unwrap_or(Json::Null),
-                );
-            }
-            out.insert("lastCrawledAt".into(), rfc3339(e.ts_ms));
-        }
-        None => {
-            for name in schema.metrics() {
-                out.insert(name.clone(), Json::Null);
-            }
-            for (name, _, _) in schema.ratios() {
-                out.insert(name.clone(), Json::Null);
-            }
-            out.insert("rank".into(), Json::Null);
-            if let Some(flag) = flag {
-                out.insert(flag.into(), Json::Null);
-                out.insert(format!("{flag}CheckedAt"), Json::Null);
-            }
-            out.insert("lastCrawledAt".into(), Json::Null);
-        }
-    }
-    out
-}
-
-/// The statistics of the job's enrichment: how many entities are flagged
-/// (`suspiciousCount`) and how far the current sweep is
-/// (`lastSuspiciousSweepProgress`), when the job has one.
-pub fn flag_stats(
-    out: &mut Map<String, Json>,
-    names: &Names,
-    flagged: usize,
-    enrich: Option<&trawler_enrich::EnrichHandle>,
-) {
-    let Some(flag) = names.info.flag.as_deref() else {
-        return;
+    let names_of_values = schema
+        .metrics()
+        .iter()
+        .chain(schema.ratios().iter().map(|(name, _, _)| name));
+    let Some(e) = views.entity(id) else {
+        return Entity {
+            entity: names.entity_ref(id),
+            values: names_of_values.map(|name| (name.clone(), None)).collect(),
+            rank: None,
+            flag: None,
+            flag_checked_at: None,
+            last_crawled_at: None,
+        };
     };
-    out.insert(format!("{flag}Count"), json!(flagged));
-    let mut capital = flag.chars();
-    let capital: String = capital
-        .next()
-        .map(|c| c.to_uppercase().chain(capital).collect())
-        .unwrap_or_default();
-    out.insert(
-        format!("last{capital}SweepProgress"),
-        enrich
-            .map(|e| number(e.sweep_progress()))
-            .unwrap_or(Json::Null),
-    );
+    let metrics = e.values.iter().enumerate().map(|(m, value)| {
+        value.and_then(|v| {
+            if schema.is_float(m) {
+                Number::from_f64(trawler_views::decode_float(v))
+            } else {
+                Some(v.into())
+            }
+        })
+    });
+    let ratios = e.ratios.iter().map(|r| r.and_then(Number::from_f64));
+    Entity {
+        entity: names.entity_ref(id),
+        values: names_of_values
+            .cloned()
+            .zip(metrics.chain(ratios))
+            .collect(),
+        rank: e.rank,
+        flag: e.suspicion.map(|s| s.suspicious),
+        flag_checked_at: e.suspicion.and_then(|s| rfc3339(s.checked_at_ms)),
+        last_crawled_at: rfc3339(e.ts_ms),
+    }
 }
 
 /// Points of `metric` of one entity: a stored metric read through
@@ -286,36 +248,26 @@ pub fn metric_points(
     Ok(out)
 }
 
-/// The first `limit` entities by the ranked metric, as the API's objects.
-pub fn ranked_json(views: &Views, names: &Names, limit: usize) -> Vec<Map<String, Json>> {
-    views
-        .top(limit)
-        .into_iter()
-        .map(|r| {
-            let mut o = names.object(r.id);
-            o.insert(names.info.rank_metric.clone(), json!(r.value));
-            o.insert("rank".into(), json!(r.rank));
-            o
-        })
-        .collect()
-}
-
 /// The first `limit` entities by `by` from the views (rank, or the
 /// movers: gain = latest − first value of the previous clock hour, or of the
 /// clock hour 24 h before), in both modes.
-pub fn top_json(views: &Views, names: &Names, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
+pub fn top(views: &Views, names: &Names, by: TopBy, limit: usize) -> TopEntries {
     let movers = |movers: Vec<trawler_views::Mover>| {
-        movers
-            .into_iter()
-            .map(|m| {
-                let mut o = names.object(m.id);
-                o.insert("gain".into(), json!(m.gain));
-                o
-            })
-            .collect()
+        let entries = movers.into_iter().map(|m| Mover {
+            entity: names.entity_ref(m.id),
+            gain: m.gain,
+        });
+        TopEntries::Movers(entries.collect())
     };
     match by {
-        TopBy::Ranked => ranked_json(views, names, limit),
+        TopBy::Ranked => {
+            let entries = views.top(limit).into_iter().map(|r| RankedEntry {
+                entity: names.entity_ref(r.id),
+                value: r.value,
+                rank: r.rank,
+            });
+            TopEntries::Ranked(entries.collect())
+        }
         TopBy::Gain1h => movers(views.top_gainers(Window::Hour, limit)),
         TopBy::Gain24h => movers(views.top_gainers(Window::Day, limit)),
         TopBy::Loss1h => movers(views.top_losers(Window::Hour, limit)),
@@ -340,38 +292,23 @@ pub fn invalid_page(
 /// The crawl's figures of one node (its polls, lag, errors and whether it
 /// holds its schedule) into the stats.
 pub fn crawl_stats(
-    out: &mut Map<String, Json>,
+    out: &mut Figures,
     crawl: &trawler_crawl::MetricsSnapshot,
     interval: std::time::Duration,
 ) {
-    out.insert("pollsPerSecond".into(), number(crawl.polls_per_sec));
-    out.insert(
-        "lagP50Ms".into(),
-        crawl.lag_p50_ms.map(number).unwrap_or(Json::Null),
-    );
-    out.insert(
-        "lagP99Ms".into(),
-        crawl.lag_p99_ms.map(number).unwrap_or(Json::Null),
-    );
-    out.insert("polls".into(), json!(crawl.polls_ok));
-    out.insert(
-        "errors".into(),
-        json!(crawl.errors.iter().map(|(_, n)| n).sum::<u64>()),
-    );
-    out.insert("gaps".into(), json!(crawl.gaps));
-    out.insert("missedSlots".into(), json!(crawl.missed_slots));
     let schedule = &crawl.schedule;
-    out.insert("behindSchedule".into(), json!(schedule.behind));
-    out.insert("intervalMs".into(), json!(interval.as_millis() as u64));
-    out.insert("neededPerSecond".into(), number(schedule.needed_per_sec));
-    out.insert(
-        "achievedPerSecond".into(),
-        number(schedule.achieved_per_sec),
-    );
-    out.insert(
-        "effectiveIntervalMs".into(),
-        number(schedule.effective_interval_ms),
-    );
+    out.polls_per_second = crawl.polls_per_sec;
+    out.lag_p50_ms = crawl.lag_p50_ms;
+    out.lag_p99_ms = crawl.lag_p99_ms;
+    out.polls = crawl.polls_ok;
+    out.errors = crawl.errors.iter().map(|(_, n)| n).sum();
+    out.gaps = crawl.gaps;
+    out.missed_slots = crawl.missed_slots;
+    out.behind_schedule = schedule.behind;
+    out.interval_ms = interval.as_millis() as u64;
+    out.needed_per_second = schedule.needed_per_sec;
+    out.achieved_per_second = schedule.achieved_per_sec;
+    out.effective_interval_ms = schedule.effective_interval_ms;
 }
 
 /// Appends one-sample metrics labelled with the job, in Prometheus text.
@@ -388,12 +325,6 @@ fn storage_error(e: StorageError) -> ApiError {
     ApiError::Unavailable(e.to_string())
 }
 
-fn number(v: f64) -> Json {
-    serde_json::Number::from_f64(v)
-        .map(Json::Number)
-        .unwrap_or(Json::Null)
-}
-
 impl<H: Host> Backend for NodeBackend<H> {
     fn info(&self) -> &JobInfo {
         self.names.info()
@@ -407,11 +338,11 @@ impl<H: Host> Backend for NodeBackend<H> {
         self.names.key_json(id)
     }
 
-    fn entity(&self, id: u64) -> Result<Option<Map<String, Json>>, ApiError> {
+    fn entity(&self, id: u64) -> Result<Option<Entity>, ApiError> {
         if !self.host.is_tracked(id) {
             return Ok(None);
         }
-        Ok(Some(entity_json(self.host.views(), &self.names, id)))
+        Ok(Some(entity(self.host.views(), &self.names, id)))
     }
 
     fn series(&self, id: u64, metric: &str, q: SeriesQuery) -> Result<Option<Points>, ApiError> {
@@ -433,36 +364,30 @@ impl<H: Host> Backend for NodeBackend<H> {
         self.host.untrack(id)
     }
 
-    fn stats(&self) -> Map<String, Json> {
+    fn stats(&self) -> Stats {
         let views = self.host.views();
         let figures = views.stats();
         let average = figures.averages.get(views.schema().rank_by());
-        let mut out = Map::new();
-        out.insert("crawledAccounts".into(), json!(figures.tracked));
-        out.insert(
-            self.host.layout().average.clone(),
-            average
-                .and_then(|a| a.mean())
-                .map(number)
-                .unwrap_or(Json::Null),
-        );
-        out.insert("averageCovers".into(), json!(average.map(|a| a.count)));
-        flag_stats(
-            &mut out,
-            &self.names,
-            figures.suspicious,
-            self.host.enrich(),
-        );
-        self.host.stats(&mut out);
-        out
+        let mut stats = Stats {
+            figures: Figures {
+                crawled_accounts: figures.tracked as u64,
+                average_covers: average.map(|a| a.count),
+                ..Figures::default()
+            },
+            average: average.and_then(|a| a.mean()),
+            flagged: figures.suspicious as u64,
+            sweep_progress: self.host.enrich().map(|e| e.sweep_progress()),
+        };
+        self.host.stats(&mut stats.figures);
+        stats
     }
 
     fn invalid(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
         self.host.invalid(after, limit)
     }
 
-    fn top(&self, by: TopBy, limit: usize) -> Vec<Map<String, Json>> {
-        top_json(self.host.views(), &self.names, by, limit)
+    fn top(&self, by: TopBy, limit: usize) -> TopEntries {
+        top(self.host.views(), &self.names, by, limit)
     }
 
     fn flagged(&self, after: Option<u64>, limit: usize) -> Vec<u64> {

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
-use trawler_api::{ApiError, TrackOutcome};
+use trawler_api::{ApiError, Figures, TrackOutcome};
 use trawler_cluster::stream::{self, Message};
 use trawler_cluster::{Cluster, LeaseState, Publisher, ShardOwner, VmClient, WriterMetrics};
 use trawler_common::shutdown::Shutdown;
@@ -476,7 +476,7 @@ impl Host for ClusterNode {
 
     /// The cluster's figures: every node's heartbeat summed (or the worst
     /// of them), so any node answers for the whole cluster.
-    fn stats(&self, out: &mut Map<String, Json>) {
+    fn stats(&self, out: &mut Figures) {
         let node = self;
         let leases = node
             .leases
@@ -495,38 +495,36 @@ impl Host for ClusterNode {
                 .filter_map(|b| b[key].as_f64())
                 .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
         };
-        out.insert("trackedAccounts".into(), json!(node.all_ids.len()));
-        out.insert("invalidAccounts".into(), json!(sum("invalid") as u64));
-        out.insert("pollsPerSecond".into(), json!(sum("pollsPerSecond")));
-        out.insert("lagP50Ms".into(), json!(max("lagP50Ms")));
-        out.insert("lagP99Ms".into(), json!(max("lagP99Ms")));
-        out.insert("polls".into(), json!(sum("polls") as u64));
-        out.insert("errors".into(), json!(sum("errors") as u64));
-        out.insert("gaps".into(), json!(sum("gaps") as u64));
-        out.insert("missedSlots".into(), json!(sum("missedSlots") as u64));
+        out.tracked_accounts = node.all_ids.len();
+        out.invalid_accounts = sum("invalid") as u64;
+        out.polls_per_second = sum("pollsPerSecond");
+        out.lag_p50_ms = max("lagP50Ms");
+        out.lag_p99_ms = max("lagP99Ms");
+        out.polls = sum("polls") as u64;
+        out.errors = sum("errors") as u64;
+        out.gaps = sum("gaps") as u64;
+        out.missed_slots = sum("missedSlots") as u64;
         // The cluster's schedule: every node's shards together. Behind when
         // any node is; the effective interval is what the whole set gets.
         let interval_ms = node.crawl.job().interval().as_millis() as f64;
         let needed = sum("neededPerSecond");
         let achieved = sum("achievedPerSecond");
         let behind = beats.iter().any(|b| b["behindSchedule"] == true);
-        out.insert("behindSchedule".into(), json!(behind));
-        out.insert("intervalMs".into(), json!(interval_ms as u64));
-        out.insert("neededPerSecond".into(), json!(needed));
-        out.insert("achievedPerSecond".into(), json!(achieved));
-        out.insert(
-            "effectiveIntervalMs".into(),
-            json!(if behind && achieved > 0.0 {
-                interval_ms * needed / achieved
-            } else {
-                interval_ms
-            }),
-        );
-        out.insert("samplesStored".into(), json!(sum("vmSamples") as u64));
-        out.insert("bytesOnDisk".into(), Json::Null);
-        out.insert("bytesPerSample".into(), Json::Null);
-        out.insert("nodes".into(), json!(leases.nodes.len()));
-        out.insert("shardsHeld".into(), json!(leases.held));
+        out.behind_schedule = behind;
+        out.interval_ms = interval_ms as u64;
+        out.needed_per_second = needed;
+        out.achieved_per_second = achieved;
+        out.effective_interval_ms = if behind && achieved > 0.0 {
+            interval_ms * needed / achieved
+        } else {
+            interval_ms
+        };
+        out.samples_stored = sum("vmSamples") as u64;
+        // VictoriaMetrics' disk is not this node's to measure.
+        out.bytes_on_disk = None;
+        out.bytes_per_sample = None;
+        out.nodes = Some(leases.nodes.len() as u64);
+        out.shards_held = Some(leases.held as u64);
     }
 
     fn render_metrics(&self, out: &mut String) {

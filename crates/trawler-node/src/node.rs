@@ -11,9 +11,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use serde_json::{json, Map, Value as Json};
 use tokio::sync::mpsc;
-use trawler_api::{ApiError, TrackOutcome};
+use trawler_api::{ApiError, Figures, TrackOutcome};
 use trawler_crawl::{CrawlHandle, Event, IdSet, Observation};
 use trawler_enrich::{EnrichHandle, Verdict};
 use trawler_store::{Store, Value};
@@ -324,22 +323,16 @@ impl crate::backend::Host for Node {
         crate::backend::invalid_page(&self.crawl, after, limit)
     }
 
-    fn stats(&self, out: &mut Map<String, Json>) {
+    fn stats(&self, out: &mut Figures) {
         let crawl = self.crawl.metrics();
-        out.insert("trackedAccounts".into(), json!(crawl.gauges.tracked));
-        out.insert("invalidAccounts".into(), json!(crawl.gauges.invalid));
+        out.tracked_accounts = crawl.gauges.tracked;
+        out.invalid_accounts = crawl.gauges.invalid;
         crate::backend::crawl_stats(out, &crawl, self.crawl.job().interval());
         let store = self.storage.store().stats();
-        out.insert("samplesStored".into(), json!(store.samples));
-        out.insert("bytesOnDisk".into(), json!(store.bytes_on_disk));
-        out.insert(
-            "bytesPerSample".into(),
-            if store.samples > 0 {
-                json!(store.bytes_on_disk as f64 / store.samples as f64)
-            } else {
-                Json::Null
-            },
-        );
+        out.samples_stored = store.samples;
+        out.bytes_on_disk = Some(store.bytes_on_disk);
+        out.bytes_per_sample =
+            (store.samples > 0).then(|| store.bytes_on_disk as f64 / store.samples as f64);
     }
 
     fn render_metrics(&self, out: &mut String) {

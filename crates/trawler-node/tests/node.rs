@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
 use tokio::sync::mpsc;
-use trawler_api::{Backend, SeriesQuery, TopBy};
+use trawler_api::{Backend, JobShaped, Named, SeriesQuery, TopBy};
 use trawler_crawl::{Event, JobConfig, Observation, Overrides};
 use trawler_node::backend::NodeBackend;
 use trawler_node::layout::Layout;
@@ -17,6 +18,13 @@ struct Fixture {
     node: Arc<Node>,
     backend: NodeBackend<Node>,
     _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// An answer as the API writes it: JSON, with the job's member names.
+    fn json<T: JobShaped>(&self, answer: &T) -> Value {
+        serde_json::to_value(Named::new(self.backend.info(), answer)).unwrap()
+    }
 }
 
 /// A node for the built-in job's ids 1..=3 over a fresh store. Its crawl
@@ -109,14 +117,19 @@ async fn an_ingested_observation_is_stored_and_shown_at_once() {
         vec![(t, 100.0), (t + 60_000, 104.0)]
     );
     // The latest view, the rank and the stats.
-    let e = f.backend.entity(1).unwrap().unwrap();
+    let e = f.json(&f.backend.entity(1).unwrap().unwrap());
     assert_eq!(e["followerCount"], 10_400, "{e:?}");
     assert_eq!(e["rank"], 2, "{e:?}");
     assert!(e["lastCrawledAt"].is_string(), "{e:?}");
-    let top = f.backend.top(TopBy::Ranked, 10);
-    let order: Vec<u64> = top.iter().map(|r| r["pk"].as_u64().unwrap()).collect();
+    let top = f.json(&f.backend.top(TopBy::Ranked, 10));
+    let order: Vec<u64> = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["pk"].as_u64().unwrap())
+        .collect();
     assert_eq!(order, [2, 1]);
-    let stats = f.backend.stats();
+    let stats = f.json(&f.backend.stats());
     assert_eq!(stats["crawledAccounts"], 2, "{stats:?}");
     assert_eq!(stats["averageFollowerCount"], 30_200.0, "{stats:?}");
     // Not tracked: no entity, no series.
@@ -131,7 +144,7 @@ async fn a_sample_at_or_before_the_latest_stored_one_does_not_move_the_view() {
     f.node.ingest(&[observation(1, t, 10_000.0, 100.0)]);
     // A replay of an older slot (e.g. after a restart) is not the latest.
     f.node.ingest(&[observation(1, t - 60_000, 9_000.0, 100.0)]);
-    let e = f.backend.entity(1).unwrap().unwrap();
+    let e = f.json(&f.backend.entity(1).unwrap().unwrap());
     assert_eq!(e["followerCount"], 10_000, "{e:?}");
 }
 
@@ -161,9 +174,9 @@ async fn the_enrichment_and_the_average_are_named_from_the_job() {
         serde_json::json!({"pk": 1, "username": "influencer-1", "followerCount": 10_000, "followingCount": 100})
     );
     assert_eq!(f.node.layout.average, "averageFollowerCount");
-    let stats = f.backend.stats();
-    assert!(stats.contains_key("averageFollowerCount"), "{stats:?}");
-    assert!(stats.contains_key("suspiciousCount"), "{stats:?}");
+    let stats = f.json(&f.backend.stats());
+    assert!(stats.get("averageFollowerCount").is_some(), "{stats:?}");
+    assert!(stats.get("suspiciousCount").is_some(), "{stats:?}");
     assert_eq!(f.backend.info().flag.as_deref(), Some("suspicious"));
     assert_eq!(f.backend.info().key_name, "pk");
 }
@@ -202,7 +215,7 @@ async fn a_store_that_refuses_writes_stops_the_node() {
     );
     // The refused batch is not shown as the latest either.
     assert_eq!(
-        f.backend.entity(1).unwrap().unwrap()["followerCount"],
+        f.json(&f.backend.entity(1).unwrap().unwrap())["followerCount"],
         10_000
     );
 }
@@ -239,4 +252,74 @@ async fn movers_are_fed_by_ingest_with_the_previous_hours_first_value() {
         losers.iter().map(|m| (m.id, m.gain)).collect::<Vec<_>>(),
         [(2, -100)]
     );
+}
+
+/// The answers keep the members (and null-or-absent) they had as JSON
+/// maps before they were typed: clients of the old answers read these.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answers_keep_their_members() {
+    let f = fixture();
+    let t = trawler_node::now_ms() - 60_000;
+    f.node.ingest(&[observation(1, t, 10_000.0, 100.0)]);
+    let members = |v: &Value| -> Vec<String> {
+        let mut names: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    };
+    let e = f.json(&f.backend.entity(1).unwrap().unwrap());
+    assert_eq!(
+        members(&e),
+        [
+            "followerCount",
+            "followerRatio",
+            "followingCount",
+            "lastCrawledAt",
+            "pk",
+            "rank",
+            "suspicious",
+            "suspiciousCheckedAt",
+            "username"
+        ]
+    );
+    assert_eq!(e["followerRatio"], 100.0, "{e}");
+    assert!(e["suspicious"].is_null(), "{e}");
+    // Tracked, never crawled: every member, null.
+    let e = f.json(&f.backend.entity(2).unwrap().unwrap());
+    assert_eq!(members(&e).len(), 9, "{e}");
+    assert!(e["lastCrawledAt"].is_null() && e["rank"].is_null(), "{e}");
+    let stats = f.json(&f.backend.stats());
+    assert_eq!(
+        members(&stats),
+        [
+            "achievedPerSecond",
+            "averageCovers",
+            "averageFollowerCount",
+            "behindSchedule",
+            "bytesOnDisk",
+            "bytesPerSample",
+            "crawledAccounts",
+            "effectiveIntervalMs",
+            "errors",
+            "gaps",
+            "intervalMs",
+            "invalidAccounts",
+            "lagP50Ms",
+            "lagP99Ms",
+            "lastSuspiciousSweepProgress",
+            "missedSlots",
+            "neededPerSecond",
+            "polls",
+            "pollsPerSecond",
+            "samplesStored",
+            "suspiciousCount",
+            "trackedAccounts"
+        ]
+    );
+    let top = f.json(&f.backend.top(TopBy::Ranked, 10));
+    assert_eq!(
+        top[0],
+        serde_json::json!({"pk": 1, "username": "influencer-1", "followerCount": 10_000, "rank": 1})
+    );
+    let movers = f.json(&f.backend.top(TopBy::Gain1h, 10));
+    assert!(movers.is_array(), "{movers}");
 }
