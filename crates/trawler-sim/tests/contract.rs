@@ -1,34 +1,17 @@
 //! The Mockstagram contract, checked over real HTTP on a port-0 listener.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use trawler_sim::model::{mockstagram_initial, mockstagram_step, Counts};
-use trawler_sim::{Dynamics, Faults, SimConfig, Simulator};
+use trawler_sim::{Dynamics, Faults, SimConfig};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-struct Harness {
-    addr: SocketAddr,
-    sim: Simulator,
-    client: HttpClient,
-}
-
-async fn start(config: SimConfig) -> Harness {
-    let sim = config.build().expect("valid config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = sim.clone();
-    tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    Harness { addr, sim, client }
-}
+use common::{start, Harness};
 
 fn small() -> SimConfig {
     SimConfig {
@@ -39,31 +22,6 @@ fn small() -> SimConfig {
 }
 
 impl Harness {
-    async fn call(&self, method: Method, path: &str, body: &str) -> (StatusCode, String) {
-        let request = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{}", self.addr, path))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap();
-        let response = self.client.request(request).await.expect("request");
-        let status = response.status();
-        let content_type = response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        assert!(
-            content_type.starts_with("application/json"),
-            "{content_type}"
-        );
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(bytes.to_vec()).unwrap())
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, String) {
-        self.call(Method::GET, path, "").await
-    }
-
     async fn influencer(&self, pk: u64) -> Value {
         let (status, body) = self.get(&format!("/api/v1/influencers/{pk}")).await;
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -1,35 +1,16 @@
 //! The package registry, the simulator's second API, checked over real HTTP
 //! on a port-0 listener the way `contract.rs` checks Mockstagram.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
 use serde_json::Value;
 use trawler_sim::packages::{package_initial, package_step};
-use trawler_sim::{Faults, SimConfig, Simulator};
+use trawler_sim::{Faults, SimConfig};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-struct Harness {
-    addr: SocketAddr,
-    sim: Simulator,
-    client: HttpClient,
-}
-
-async fn start(config: SimConfig) -> Harness {
-    let sim = config.build().expect("valid config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = sim.clone();
-    tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    Harness { addr, sim, client }
-}
+use common::{start, Harness};
 
 /// One account only: the packages API must not depend on `accounts`.
 fn small() -> SimConfig {
@@ -43,30 +24,6 @@ fn small() -> SimConfig {
 const NO_SUCH_PACKAGE: &str = r#"{"error":"no such package"}"#;
 
 impl Harness {
-    async fn call(&self, method: Method, path: &str) -> (StatusCode, String) {
-        let request = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{}", self.addr, path))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = self.client.request(request).await.expect("request");
-        let status = response.status();
-        let content_type = response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        assert!(
-            content_type.starts_with("application/json"),
-            "{content_type}"
-        );
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(bytes.to_vec()).unwrap())
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, String) {
-        self.call(Method::GET, path).await
-    }
-
     async fn package_body(&self, name: &str) -> String {
         let (status, body) = self.get(&format!("/api/v2/packages/{name}")).await;
         assert_eq!(status, StatusCode::OK, "{name}: {body}");
@@ -222,7 +179,7 @@ async fn missing_and_malformed_names_are_404_and_extra_segments_no_route() {
         (Method::DELETE, "/api/v2/packages/serde"),
         (Method::GET, "/api/v1/packages/serde"),
     ] {
-        let (status, body) = h.call(method.clone(), path).await;
+        let (status, body) = h.call(method.clone(), path, "").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["name"], "NotFound", "{method} {path}");
