@@ -5,19 +5,6 @@ use std::time::Duration;
 
 use crate::ApiError;
 
-/// Parses a pk path segment: a non-negative decimal integer.
-pub fn pk(segment: &str) -> Result<u64, ApiError> {
-    if segment.is_empty() || !segment.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::bad_request(
-            "bad_pk",
-            format!("pk must be a non-negative integer, got {segment:?}"),
-        ));
-    }
-    segment
-        .parse()
-        .map_err(|_| ApiError::bad_request("bad_pk", format!("pk {segment} is too large")))
-}
-
 /// Parses an instant given as unix milliseconds or RFC 3339
 /// (`2026-11-22T07:00:00Z`), returning unix milliseconds.
 pub fn instant(name: &'static str, value: &str) -> Result<i64, ApiError> {
@@ -76,13 +63,5 @@ mod tests {
         assert_eq!(step("1500").unwrap(), Duration::from_millis(1_500));
         assert!(step("0").is_err());
         assert!(step("fast").is_err());
-    }
-
-    #[test]
-    fn pks_are_digits_only() {
-        assert_eq!(pk("1000000").unwrap(), 1_000_000);
-        for bad in ["", "-1", "1e3", "abc", "99999999999999999999999"] {
-            assert!(pk(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -243,9 +243,18 @@ mod tests {
         let keys = Keys::integers();
         assert_eq!(keys.parse("1000001").unwrap(), Some(1_000_001));
         assert_eq!(keys.intern("7").unwrap(), 7);
-        assert!(keys.parse("12a").is_err());
-        assert!(keys.parse("").is_err());
-        assert!(keys.parse("99999999999999999999").is_err());
+        assert_eq!(keys.parse("1000000").unwrap(), Some(1_000_000));
+        for bad in [
+            "",
+            "-1",
+            "1e3",
+            "abc",
+            "12a",
+            "99999999999999999999",
+            "99999999999999999999999",
+        ] {
+            assert!(keys.parse(bad).is_err(), "{bad}");
+        }
         assert_eq!(keys.to_json(5), serde_json::json!(5));
         let mut s = String::new();
         keys.write(42, &mut s);
