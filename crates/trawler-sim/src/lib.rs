@@ -8,6 +8,9 @@
 //! `POST /api/v1/influencers/is_suspicious` answers `{"pk","suspicious"}`
 //! after a delay of N(1 s, 1 s) clamped to [0, 10 s]. Unknown paths get 404.
 //!
+//! The `expo` workload ([`expo`]) generates the events of A/B tests for
+//! the stream job (`docs/STREAMS.md`).
+//!
 //! The package registry ([`packages`]), which only this crate knows of:
 //! `GET /api/v2/packages/{name}` answers
 //!
@@ -42,6 +45,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod expo;
 pub mod model;
 pub mod packages;
 pub mod rng;
