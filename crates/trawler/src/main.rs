@@ -6,6 +6,7 @@
 
 mod bench;
 mod cli;
+mod gen;
 mod logging;
 mod progress;
 mod run;
@@ -20,5 +21,6 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Mockstagram(a) => cli::mockstagram::run(a),
         cli::Command::Store(c) => cli::store::run(c),
         cli::Command::Bench(b) => bench::run(b),
+        cli::Command::Gen(g) => gen::run(g),
     }
 }

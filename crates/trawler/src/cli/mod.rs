@@ -31,6 +31,9 @@ pub enum Command {
     /// Inspect, compact or verify the store of a data folder not in use.
     #[command(subcommand)]
     Store(store::Command),
+    /// Generate a workload for a stream job (events to stdout, a file, HTTP or NATS).
+    #[command(subcommand)]
+    Gen(crate::gen::Gen),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(crate::bench::Bench),
