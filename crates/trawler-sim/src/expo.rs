@@ -133,7 +133,13 @@ pub struct Expo {
 impl Expo {
     /// Checks the configuration and prepares the generator.
     pub fn new(cfg: ExpoConfig) -> Result<Self, ExpoError> {
-        let bad = |knob, expected, value: f64| Err(ExpoError::Bad { knob, expected, value });
+        let bad = |knob, expected, value: f64| {
+            Err(ExpoError::Bad {
+                knob,
+                expected,
+                value,
+            })
+        };
         if cfg.experiments == 0 {
             return bad("experiments", "at least 1", 0.0);
         }
@@ -346,7 +352,10 @@ mod tests {
     fn same_seed_same_bytes_other_seed_other_bytes() {
         let cfg = ExpoConfig::default();
         assert_eq!(lines(cfg.clone(), 5_000), lines(cfg.clone(), 5_000));
-        let other = ExpoConfig { seed: 1, ..cfg.clone() };
+        let other = ExpoConfig {
+            seed: 1,
+            ..cfg.clone()
+        };
         assert_ne!(lines(cfg, 5_000), lines(other, 5_000));
     }
 

@@ -28,7 +28,14 @@ fn gen(args: &[&str]) -> String {
     stderr
 }
 
-const FIXED: [&str; 6] = ["--start", "1764547200000", "--rate", "0", "--time-rate", "50000"];
+const FIXED: [&str; 6] = [
+    "--start",
+    "1764547200000",
+    "--rate",
+    "0",
+    "--time-rate",
+    "50000",
+];
 
 #[test]
 fn files_are_deterministic_and_gzip_round_trips() {
@@ -36,7 +43,11 @@ fn files_are_deterministic_and_gzip_round_trips() {
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let write = |name: &str, seed: &str| {
         let out = path(name);
-        let stderr = gen(&[&FIXED[..], &["--events", "20000", "--seed", seed, "--out", &out]].concat());
+        let stderr = gen(&[
+            &FIXED[..],
+            &["--events", "20000", "--seed", seed, "--out", &out],
+        ]
+        .concat());
         assert!(stderr.contains("gen: events=20000 "), "{stderr}");
         std::fs::read(out).unwrap()
     };
@@ -48,7 +59,12 @@ fn files_are_deterministic_and_gzip_round_trips() {
     assert_eq!(a.iter().filter(|&&c| c == b'\n').count(), 20_000);
 
     let gz = write("a.ndjson.gz", "3");
-    assert!(gz.len() < a.len() / 3, "gzip: {} of {} bytes", gz.len(), a.len());
+    assert!(
+        gz.len() < a.len() / 3,
+        "gzip: {} of {} bytes",
+        gz.len(),
+        a.len()
+    );
     let mut unzipped = Vec::new();
     flate2::read::GzDecoder::new(&gz[..])
         .read_to_end(&mut unzipped)
@@ -130,7 +146,11 @@ fn posts_every_event_exactly_once(gzip: bool) {
     let (url, received) = listener(&runtime);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.ndjson");
-    let common = [&FIXED[..], &["--events", "30000", "--seed", "9", "--batch", "700"]].concat();
+    let common = [
+        &FIXED[..],
+        &["--events", "30000", "--seed", "9", "--batch", "700"],
+    ]
+    .concat();
 
     let mut args = [&common[..], &["--out", &url, "--connections", "3"]].concat();
     if gzip {
@@ -153,7 +173,10 @@ fn posts_every_event_exactly_once(gzip: bool) {
     assert_eq!(got.len(), 30_000);
     got.sort_unstable();
     want.sort_unstable();
-    assert!(got == want, "the events posted are not the events generated");
+    assert!(
+        got == want,
+        "the events posted are not the events generated"
+    );
     // 43 batches, each third request refused once: the retries happened.
     assert!(received.requests.load(Ordering::SeqCst) > 43);
     assert_eq!(received.gzipped.load(Ordering::SeqCst) > 0, gzip);

@@ -135,8 +135,8 @@ impl Post {
         let mut backoff = Duration::from_millis(100);
         let mut failed_connects = 0;
         loop {
-            let mut request = Request::post(self.uri.clone())
-                .header(CONTENT_TYPE, "application/x-ndjson");
+            let mut request =
+                Request::post(self.uri.clone()).header(CONTENT_TYPE, "application/x-ndjson");
             if self.gzip {
                 request = request.header(CONTENT_ENCODING, "gzip");
             }
@@ -207,7 +207,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// The message of trawler's `{"error":{"code","message"}}` (or of
@@ -233,7 +236,10 @@ mod tests {
         assert_eq!(retry_after(&h), None);
         h.insert(RETRY_AFTER, "3".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
     }
 

@@ -147,7 +147,9 @@ fn parse_start(s: &str) -> anyhow::Result<Option<i64>> {
         return Ok(Some(ms));
     }
     let t = humantime::parse_rfc3339_weak(s).with_context(|| {
-        format!("--start {s:?}: expected `now`, unix milliseconds or RFC 3339 (2025-12-01T00:00:00Z)")
+        format!(
+            "--start {s:?}: expected `now`, unix milliseconds or RFC 3339 (2025-12-01T00:00:00Z)"
+        )
     })?;
     let ms = t
         .duration_since(UNIX_EPOCH)
@@ -188,7 +190,10 @@ fn expo(args: ExpoArgs) -> anyhow::Result<()> {
     })
     .context("invalid workload settings")?;
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
-        bail!("--rate must be a number of events per second (0 = no limit), got {}", args.rate);
+        bail!(
+            "--rate must be a number of events per second (0 = no limit), got {}",
+            args.rate
+        );
     }
     if args.batch == 0 {
         bail!("--batch must be at least 1");
@@ -220,7 +225,10 @@ fn expo(args: ExpoArgs) -> anyhow::Result<()> {
         "gen: events={} seconds={seconds:.3} events_per_s={:.0}{}",
         report.delivered,
         report.delivered as f64 / seconds.max(1e-9),
-        report.errors.map(|(name, n)| format!(" {name}={n}")).unwrap_or_default()
+        report
+            .errors
+            .map(|(name, n)| format!(" {name}={n}"))
+            .unwrap_or_default()
     );
     if report.delivered < report.generated {
         bail!(
@@ -243,7 +251,11 @@ struct Plan {
 }
 
 /// Draws batches on schedule and hands them to `sink`; returns its report.
-fn produce(mut model: Expo, plan: &Plan, mut sink: Box<dyn sink::Sink>) -> anyhow::Result<sink::Report> {
+fn produce(
+    mut model: Expo,
+    plan: &Plan,
+    mut sink: Box<dyn sink::Sink>,
+) -> anyhow::Result<sink::Report> {
     let started = Instant::now();
     // With a rate, the duration is a number of events: the run ends on
     // schedule even when the last batch is early.
@@ -292,7 +304,10 @@ mod tests {
     #[test]
     fn start_parses_now_ms_and_rfc3339() {
         assert_eq!(parse_start("now").unwrap(), None);
-        assert_eq!(parse_start("1764547200000").unwrap(), Some(1_764_547_200_000));
+        assert_eq!(
+            parse_start("1764547200000").unwrap(),
+            Some(1_764_547_200_000)
+        );
         assert_eq!(
             parse_start("2025-12-01T00:00:00Z").unwrap(),
             Some(1_764_547_200_000)

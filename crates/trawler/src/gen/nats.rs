@@ -73,7 +73,9 @@ impl NatsSink {
     /// Awaits the oldest pending ack.
     fn settle_one(&mut self) {
         if let Some((ack, events)) = self.pending.pop_front() {
-            let outcome = self.runtime.block_on(std::future::IntoFuture::into_future(ack));
+            let outcome = self
+                .runtime
+                .block_on(std::future::IntoFuture::into_future(ack));
             self.count(outcome.map(|_| events).map_err(|e| e.to_string()));
         }
     }

@@ -96,8 +96,8 @@ impl Target {
                 std::io::stdout().lock(),
             ))))),
             Target::File(path) => {
-                let file = File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?;
+                let file =
+                    File::create(path).with_context(|| format!("creating {}", path.display()))?;
                 let file = BufWriter::with_capacity(1 << 20, file);
                 let gz = path.extension().is_some_and(|e| e == "gz");
                 Box::new(Writer::new(if gz {
@@ -107,9 +107,11 @@ impl Target {
                 }))
             }
             Target::Http(url) => Box::new(super::http::HttpSink::new(url, options)?),
-            Target::Nats { server, subject } => {
-                Box::new(super::nats::NatsSink::new(server, subject, options.pending)?)
-            }
+            Target::Nats { server, subject } => Box::new(super::nats::NatsSink::new(
+                server,
+                subject,
+                options.pending,
+            )?),
         })
     }
 }
