@@ -1,0 +1,618 @@
+//! The stream job file: `[job] kind = "stream"`, `[stream]`, `[[metric]]`,
+//! `[[formula]]` — read into plain serde structs that reject unknown keys,
+//! then [`StreamJobConfig::build`] checks every value into a [`StreamJob`].
+//! Errors name the file and the key (`expo.toml: metric[2].aggregate: …`).
+//!
+//! `jobs/expo.toml` documents every key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::formula::{self, Expr};
+
+/// A stream job file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamJobConfig {
+    /// `[job]`: the name, and `kind = "stream"`.
+    pub job: JobSection,
+    /// `[stream]`: source, time, windows, groups.
+    pub stream: StreamSection,
+    /// `[[metric]]`: what to aggregate.
+    #[serde(rename = "metric")]
+    pub metrics: Vec<MetricConfig>,
+    /// `[[formula]]`: series computed from the others when read.
+    #[serde(default, rename = "formula")]
+    pub formulas: Vec<FormulaConfig>,
+    /// Where the config came from, for messages.
+    #[serde(skip)]
+    pub source: String,
+}
+
+/// `[job]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSection {
+    /// Names the job and its API (`/api/v1/streams/{name}/…`).
+    pub name: String,
+    /// Must be `stream`.
+    pub kind: String,
+}
+
+/// `[stream]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    /// `http` (default), `nats` or `file`.
+    #[serde(default = "default_source")]
+    pub source: String,
+    /// JSON pointer of the event time (unix ms, or an RFC 3339 string).
+    pub time_field: String,
+    /// JSON pointer of the event's type, which metrics select by `types`.
+    #[serde(default)]
+    pub type_field: Option<String>,
+    /// Tumbling window length (default `1m`).
+    #[serde(default = "default_window")]
+    pub window: String,
+    /// How long after a window's end its events are still accepted
+    /// (default `30s`), in event time.
+    #[serde(default = "default_lateness")]
+    pub lateness: String,
+    /// How the events are grouped.
+    pub group: GroupSection,
+    /// `source = "file"`: the NDJSON file (`.gz` accepted), relative to
+    /// the job file.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// `source = "nats"`: the JetStream consumer.
+    #[serde(default)]
+    pub nats: Option<NatsSection>,
+    /// Largest request body of `POST …/events` (default `16MiB`; 413 beyond).
+    #[serde(default)]
+    pub max_batch_bytes: Option<usize>,
+}
+
+fn default_source() -> String {
+    "http".into()
+}
+fn default_window() -> String {
+    "1m".into()
+}
+fn default_lateness() -> String {
+    "30s".into()
+}
+
+/// `[stream.group]`: every member of the object at `each` puts the event
+/// in one group, named by the member's key and (string) value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    /// JSON pointer of the object, e.g. `/exp`.
+    pub each: String,
+    /// The label of a member's key, e.g. `experiment`.
+    pub key_label: String,
+    /// The label of a member's value, e.g. `variant`.
+    pub value_label: String,
+}
+
+/// `[stream.nats]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSection {
+    /// NATS servers, e.g. `["nats://127.0.0.1:4222"]`.
+    pub servers: Vec<String>,
+    /// The subject the events are published on.
+    pub subject: String,
+    /// The JetStream stream (created over `subject` when missing; default
+    /// `TRAWLER_EVENTS_{job}`).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// The durable consumer's name (default `trawler-{job}`).
+    #[serde(default)]
+    pub consumer: Option<String>,
+}
+
+/// `[[metric]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricConfig {
+    /// Names the series.
+    pub name: String,
+    /// `count`, `sum`, `min`, `max`, `mean`, `distinct` or `quantiles`.
+    pub aggregate: String,
+    /// JSON pointer of the value (all but `count`).
+    #[serde(default)]
+    pub field: Option<String>,
+    /// Event types counted (default: every type).
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    /// `quantiles`: which, in (0, 1); default `[0.5, 0.9, 0.99]`.
+    #[serde(default)]
+    pub quantiles: Option<Vec<f64>>,
+}
+
+/// `[[formula]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormulaConfig {
+    /// Names the derived series.
+    pub name: String,
+    /// E.g. `purchasers / visitors`.
+    pub expr: String,
+}
+
+/// Where events come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// `POST /api/v1/streams/{job}/events`.
+    Http,
+    /// A JetStream durable pull consumer.
+    Nats(NatsSection),
+    /// An NDJSON file, read once.
+    File(std::path::PathBuf),
+}
+
+/// What an aggregate computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    /// Events.
+    Count,
+    /// Sum of a number.
+    Sum,
+    /// Smallest number.
+    Min,
+    /// Largest number.
+    Max,
+    /// Mean of a number.
+    Mean,
+    /// Distinct values (HyperLogLog++, exact while small).
+    Distinct,
+    /// Quantiles of a number (DDSketch).
+    Quantiles,
+}
+
+/// One checked metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// Its name.
+    pub name: String,
+    /// What it computes.
+    pub aggregate: Aggregate,
+    /// Its field's slot in a decoded event (`None` for `count`).
+    pub field: Option<usize>,
+    /// The type ids it counts (`None`: every event).
+    pub types: Option<Vec<u16>>,
+    /// `quantiles` only.
+    pub quantiles: Vec<f64>,
+    /// Its first series in [`StreamJob::series`].
+    pub first_series: usize,
+}
+
+/// One stored series: a metric, or one quantile of one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Its name (`order_value_p99`).
+    pub name: String,
+    /// Integer (counts) or float.
+    pub integer: bool,
+}
+
+/// A checked stream job.
+#[derive(Debug, Clone)]
+pub struct StreamJob {
+    /// The job name.
+    pub name: String,
+    /// Where events come from.
+    pub source: Source,
+    /// Pointer of the event time.
+    pub time_field: String,
+    /// Pointer of the event type.
+    pub type_field: Option<String>,
+    /// The types some metric names, by id.
+    pub types: Vec<String>,
+    /// Window length, ms.
+    pub window_ms: i64,
+    /// Allowed lateness, ms.
+    pub lateness_ms: i64,
+    /// The grouping.
+    pub group: GroupSection,
+    /// Pointers of the fields metrics read, by slot.
+    pub fields: Vec<String>,
+    /// The metrics.
+    pub metrics: Vec<Metric>,
+    /// The stored series, in metric order.
+    pub series: Vec<Series>,
+    /// Formulas (name, expression), in dependency order.
+    pub formulas: Vec<(String, Expr)>,
+    /// Largest accepted request body.
+    pub max_batch_bytes: usize,
+    /// For each type id (and one more for "any other type"), the metrics
+    /// it feeds; empty lists are dropped by the early filter.
+    pub metrics_by_type: Vec<Vec<usize>>,
+}
+
+/// A job file that cannot be used; the message names the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, a missing or an unknown key.
+    #[error("{file}: {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// toml's message (with line and key).
+        message: String,
+    },
+    /// A key whose value is refused.
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// The key, e.g. `metric[2].aggregate`.
+        key: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl StreamJobConfig {
+    /// Parses TOML; `source` names it in errors.
+    pub fn from_toml(text: &str, source: &str) -> Result<Self, SpecError> {
+        let mut c: StreamJobConfig = toml::from_str(text).map_err(|e| SpecError::Syntax {
+            file: source.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        c.source = source.to_owned();
+        Ok(c)
+    }
+
+    /// Reads and parses a job file.
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &file)
+    }
+
+    /// Checks every value.
+    pub fn build(&self) -> Result<StreamJob, SpecError> {
+        let file = if self.source.is_empty() {
+            "job"
+        } else {
+            &self.source
+        };
+        let invalid = |key: &str, message: String| SpecError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let name = self.job.name.trim();
+        if !valid_name(name, true) {
+            return Err(invalid(
+                "job.name",
+                format!("{name:?} must be non-empty ASCII letters, digits, '-' or '_' (it names the API path)"),
+            ));
+        }
+        if self.job.kind != "stream" {
+            return Err(invalid(
+                "job.kind",
+                format!("{:?}: a file with [stream] must say kind = \"stream\"", self.job.kind),
+            ));
+        }
+        let s = &self.stream;
+        let pointer = |key: &str, p: &str| {
+            if p.starts_with('/') {
+                Ok(p.to_owned())
+            } else {
+                Err(invalid(key, format!("{p:?} is not a JSON pointer (it starts with '/')")))
+            }
+        };
+        let time_field = pointer("stream.time_field", &s.time_field)?;
+        let type_field = match &s.type_field {
+            Some(p) => Some(pointer("stream.type_field", p)?),
+            None => None,
+        };
+        let ms = |key: &str, text: &str, min: Duration| -> Result<i64, SpecError> {
+            let d = humantime::parse_duration(text)
+                .map_err(|e| invalid(key, format!("invalid duration {text:?}: {e}")))?;
+            if d < min || d > Duration::from_secs(86_400) {
+                return Err(invalid(
+                    key,
+                    format!("{text:?} must be between {min:?} and 1 day"),
+                ));
+            }
+            Ok(d.as_millis() as i64)
+        };
+        let window_ms = ms("stream.window", &s.window, Duration::from_secs(1))?;
+        if 86_400_000 % window_ms != 0 {
+            return Err(invalid(
+                "stream.window",
+                format!("{:?} must divide a day, so that windows align to clock minutes and days", s.window),
+            ));
+        }
+        let lateness_ms = ms("stream.lateness", &s.lateness, Duration::ZERO)?;
+        let group = GroupSection {
+            each: pointer("stream.group.each", &s.group.each)?,
+            key_label: label("stream.group.key_label", &s.group.key_label, &invalid)?,
+            value_label: label("stream.group.value_label", &s.group.value_label, &invalid)?,
+        };
+        if group.key_label == group.value_label {
+            return Err(invalid(
+                "stream.group.value_label",
+                format!("{:?} is also the key_label", group.value_label),
+            ));
+        }
+        let base = Path::new(&self.source)
+            .parent()
+            .filter(|_| !self.source.is_empty())
+            .unwrap_or(Path::new("."));
+        let source = match (s.source.as_str(), &s.file, &s.nats) {
+            ("http", None, None) => Source::Http,
+            ("file", Some(f), None) => Source::File(base.join(f)),
+            ("file", None, _) => return Err(invalid("stream.file", "source = \"file\" needs file = \"PATH\"".into())),
+            ("nats", None, Some(n)) => {
+                if n.servers.is_empty() || n.servers.iter().any(|s| !s.starts_with("nats://")) {
+                    return Err(invalid("stream.nats.servers", format!("{:?}: expected nats://HOST:PORT URLs", n.servers)));
+                }
+                if n.subject.is_empty() || n.subject.contains(' ') {
+                    return Err(invalid("stream.nats.subject", format!("{:?} is not a subject", n.subject)));
+                }
+                Source::Nats(n.clone())
+            }
+            ("nats", _, None) => return Err(invalid("stream.nats", "source = \"nats\" needs a [stream.nats] section with servers and subject".into())),
+            ("http" | "file" | "nats", _, _) => {
+                return Err(invalid("stream.source", format!("{:?} takes no {}", s.source, if s.file.is_some() { "file" } else { "[stream.nats]" })))
+            }
+            (other, _, _) => {
+                return Err(invalid("stream.source", format!("{other:?}: expected http, nats or file")))
+            }
+        };
+
+        if self.metrics.is_empty() {
+            return Err(invalid("metric", "a stream job needs at least one [[metric]]".into()));
+        }
+        let mut types: Vec<String> = Vec::new();
+        let mut fields: Vec<String> = Vec::new();
+        let mut metrics = Vec::new();
+        let mut series: Vec<Series> = Vec::new();
+        for (i, m) in self.metrics.iter().enumerate() {
+            let key = |k: &str| format!("metric[{i}].{k}");
+            if !valid_name(&m.name, false) {
+                return Err(invalid(&key("name"), format!("{:?} must be ASCII letters, digits or '_', starting with a letter", m.name)));
+            }
+            let aggregate = match m.aggregate.as_str() {
+                "count" => Aggregate::Count,
+                "sum" => Aggregate::Sum,
+                "min" => Aggregate::Min,
+                "max" => Aggregate::Max,
+                "mean" => Aggregate::Mean,
+                "distinct" => Aggregate::Distinct,
+                "quantiles" => Aggregate::Quantiles,
+                other => return Err(invalid(&key("aggregate"), format!("{other:?}: expected count, sum, min, max, mean, distinct or quantiles"))),
+            };
+            let field = match (&m.field, aggregate) {
+                (None, Aggregate::Count) => None,
+                (Some(_), Aggregate::Count) => return Err(invalid(&key("field"), "count takes no field".into())),
+                (None, _) => return Err(invalid(&key("field"), format!("{} needs a field", m.aggregate))),
+                (Some(p), _) => {
+                    let p = pointer(&key("field"), p)?;
+                    Some(match fields.iter().position(|f| *f == p) {
+                        Some(at) => at,
+                        None => {
+                            fields.push(p);
+                            fields.len() - 1
+                        }
+                    })
+                }
+            };
+            let metric_types = match &m.types {
+                None => None,
+                Some(list) => {
+                    if type_field.is_none() {
+                        return Err(invalid(&key("types"), "selecting types needs stream.type_field".into()));
+                    }
+                    if list.is_empty() {
+                        return Err(invalid(&key("types"), "an empty list counts nothing (omit it to count every type)".into()));
+                    }
+                    let mut ids = Vec::new();
+                    for t in list {
+                        let id = match types.iter().position(|x| x == t) {
+                            Some(at) => at,
+                            None => {
+                                types.push(t.clone());
+                                types.len() - 1
+                            }
+                        };
+                        ids.push(id as u16);
+                    }
+                    Some(ids)
+                }
+            };
+            let quantiles = match (aggregate, &m.quantiles) {
+                (Aggregate::Quantiles, None) => vec![0.5, 0.9, 0.99],
+                (Aggregate::Quantiles, Some(q)) => {
+                    if q.is_empty() || q.iter().any(|q| !(*q > 0.0 && *q < 1.0)) {
+                        return Err(invalid(&key("quantiles"), format!("{q:?}: each must be in (0, 1)")));
+                    }
+                    q.clone()
+                }
+                (_, Some(_)) => return Err(invalid(&key("quantiles"), "only aggregate = \"quantiles\" takes quantiles".into())),
+                (_, None) => Vec::new(),
+            };
+            let first_series = series.len();
+            if aggregate == Aggregate::Quantiles {
+                for q in &quantiles {
+                    series.push(Series {
+                        name: format!("{}_{}", m.name, quantile_suffix(*q)),
+                        integer: false,
+                    });
+                }
+            } else {
+                series.push(Series {
+                    name: m.name.clone(),
+                    integer: matches!(aggregate, Aggregate::Count | Aggregate::Distinct),
+                });
+            }
+            metrics.push(Metric {
+                name: m.name.clone(),
+                aggregate,
+                field,
+                types: metric_types,
+                quantiles,
+                first_series,
+            });
+        }
+        for (i, s) in series.iter().enumerate() {
+            if series[..i].iter().any(|o| o.name == s.name) {
+                return Err(invalid("metric", format!("two series are named {:?}", s.name)));
+            }
+        }
+
+        let mut formulas = Vec::new();
+        for (i, f) in self.formulas.iter().enumerate() {
+            if !valid_name(&f.name, false) {
+                return Err(invalid(&format!("formula[{i}].name"), format!("{:?} must be ASCII letters, digits or '_', starting with a letter", f.name)));
+            }
+            if series.iter().any(|s| s.name == f.name) || formulas.iter().any(|(n, _): &(String, Expr)| *n == f.name) {
+                return Err(invalid(&format!("formula[{i}].name"), format!("{:?} is already a series or a formula", f.name)));
+            }
+            let e = Expr::parse(&f.expr).map_err(|why| invalid(&format!("formula[{i}].expr"), why))?;
+            formulas.push((f.name.clone(), e));
+        }
+        let names: Vec<String> = series.iter().map(|s| s.name.clone()).collect();
+        let order = formula::resolve(&names, &formulas).map_err(|e| invalid("formula", e.to_string()))?;
+        let formulas = order.into_iter().map(|i| formulas[i].clone()).collect();
+
+        // Type ids 0..types.len(), then "another type" (or no type field).
+        let mut metrics_by_type = vec![Vec::new(); types.len() + 1];
+        for (m, metric) in metrics.iter().enumerate() {
+            match &metric.types {
+                Some(ids) => ids.iter().for_each(|&t| metrics_by_type[t as usize].push(m)),
+                None => metrics_by_type.iter_mut().for_each(|list| list.push(m)),
+            }
+        }
+
+        Ok(StreamJob {
+            name: name.to_owned(),
+            source,
+            time_field,
+            type_field,
+            types,
+            window_ms,
+            lateness_ms,
+            group,
+            fields,
+            metrics,
+            series,
+            formulas,
+            max_batch_bytes: s.max_batch_bytes.unwrap_or(16 << 20),
+            metrics_by_type,
+        })
+    }
+}
+
+impl StreamJob {
+    /// The id of "a type no metric names".
+    pub fn other_type(&self) -> u16 {
+        self.types.len() as u16
+    }
+
+    /// The start of the window holding `ts`.
+    pub fn window_of(&self, ts: i64) -> i64 {
+        ts.saturating_sub(ts.rem_euclid(self.window_ms))
+    }
+
+    /// A series or formula by name: `Ok(series index)` or `Err(formula index)`.
+    pub fn lookup(&self, name: &str) -> Option<Result<usize, usize>> {
+        if let Some(i) = self.series.iter().position(|s| s.name == name) {
+            return Some(Ok(i));
+        }
+        self.formulas.iter().position(|(n, _)| n == name).map(Err)
+    }
+}
+
+fn valid_name(name: &str, dash: bool) -> bool {
+    !name.is_empty()
+        && (dash || name.as_bytes()[0].is_ascii_alphabetic())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || (dash && b == b'-'))
+}
+
+fn label(
+    key: &str,
+    text: &str,
+    invalid: &impl Fn(&str, String) -> SpecError,
+) -> Result<String, SpecError> {
+    if valid_name(text, false) {
+        Ok(text.to_owned())
+    } else {
+        Err(invalid(key, format!("{text:?} must be ASCII letters, digits or '_' (a label name)")))
+    }
+}
+
+/// `0.5` → `p50`, `0.999` → `p99_9`.
+pub fn quantile_suffix(q: f64) -> String {
+    let pct = format!("{}", (q * 100_000.0).round() / 1000.0);
+    format!("p{}", pct.replace('.', "_"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXPO: &str = include_str!("../../../jobs/expo.toml");
+
+    #[test]
+    fn the_shipped_job_builds() {
+        let job = StreamJobConfig::from_toml(EXPO, "expo.toml").unwrap().build().unwrap();
+        assert_eq!(job.name, "expo");
+        assert_eq!(job.window_ms, 60_000);
+        assert!(job.series.iter().any(|s| s.name == "order_value_p99"));
+        assert!(job.lookup("conversion").unwrap().is_err());
+        // The early filter: types no metric names feed nothing.
+        assert!(job.metrics_by_type[job.other_type() as usize].is_empty());
+    }
+
+    #[test]
+    fn quantile_names() {
+        assert_eq!(quantile_suffix(0.5), "p50");
+        assert_eq!(quantile_suffix(0.99), "p99");
+        assert_eq!(quantile_suffix(0.999), "p99_9");
+    }
+
+    fn err(text: &str) -> String {
+        match StreamJobConfig::from_toml(text, "t.toml").and_then(|c| c.build()) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const HEAD: &str = "[job]\nname = \"x\"\nkind = \"stream\"\n[stream]\ntime_field = \"/ts\"\ntype_field = \"/type\"\n[stream.group]\neach = \"/exp\"\nkey_label = \"experiment\"\nvalue_label = \"variant\"\n";
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let m = "[[metric]]\nname = \"v\"\naggregate = \"count\"\n";
+        assert!(err(&format!("{HEAD}{m}[[formula]]\nname = \"a\"\nexpr = \"b / v\"\n[[formula]]\nname = \"b\"\nexpr = \"a * 2\"\n"))
+            .contains("t.toml: formula: formulas form a cycle: a -> b -> a"));
+        assert!(err(&format!("{HEAD}{m}[[formula]]\nname = \"a\"\nexpr = \"v / nope\"\n"))
+            .contains("`nope` in formula `a`"));
+        assert!(err(&format!("{HEAD}[[metric]]\nname = \"v\"\naggregate = \"avg\"\nfield = \"/a\"\n"))
+            .starts_with("t.toml: metric[0].aggregate: \"avg\""));
+        assert!(err(&format!("{HEAD}[[metric]]\nname = \"v\"\naggregate = \"sum\"\n")).contains("metric[0].field"));
+        assert!(err(&HEAD.replace("time_field", "tiem_field")).contains("unknown field `tiem_field`"));
+        assert!(err(&format!("{}{m}", HEAD.replace("[stream]", "[stream]\nwindow = \"7s\""))).contains("stream.window"));
+        assert!(err(&format!("{}{m}", HEAD.replace("[stream]", "[stream]\nsource = \"kafka\""))).contains("stream.source: \"kafka\""));
+    }
+}
