@@ -20,6 +20,8 @@ use crate::JobInfo;
 const INDEX: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
+const STREAM_HTML: &str = include_str!("../assets/stream.html");
+const STREAM_JS: &str = include_str!("../assets/stream.js");
 const UPLOT_JS: &str = include_str!("../assets/vendor/uplot/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../assets/vendor/uplot/uPlot.min.css");
 
@@ -53,6 +55,47 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(info: &JobInfo) -> Router
             }),
         )
         .route("/assets/app.js", get(|| asset("text/javascript", APP_JS)))
+        .route("/assets/app.css", get(|| asset("text/css", APP_CSS)))
+        .route(
+            "/assets/uplot.min.js",
+            get(|| asset("text/javascript", UPLOT_JS)),
+        )
+        .route(
+            "/assets/uplot.min.css",
+            get(|| asset("text/css", UPLOT_CSS)),
+        )
+}
+
+/// The page of a stream job (`/`), its script, and the shared assets.
+pub(crate) fn stream_router<S: Clone + Send + Sync + 'static>(
+    info: &crate::streams::StreamInfo,
+) -> Router<S> {
+    let json = serde_json::to_string(info).unwrap_or_else(|_| "{}".into());
+    let index = STREAM_HTML
+        .replace("{{job}}", &html_escape(&info.name))
+        .replace("{{info}}", &html_escape(&json));
+    Router::new()
+        .route(
+            "/",
+            get(move || {
+                let index = index.clone();
+                async move {
+                    (
+                        [
+                            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                            (header::CACHE_CONTROL, "no-cache"),
+                            (header::CONTENT_SECURITY_POLICY, CSP),
+                            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                        ],
+                        index,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/assets/stream.js",
+            get(|| asset("text/javascript", STREAM_JS)),
+        )
         .route("/assets/app.css", get(|| asset("text/css", APP_CSS)))
         .route(
             "/assets/uplot.min.js",

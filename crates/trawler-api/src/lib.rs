@@ -30,6 +30,7 @@ mod openapi;
 pub mod params;
 mod routes;
 pub mod runtime;
+pub mod streams;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -186,6 +187,28 @@ pub enum ConfigError {
 impl ApiConfig {
     /// Validates the configuration and builds the router around `backend`.
     pub fn build<B: Backend>(self, backend: Arc<B>) -> Result<Api, ConfigError> {
+        self.check()?;
+        let http_metrics = Arc::new(HttpMetrics::default());
+        let hub = Arc::new(events::Hub::new(
+            self.events_interval,
+            self.history_len,
+            self.max_subscribers,
+            self.subscriber_queue,
+            http_metrics.clone(),
+        ));
+        let router = routes::router(backend.clone(), &self, http_metrics.clone(), hub.clone());
+        let sampler: Sampler = Box::new(move |stop| Box::pin(hub.run(backend, stop)));
+        Ok(Api {
+            config: self,
+            router,
+            http_metrics,
+            sampler,
+        })
+    }
+
+    /// Refuses an exposed address without a token, an empty token and zero
+    /// limits.
+    fn check(&self) -> Result<(), ConfigError> {
         if matches!(&self.token, Some(t) if t.is_empty()) {
             return Err(ConfigError::EmptyToken);
         }
@@ -209,22 +232,7 @@ impl ApiConfig {
                 return Err(ConfigError::ZeroLimit(name));
             }
         }
-        let http_metrics = Arc::new(HttpMetrics::default());
-        let hub = Arc::new(events::Hub::new(
-            self.events_interval,
-            self.history_len,
-            self.max_subscribers,
-            self.subscriber_queue,
-            http_metrics.clone(),
-        ));
-        let router = routes::router(backend.clone(), &self, http_metrics.clone(), hub.clone());
-        let sampler: Sampler = Box::new(move |stop| Box::pin(hub.run(backend, stop)));
-        Ok(Api {
-            config: self,
-            router,
-            http_metrics,
-            sampler,
-        })
+        Ok(())
     }
 }
 

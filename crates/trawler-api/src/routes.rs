@@ -106,7 +106,7 @@ pub(crate) fn router<B: Backend>(
         .with_state(ctx)
 }
 
-async fn count_requests(
+pub(crate) async fn count_requests(
     State(metrics): State<Arc<HttpMetrics>>,
     request: Request,
     next: Next,
@@ -129,7 +129,12 @@ fn query(
 }
 
 fn check_token<B>(ctx: &Ctx<B>, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &ctx.token else {
+    token_ok(ctx.token.as_deref(), headers)
+}
+
+/// `Ok` when no token is configured or `headers` carry it as a bearer.
+pub(crate) fn token_ok(expected: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = expected else {
         return Ok(());
     };
     let given = headers

@@ -26,6 +26,7 @@ pub mod node;
 pub mod state;
 pub mod status;
 pub mod storage;
+pub mod stream;
 
 use std::future::Future;
 

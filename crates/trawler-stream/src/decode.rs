@@ -243,21 +243,31 @@ impl Decoder {
             Err(e) => Err(Some(e.to_string())),
             Ok(()) => Ok(()),
         };
-        self.finish(outcome, s.ts, s.type_id, s.filtered, s.problem.take(), pairs_start, start, line_no, batch);
+        self.finish(
+            outcome,
+            s.ts,
+            s.type_id,
+            s.filtered,
+            s.problem.take(),
+            pairs_start,
+            start,
+            line_no,
+            batch,
+        );
     }
 
     fn decode_array(&self, body: &[u8], batch: &mut Batch) {
         let mut de = serde_json::Deserializer::from_slice(body);
-        let r = de::Deserializer::deserialize_seq(
-            &mut de,
-            ArrayVisitor { d: self, batch },
-        )
-        .and_then(|()| de.end());
+        let r = de::Deserializer::deserialize_seq(&mut de, ArrayVisitor { d: self, batch })
+            .and_then(|()| de.end());
         if let Err(e) = r {
             // The array itself is broken: what follows cannot be found.
             batch.stats.malformed += 1;
             if batch.stats.errors.len() < MAX_ERRORS {
-                batch.stats.errors.push((0, format!("the body is not a JSON array of events: {e}")));
+                batch
+                    .stats
+                    .errors
+                    .push((0, format!("the body is not a JSON array of events: {e}")));
             }
         }
     }
@@ -346,8 +356,22 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_> {
                     return Ok(());
                 }
                 Some(ok) => {
-                    let walked = if ok { Ok(()) } else { Err(Some("an event is not a JSON object".to_owned())) };
-                    d.finish(walked, ts, type_id, filtered, problem, pairs_start, start, element, batch);
+                    let walked = if ok {
+                        Ok(())
+                    } else {
+                        Err(Some("an event is not a JSON object".to_owned()))
+                    };
+                    d.finish(
+                        walked,
+                        ts,
+                        type_id,
+                        filtered,
+                        problem,
+                        pairs_start,
+                        start,
+                        element,
+                        batch,
+                    );
                 }
             }
         }
@@ -378,7 +402,11 @@ impl<'de> Visitor<'de> for ElementVisitor<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
         let root = &self.s.d.root;
-        ObjectVisitor { node: root, s: self.s }.visit_map(map)?;
+        ObjectVisitor {
+            node: root,
+            s: self.s,
+        }
+        .visit_map(map)?;
         Ok(true)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
@@ -442,7 +470,10 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, '_, '_> {
                     if node.ends.is_empty() {
                         map.next_value_seed(ObjectSeed { node, s: self.s })?;
                     } else {
-                        map.next_value_seed(LeafSeed { slots: &node.ends, s: self.s })?;
+                        map.next_value_seed(LeafSeed {
+                            slots: &node.ends,
+                            s: self.s,
+                        })?;
                         if self.s.filtered && self.s.abort {
                             return Err(de::Error::custom(FILTERED));
                         }
@@ -668,7 +699,9 @@ impl LeafSeed<'_, '_, '_> {
     fn other(self) {
         for slot in self.slots {
             match *slot {
-                Slot::Time => self.s.problem = Some("event time is not a number or a string".into()),
+                Slot::Time => {
+                    self.s.problem = Some("event time is not a number or a string".into())
+                }
                 Slot::Type => self.s.set_type(None),
                 Slot::Group => self.s.problem = Some("the group field is not an object".into()),
                 Slot::Field(_) => {}

@@ -194,10 +194,7 @@ impl Parser<'_> {
 /// Orders `formulas` (name, expression) so that each comes after the
 /// formulas it reads; `series` are the names that need no formula. Errors
 /// name the unknown names or the cycle (`a -> b -> a`).
-pub fn resolve(
-    series: &[String],
-    formulas: &[(String, Expr)],
-) -> Result<Vec<usize>, ResolveError> {
+pub fn resolve(series: &[String], formulas: &[(String, Expr)]) -> Result<Vec<usize>, ResolveError> {
     let by_name: BTreeMap<&str, usize> = formulas
         .iter()
         .enumerate()
@@ -235,8 +232,10 @@ pub fn resolve(
             Mark::Done => return Ok(()),
             Mark::Open => {
                 let from = path.iter().position(|&p| p == i).unwrap_or(0);
-                let mut cycle: Vec<String> =
-                    path[from..].iter().map(|&p| formulas[p].0.clone()).collect();
+                let mut cycle: Vec<String> = path[from..]
+                    .iter()
+                    .map(|&p| formulas[p].0.clone())
+                    .collect();
                 cycle.push(formulas[i].0.clone());
                 return Err(ResolveError::Cycle(cycle));
             }
@@ -259,7 +258,14 @@ pub fn resolve(
     let mut marks = vec![Mark::New; formulas.len()];
     let mut order = Vec::with_capacity(formulas.len());
     for i in 0..formulas.len() {
-        visit(i, formulas, &by_name, &mut marks, &mut Vec::new(), &mut order)?;
+        visit(
+            i,
+            formulas,
+            &by_name,
+            &mut marks,
+            &mut Vec::new(),
+            &mut order,
+        )?;
     }
     Ok(order)
 }
@@ -294,7 +300,12 @@ mod tests {
         });
         assert_eq!(v, Some(1.0 + 6.0 + 2.0));
         assert_eq!(Expr::parse("x / 0").unwrap().eval(&|_| Some(1.0)), None);
-        assert_eq!(Expr::parse("x / y").unwrap().eval(&|n| (n == "x").then_some(1.0)), None);
+        assert_eq!(
+            Expr::parse("x / y")
+                .unwrap()
+                .eval(&|n| (n == "x").then_some(1.0)),
+            None
+        );
     }
 
     #[test]
@@ -308,8 +319,14 @@ mod tests {
     fn orders_formulas_of_formulas() {
         let f = vec![
             ("rpc".to_string(), Expr::parse("rpv / conversion").unwrap()),
-            ("rpv".to_string(), Expr::parse("revenue / visitors").unwrap()),
-            ("conversion".to_string(), Expr::parse("buyers / visitors").unwrap()),
+            (
+                "rpv".to_string(),
+                Expr::parse("revenue / visitors").unwrap(),
+            ),
+            (
+                "conversion".to_string(),
+                Expr::parse("buyers / visitors").unwrap(),
+            ),
         ];
         let order = resolve(&names(&["revenue", "visitors", "buyers"]), &f).unwrap();
         let pos = |n: &str| order.iter().position(|&i| f[i].0 == n).unwrap();

@@ -218,7 +218,8 @@ impl Pipeline {
         let admitted = self
             .engine
             .admit(batch, now_ms, self.max_future_ms, &mut self.record);
-        self.wal.append_groups(self.engine.groups(), &admitted.new_groups)?;
+        self.wal
+            .append_groups(self.engine.groups(), &admitted.new_groups)?;
         let fields = self.engine.job().fields.len();
         let window_ms = self.engine.job().window_ms;
         self.record.position = batch.position.max(self.position);
@@ -252,7 +253,10 @@ impl Pipeline {
     fn closable(&self, watermark: i64) -> bool {
         let job = self.engine.job();
         self.engine.open_windows() > 0
-            && self.engine.first_open().is_some_and(|s| s + job.window_ms + job.lateness_ms <= watermark)
+            && self
+                .engine
+                .first_open()
+                .is_some_and(|s| s + job.window_ms + job.lateness_ms <= watermark)
     }
 
     /// Whether a window can close now (the sequencer then calls `tick`).
@@ -282,7 +286,9 @@ impl Pipeline {
     }
 
     fn store(&mut self, closed: usize, now_ms: i64) -> Result<usize, String> {
-        self.counters.windows_closed.fetch_add(closed as u64, Ordering::Relaxed);
+        self.counters
+            .windows_closed
+            .fetch_add(closed as u64, Ordering::Relaxed);
         if self.pending.is_empty() && closed == 0 {
             self.publish();
             return Ok(0);
@@ -296,14 +302,18 @@ impl Pipeline {
             self.publish();
             return Err(e);
         }
-        self.counters.samples.fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+        self.counters
+            .samples
+            .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
         self.pending.clear();
         let cp = wal::Checkpoint {
             closed_before: self.engine.closed_before(),
             max_ts: self.engine.max_ts().unwrap_or(i64::MIN),
             position: self.position,
         };
-        self.wal.checkpoint(cp).map_err(|e| format!("checkpoint: {e}"))?;
+        self.wal
+            .checkpoint(cp)
+            .map_err(|e| format!("checkpoint: {e}"))?;
         if let Some(since) = self.closable_since.take() {
             let ms = (trawler_now_ms() - since).max(0) as f64;
             if let Ok(mut l) = self.counters.close_latency.lock() {
@@ -316,9 +326,12 @@ impl Pipeline {
 
     fn publish(&self) {
         let c = &self.counters;
-        c.max_ts.store(self.engine.max_ts().unwrap_or(i64::MIN), Ordering::Relaxed);
-        c.groups.store(self.engine.groups().len() as u64, Ordering::Relaxed);
-        c.open_windows.store(self.engine.open_windows() as u64, Ordering::Relaxed);
+        c.max_ts
+            .store(self.engine.max_ts().unwrap_or(i64::MIN), Ordering::Relaxed);
+        c.groups
+            .store(self.engine.groups().len() as u64, Ordering::Relaxed);
+        c.open_windows
+            .store(self.engine.open_windows() as u64, Ordering::Relaxed);
     }
 }
 
@@ -327,4 +340,21 @@ pub fn trawler_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Decompresses a gzip body, refusing more than `limit` bytes out (a small
+/// body must not expand into gigabytes).
+pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    let mut reader = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1);
+    reader
+        .read_to_end(&mut out)
+        .map_err(|e| format!("the gzip body is damaged: {e}"))?;
+    if out.len() > limit {
+        return Err(format!(
+            "the body is larger than {limit} bytes once decompressed"
+        ));
+    }
+    Ok(out)
 }

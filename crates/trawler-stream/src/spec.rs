@@ -226,6 +226,8 @@ pub struct StreamJob {
     pub series: Vec<Series>,
     /// Formulas (name, expression), in dependency order.
     pub formulas: Vec<(String, Expr)>,
+    /// Formulas as written (name, text), in file order.
+    pub formula_texts: Vec<(String, String)>,
     /// Largest accepted request body.
     pub max_batch_bytes: usize,
     /// For each type id (and one more for "any other type"), the metrics
@@ -307,7 +309,10 @@ impl StreamJobConfig {
         if self.job.kind != "stream" {
             return Err(invalid(
                 "job.kind",
-                format!("{:?}: a file with [stream] must say kind = \"stream\"", self.job.kind),
+                format!(
+                    "{:?}: a file with [stream] must say kind = \"stream\"",
+                    self.job.kind
+                ),
             ));
         }
         let s = &self.stream;
@@ -315,7 +320,10 @@ impl StreamJobConfig {
             if p.starts_with('/') {
                 Ok(p.to_owned())
             } else {
-                Err(invalid(key, format!("{p:?} is not a JSON pointer (it starts with '/')")))
+                Err(invalid(
+                    key,
+                    format!("{p:?} is not a JSON pointer (it starts with '/')"),
+                ))
             }
         };
         let time_field = pointer("stream.time_field", &s.time_field)?;
@@ -338,7 +346,10 @@ impl StreamJobConfig {
         if 86_400_000 % window_ms != 0 {
             return Err(invalid(
                 "stream.window",
-                format!("{:?} must divide a day, so that windows align to clock minutes and days", s.window),
+                format!(
+                    "{:?} must divide a day, so that windows align to clock minutes and days",
+                    s.window
+                ),
             ));
         }
         let lateness_ms = ms("stream.lateness", &s.lateness, Duration::ZERO)?;
@@ -360,27 +371,61 @@ impl StreamJobConfig {
         let source = match (s.source.as_str(), &s.file, &s.nats) {
             ("http", None, None) => Source::Http,
             ("file", Some(f), None) => Source::File(base.join(f)),
-            ("file", None, _) => return Err(invalid("stream.file", "source = \"file\" needs file = \"PATH\"".into())),
+            ("file", None, _) => {
+                return Err(invalid(
+                    "stream.file",
+                    "source = \"file\" needs file = \"PATH\"".into(),
+                ))
+            }
             ("nats", None, Some(n)) => {
                 if n.servers.is_empty() || n.servers.iter().any(|s| !s.starts_with("nats://")) {
-                    return Err(invalid("stream.nats.servers", format!("{:?}: expected nats://HOST:PORT URLs", n.servers)));
+                    return Err(invalid(
+                        "stream.nats.servers",
+                        format!("{:?}: expected nats://HOST:PORT URLs", n.servers),
+                    ));
                 }
                 if n.subject.is_empty() || n.subject.contains(' ') {
-                    return Err(invalid("stream.nats.subject", format!("{:?} is not a subject", n.subject)));
+                    return Err(invalid(
+                        "stream.nats.subject",
+                        format!("{:?} is not a subject", n.subject),
+                    ));
                 }
                 Source::Nats(n.clone())
             }
-            ("nats", _, None) => return Err(invalid("stream.nats", "source = \"nats\" needs a [stream.nats] section with servers and subject".into())),
+            ("nats", _, None) => {
+                return Err(invalid(
+                    "stream.nats",
+                    "source = \"nats\" needs a [stream.nats] section with servers and subject"
+                        .into(),
+                ))
+            }
             ("http" | "file" | "nats", _, _) => {
-                return Err(invalid("stream.source", format!("{:?} takes no {}", s.source, if s.file.is_some() { "file" } else { "[stream.nats]" })))
+                return Err(invalid(
+                    "stream.source",
+                    format!(
+                        "{:?} takes no {}",
+                        s.source,
+                        if s.file.is_some() {
+                            "file"
+                        } else {
+                            "[stream.nats]"
+                        }
+                    ),
+                ))
             }
             (other, _, _) => {
-                return Err(invalid("stream.source", format!("{other:?}: expected http, nats or file")))
+                return Err(invalid(
+                    "stream.source",
+                    format!("{other:?}: expected http, nats or file"),
+                ))
             }
         };
 
         if self.metrics.is_empty() {
-            return Err(invalid("metric", "a stream job needs at least one [[metric]]".into()));
+            return Err(invalid(
+                "metric",
+                "a stream job needs at least one [[metric]]".into(),
+            ));
         }
         let mut types: Vec<String> = Vec::new();
         let mut fields: Vec<String> = Vec::new();
@@ -389,22 +434,41 @@ impl StreamJobConfig {
         for (i, m) in self.metrics.iter().enumerate() {
             let key = |k: &str| format!("metric[{i}].{k}");
             if !valid_name(&m.name, false) {
-                return Err(invalid(&key("name"), format!("{:?} must be ASCII letters, digits or '_', starting with a letter", m.name)));
+                return Err(invalid(
+                    &key("name"),
+                    format!(
+                        "{:?} must be ASCII letters, digits or '_', starting with a letter",
+                        m.name
+                    ),
+                ));
             }
-            let aggregate = match m.aggregate.as_str() {
-                "count" => Aggregate::Count,
-                "sum" => Aggregate::Sum,
-                "min" => Aggregate::Min,
-                "max" => Aggregate::Max,
-                "mean" => Aggregate::Mean,
-                "distinct" => Aggregate::Distinct,
-                "quantiles" => Aggregate::Quantiles,
-                other => return Err(invalid(&key("aggregate"), format!("{other:?}: expected count, sum, min, max, mean, distinct or quantiles"))),
-            };
+            let aggregate =
+                match m.aggregate.as_str() {
+                    "count" => Aggregate::Count,
+                    "sum" => Aggregate::Sum,
+                    "min" => Aggregate::Min,
+                    "max" => Aggregate::Max,
+                    "mean" => Aggregate::Mean,
+                    "distinct" => Aggregate::Distinct,
+                    "quantiles" => Aggregate::Quantiles,
+                    other => return Err(invalid(
+                        &key("aggregate"),
+                        format!(
+                            "{other:?}: expected count, sum, min, max, mean, distinct or quantiles"
+                        ),
+                    )),
+                };
             let field = match (&m.field, aggregate) {
                 (None, Aggregate::Count) => None,
-                (Some(_), Aggregate::Count) => return Err(invalid(&key("field"), "count takes no field".into())),
-                (None, _) => return Err(invalid(&key("field"), format!("{} needs a field", m.aggregate))),
+                (Some(_), Aggregate::Count) => {
+                    return Err(invalid(&key("field"), "count takes no field".into()))
+                }
+                (None, _) => {
+                    return Err(invalid(
+                        &key("field"),
+                        format!("{} needs a field", m.aggregate),
+                    ))
+                }
                 (Some(p), _) => {
                     let p = pointer(&key("field"), p)?;
                     Some(match fields.iter().position(|f| *f == p) {
@@ -420,10 +484,16 @@ impl StreamJobConfig {
                 None => None,
                 Some(list) => {
                     if type_field.is_none() {
-                        return Err(invalid(&key("types"), "selecting types needs stream.type_field".into()));
+                        return Err(invalid(
+                            &key("types"),
+                            "selecting types needs stream.type_field".into(),
+                        ));
                     }
                     if list.is_empty() {
-                        return Err(invalid(&key("types"), "an empty list counts nothing (omit it to count every type)".into()));
+                        return Err(invalid(
+                            &key("types"),
+                            "an empty list counts nothing (omit it to count every type)".into(),
+                        ));
                     }
                     let mut ids = Vec::new();
                     for t in list {
@@ -443,11 +513,19 @@ impl StreamJobConfig {
                 (Aggregate::Quantiles, None) => vec![0.5, 0.9, 0.99],
                 (Aggregate::Quantiles, Some(q)) => {
                     if q.is_empty() || q.iter().any(|q| !(*q > 0.0 && *q < 1.0)) {
-                        return Err(invalid(&key("quantiles"), format!("{q:?}: each must be in (0, 1)")));
+                        return Err(invalid(
+                            &key("quantiles"),
+                            format!("{q:?}: each must be in (0, 1)"),
+                        ));
                     }
                     q.clone()
                 }
-                (_, Some(_)) => return Err(invalid(&key("quantiles"), "only aggregate = \"quantiles\" takes quantiles".into())),
+                (_, Some(_)) => {
+                    return Err(invalid(
+                        &key("quantiles"),
+                        "only aggregate = \"quantiles\" takes quantiles".into(),
+                    ))
+                }
                 (_, None) => Vec::new(),
             };
             let first_series = series.len();
@@ -475,30 +553,48 @@ impl StreamJobConfig {
         }
         for (i, s) in series.iter().enumerate() {
             if series[..i].iter().any(|o| o.name == s.name) {
-                return Err(invalid("metric", format!("two series are named {:?}", s.name)));
+                return Err(invalid(
+                    "metric",
+                    format!("two series are named {:?}", s.name),
+                ));
             }
         }
 
         let mut formulas = Vec::new();
         for (i, f) in self.formulas.iter().enumerate() {
             if !valid_name(&f.name, false) {
-                return Err(invalid(&format!("formula[{i}].name"), format!("{:?} must be ASCII letters, digits or '_', starting with a letter", f.name)));
+                return Err(invalid(
+                    &format!("formula[{i}].name"),
+                    format!(
+                        "{:?} must be ASCII letters, digits or '_', starting with a letter",
+                        f.name
+                    ),
+                ));
             }
-            if series.iter().any(|s| s.name == f.name) || formulas.iter().any(|(n, _): &(String, Expr)| *n == f.name) {
-                return Err(invalid(&format!("formula[{i}].name"), format!("{:?} is already a series or a formula", f.name)));
+            if series.iter().any(|s| s.name == f.name)
+                || formulas.iter().any(|(n, _): &(String, Expr)| *n == f.name)
+            {
+                return Err(invalid(
+                    &format!("formula[{i}].name"),
+                    format!("{:?} is already a series or a formula", f.name),
+                ));
             }
-            let e = Expr::parse(&f.expr).map_err(|why| invalid(&format!("formula[{i}].expr"), why))?;
+            let e =
+                Expr::parse(&f.expr).map_err(|why| invalid(&format!("formula[{i}].expr"), why))?;
             formulas.push((f.name.clone(), e));
         }
         let names: Vec<String> = series.iter().map(|s| s.name.clone()).collect();
-        let order = formula::resolve(&names, &formulas).map_err(|e| invalid("formula", e.to_string()))?;
+        let order =
+            formula::resolve(&names, &formulas).map_err(|e| invalid("formula", e.to_string()))?;
         let formulas = order.into_iter().map(|i| formulas[i].clone()).collect();
 
         // Type ids 0..types.len(), then "another type" (or no type field).
         let mut metrics_by_type = vec![Vec::new(); types.len() + 1];
         for (m, metric) in metrics.iter().enumerate() {
             match &metric.types {
-                Some(ids) => ids.iter().for_each(|&t| metrics_by_type[t as usize].push(m)),
+                Some(ids) => ids
+                    .iter()
+                    .for_each(|&t| metrics_by_type[t as usize].push(m)),
                 None => metrics_by_type.iter_mut().for_each(|list| list.push(m)),
             }
         }
@@ -516,6 +612,11 @@ impl StreamJobConfig {
             metrics,
             series,
             formulas,
+            formula_texts: self
+                .formulas
+                .iter()
+                .map(|f| (f.name.clone(), f.expr.clone()))
+                .collect(),
             max_batch_bytes: s.max_batch_bytes.unwrap_or(16 << 20),
             metrics_by_type,
         })
@@ -558,7 +659,10 @@ fn label(
     if valid_name(text, false) {
         Ok(text.to_owned())
     } else {
-        Err(invalid(key, format!("{text:?} must be ASCII letters, digits or '_' (a label name)")))
+        Err(invalid(
+            key,
+            format!("{text:?} must be ASCII letters, digits or '_' (a label name)"),
+        ))
     }
 }
 
@@ -576,7 +680,10 @@ mod tests {
 
     #[test]
     fn the_shipped_job_builds() {
-        let job = StreamJobConfig::from_toml(EXPO, "expo.toml").unwrap().build().unwrap();
+        let job = StreamJobConfig::from_toml(EXPO, "expo.toml")
+            .unwrap()
+            .build()
+            .unwrap();
         assert_eq!(job.name, "expo");
         assert_eq!(job.window_ms, 60_000);
         assert!(job.series.iter().any(|s| s.name == "order_value_p99"));
@@ -606,13 +713,30 @@ mod tests {
         let m = "[[metric]]\nname = \"v\"\naggregate = \"count\"\n";
         assert!(err(&format!("{HEAD}{m}[[formula]]\nname = \"a\"\nexpr = \"b / v\"\n[[formula]]\nname = \"b\"\nexpr = \"a * 2\"\n"))
             .contains("t.toml: formula: formulas form a cycle: a -> b -> a"));
-        assert!(err(&format!("{HEAD}{m}[[formula]]\nname = \"a\"\nexpr = \"v / nope\"\n"))
-            .contains("`nope` in formula `a`"));
-        assert!(err(&format!("{HEAD}[[metric]]\nname = \"v\"\naggregate = \"avg\"\nfield = \"/a\"\n"))
-            .starts_with("t.toml: metric[0].aggregate: \"avg\""));
-        assert!(err(&format!("{HEAD}[[metric]]\nname = \"v\"\naggregate = \"sum\"\n")).contains("metric[0].field"));
-        assert!(err(&HEAD.replace("time_field", "tiem_field")).contains("unknown field `tiem_field`"));
-        assert!(err(&format!("{}{m}", HEAD.replace("[stream]", "[stream]\nwindow = \"7s\""))).contains("stream.window"));
-        assert!(err(&format!("{}{m}", HEAD.replace("[stream]", "[stream]\nsource = \"kafka\""))).contains("stream.source: \"kafka\""));
+        assert!(err(&format!(
+            "{HEAD}{m}[[formula]]\nname = \"a\"\nexpr = \"v / nope\"\n"
+        ))
+        .contains("`nope` in formula `a`"));
+        assert!(err(&format!(
+            "{HEAD}[[metric]]\nname = \"v\"\naggregate = \"avg\"\nfield = \"/a\"\n"
+        ))
+        .starts_with("t.toml: metric[0].aggregate: \"avg\""));
+        assert!(err(&format!(
+            "{HEAD}[[metric]]\nname = \"v\"\naggregate = \"sum\"\n"
+        ))
+        .contains("metric[0].field"));
+        assert!(
+            err(&HEAD.replace("time_field", "tiem_field")).contains("unknown field `tiem_field`")
+        );
+        assert!(err(&format!(
+            "{}{m}",
+            HEAD.replace("[stream]", "[stream]\nwindow = \"7s\"")
+        ))
+        .contains("stream.window"));
+        assert!(err(&format!(
+            "{}{m}",
+            HEAD.replace("[stream]", "[stream]\nsource = \"kafka\"")
+        ))
+        .contains("stream.source: \"kafka\""));
     }
 }

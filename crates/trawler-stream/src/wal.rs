@@ -158,8 +158,16 @@ pub fn decode(b: &[u8], fields: usize) -> Option<Accepted> {
             if tag > 3 {
                 return None;
             }
-            let num = if tag & 1 != 0 { Some(f64::from_bits(word(&mut at)?)) } else { None };
-            let hash = if tag & 2 != 0 { Some(word(&mut at)?) } else { None };
+            let num = if tag & 1 != 0 {
+                Some(f64::from_bits(word(&mut at)?))
+            } else {
+                None
+            };
+            let hash = if tag & 2 != 0 {
+                Some(word(&mut at)?)
+            } else {
+                None
+            };
             r.fields.push(FieldVal { num, hash });
         }
     }
@@ -177,7 +185,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 impl Wal {
     /// Opens (or creates) the log in `dir`, reads the groups into `groups`
     /// and the records to replay.
-    pub fn open(dir: &Path, fields: usize, window_ms: i64, groups: &mut Groups) -> io::Result<Opened> {
+    pub fn open(
+        dir: &Path,
+        fields: usize,
+        window_ms: i64,
+        groups: &mut Groups,
+    ) -> io::Result<Opened> {
         fs::create_dir_all(dir)?;
         let checkpoint = read_checkpoint(dir)?;
 
@@ -201,13 +214,20 @@ impl Wal {
                 Some((id, k, v))
             })();
             let Some((id, k, v)) = parsed else { break };
-            groups
-                .restore(id, k, v)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", gpath.display())))?;
+            groups.restore(id, k, v).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", gpath.display()),
+                )
+            })?;
             at = next;
             valid = next;
         }
-        let groups_file = OpenOptions::new().create(true).write(true).truncate(false).open(&gpath)?;
+        let groups_file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&gpath)?;
         groups_file.set_len(valid as u64)?;
         let mut groups_file = groups_file;
         use std::io::Seek;
@@ -217,7 +237,10 @@ impl Wal {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                name.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()
+                name.strip_prefix("wal-")?
+                    .strip_suffix(".log")?
+                    .parse()
+                    .ok()
             })
             .collect();
         numbers.sort_unstable();
@@ -247,7 +270,10 @@ impl Wal {
         }
         // Appends go to a fresh segment: a torn tail stays behind, ignored.
         let current_no = numbers.last().map_or(1, |n| n + 1);
-        let current = OpenOptions::new().create(true).append(true).open(segment_path(dir, current_no))?;
+        let current = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(dir, current_no))?;
         sync_dir(dir)?;
         Ok(Opened {
             wal: Wal {
@@ -313,7 +339,10 @@ impl Wal {
     fn rotate(&mut self) -> io::Result<()> {
         self.segments.push((self.current_no, self.current_max_ts));
         self.current_no += 1;
-        self.current = OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, self.current_no))?;
+        self.current = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(&self.dir, self.current_no))?;
         self.current_bytes = 0;
         self.current_max_ts = i64::MIN;
         sync_dir(&self.dir)
@@ -380,13 +409,20 @@ fn read_checkpoint(dir: &Path) -> io::Result<Option<Checkpoint>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("{}: damaged checkpoint {text:?}", path.display()));
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: damaged checkpoint {text:?}", path.display()),
+        )
+    };
     let (body, sum) = text.trim_end().rsplit_once(' ').ok_or_else(bad)?;
     if format!("{:08x}", crc(body.as_bytes())) != sum {
         return Err(bad());
     }
     let parts: Vec<&str> = body.split(' ').collect();
-    let [a, b, c] = parts[..] else { return Err(bad()) };
+    let [a, b, c] = parts[..] else {
+        return Err(bad());
+    };
     Ok(Some(Checkpoint {
         closed_before: a.parse().map_err(|_| bad())?,
         max_ts: b.parse().map_err(|_| bad())?,
@@ -407,11 +443,15 @@ mod tests {
             proptest::collection::vec((any::<Option<f64>>(), any::<Option<u64>>()), 2),
         );
         (proptest::collection::vec(event, 0..20), any::<u64>()).prop_map(|(events, position)| {
-            let mut r = Accepted { position, ..Accepted::default() };
+            let mut r = Accepted {
+                position,
+                ..Accepted::default()
+            };
             for (ts, t, groups, fields) in events {
                 r.groups.extend(groups);
                 r.events.push((ts, t, r.groups.len() as u32));
-                r.fields.extend(fields.into_iter().map(|(num, hash)| FieldVal { num, hash }));
+                r.fields
+                    .extend(fields.into_iter().map(|(num, hash)| FieldVal { num, hash }));
             }
             r
         })
@@ -446,14 +486,24 @@ mod tests {
         let mut opened = Wal::open(dir.path(), 0, 60_000, &mut groups).unwrap();
         groups.intern("e1", "A");
         opened.wal.append_groups(&groups, &[0]).unwrap();
-        let r = Accepted { events: vec![(1_000, 0, 1)], groups: vec![0], fields: vec![], position: 7 };
+        let r = Accepted {
+            events: vec![(1_000, 0, 1)],
+            groups: vec![0],
+            fields: vec![],
+            position: 7,
+        };
         opened.wal.append(&r, 0, 60_000).unwrap();
         opened.wal.append(&r, 0, 60_000).unwrap();
         drop(opened);
         // Tear the second record.
         let seg = segment_path(dir.path(), 1);
         let len = fs::metadata(&seg).unwrap().len();
-        OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 3).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
         let mut groups = Groups::default();
         let opened = Wal::open(dir.path(), 0, 60_000, &mut groups).unwrap();
         assert_eq!(opened.records, vec![r]);
@@ -466,9 +516,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut groups = Groups::default();
         let mut wal = Wal::open(dir.path(), 0, 60_000, &mut groups).unwrap().wal;
-        let r = Accepted { events: vec![(61_000, 0, 0)], groups: vec![], fields: vec![], position: 0 };
+        let r = Accepted {
+            events: vec![(61_000, 0, 0)],
+            groups: vec![],
+            fields: vec![],
+            position: 0,
+        };
         wal.append(&r, 0, 60_000).unwrap();
-        let cp = Checkpoint { closed_before: 120_000, max_ts: 200_000, position: 3 };
+        let cp = Checkpoint {
+            closed_before: 120_000,
+            max_ts: 200_000,
+            position: 3,
+        };
         wal.checkpoint(cp).unwrap();
         drop(wal);
         let opened = Wal::open(dir.path(), 0, 60_000, &mut Groups::default()).unwrap();

@@ -122,7 +122,10 @@ impl Groups {
     /// Restores a group read back from disk; ids must come in order.
     pub fn restore(&mut self, id: u32, key: &str, value: &str) -> Result<(), String> {
         if id as usize != self.names.len() {
-            return Err(format!("group {id} follows group {}", self.names.len() as i64 - 1));
+            return Err(format!(
+                "group {id} follows group {}",
+                self.names.len() as i64 - 1
+            ));
         }
         self.intern(key, value);
         Ok(())
@@ -233,9 +236,7 @@ impl Engine {
     fn is_late(&self, ts: i64) -> bool {
         let start = self.job.window_of(ts);
         start < self.closed_before
-            || start
-                .saturating_add(self.job.window_ms + self.job.lateness_ms)
-                <= self.max_ts
+            || start.saturating_add(self.job.window_ms + self.job.lateness_ms) <= self.max_ts
     }
 
     /// Decides, in arrival order, which events of `batch` are accepted
@@ -269,7 +270,8 @@ impl Engine {
                 }
                 out.groups.push(id);
             }
-            out.events.push((ev.ts, ev.type_id, out.groups.len() as u32));
+            out.events
+                .push((ev.ts, ev.type_id, out.groups.len() as u32));
             out.fields.extend_from_slice(batch.fields_of(i, n));
             result.accepted += 1;
         }
@@ -304,8 +306,8 @@ impl Engine {
                 if cells.len() <= g {
                     cells.resize_with(g + 1, || None);
                 }
-                let cell = cells[g]
-                    .get_or_insert_with(|| job.metrics.iter().map(Agg::new).collect());
+                let cell =
+                    cells[g].get_or_insert_with(|| job.metrics.iter().map(Agg::new).collect());
                 for &m in metrics {
                     let metric = &job.metrics[m];
                     if !cell[m].add(metric.field.map(|f| &fields[f])) {

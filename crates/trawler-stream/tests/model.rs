@@ -65,7 +65,12 @@ expr = "revenue / visitors"
 "#;
 
 fn job() -> Arc<StreamJob> {
-    Arc::new(StreamJobConfig::from_toml(JOB, "t.toml").unwrap().build().unwrap())
+    Arc::new(
+        StreamJobConfig::from_toml(JOB, "t.toml")
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
 }
 
 #[derive(Clone, Default)]
@@ -97,9 +102,22 @@ struct Ev {
 impl Ev {
     fn line(&self) -> String {
         let ty = ["view", "buy", "noise"][self.kind as usize];
-        let exp: Vec<String> = self.exp.iter().map(|(e, v)| format!("\"e{e}\":\"v{v}\"")).collect();
-        let amount = if self.kind == 1 { format!(",\"amount\":{}.{:02}", self.amount / 100, self.amount % 100) } else { String::new() };
-        format!("{{\"ts\":{},\"type\":\"{ty}\",\"user\":\"u{}\"{amount},\"exp\":{{{}}}}}", self.ts, self.user, exp.join(","))
+        let exp: Vec<String> = self
+            .exp
+            .iter()
+            .map(|(e, v)| format!("\"e{e}\":\"v{v}\""))
+            .collect();
+        let amount = if self.kind == 1 {
+            format!(",\"amount\":{}.{:02}", self.amount / 100, self.amount % 100)
+        } else {
+            String::new()
+        };
+        format!(
+            "{{\"ts\":{},\"type\":\"{ty}\",\"user\":\"u{}\"{amount},\"exp\":{{{}}}}}",
+            self.ts,
+            self.user,
+            exp.join(",")
+        )
     }
 }
 
@@ -111,7 +129,13 @@ fn event() -> impl Strategy<Value = Ev> {
         100u32..100_000,
         proptest::collection::btree_map(0u8..3, 0u8..2, 0..3),
     )
-        .prop_map(|(ts, kind, user, amount, exp)| Ev { ts, kind, user, amount, exp: exp.into_iter().collect() })
+        .prop_map(|(ts, kind, user, amount, exp)| Ev {
+            ts,
+            kind,
+            user,
+            amount,
+            exp: exp.into_iter().collect(),
+        })
 }
 
 type Key = (i64, String, String);
@@ -131,13 +155,20 @@ fn model(events: &[Ev]) -> BTreeMap<(Key, String), f64> {
         }
         max_ts = max_ts.max(e.ts);
         for (x, v) in &e.exp {
-            cells.entry((start, format!("e{x}"), format!("v{v}"))).or_default().push(e);
+            cells
+                .entry((start, format!("e{x}"), format!("v{v}")))
+                .or_default()
+                .push(e);
         }
     }
     let mut out = BTreeMap::new();
     for (key, evs) in cells {
         let views: Vec<_> = evs.iter().filter(|e| e.kind == 0).collect();
-        let buys: Vec<f64> = evs.iter().filter(|e| e.kind == 1).map(|e| f64::from(e.amount) / 100.0).collect();
+        let buys: Vec<f64> = evs
+            .iter()
+            .filter(|e| e.kind == 1)
+            .map(|e| f64::from(e.amount) / 100.0)
+            .collect();
         let mut put = |m: &str, v: f64| {
             out.insert((key.clone(), m.to_owned()), v);
         };
@@ -152,12 +183,19 @@ fn model(events: &[Ev]) -> BTreeMap<(Key, String), f64> {
             let parsed: Vec<f64> = evs
                 .iter()
                 .filter(|e| e.kind == 1)
-                .map(|e| format!("{}.{:02}", e.amount / 100, e.amount % 100).parse::<f64>().unwrap())
+                .map(|e| {
+                    format!("{}.{:02}", e.amount / 100, e.amount % 100)
+                        .parse::<f64>()
+                        .unwrap()
+                })
                 .collect();
             let sum = parsed.iter().fold(0.0, |a, b| a + b);
             put("revenue", sum);
             put("low", parsed.iter().cloned().fold(f64::INFINITY, f64::min));
-            put("high", parsed.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
+            put(
+                "high",
+                parsed.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            );
             put("avg", sum / parsed.len() as f64);
             let mut sorted = buys.clone();
             sorted.sort_by(f64::total_cmp);
@@ -169,19 +207,44 @@ fn model(events: &[Ev]) -> BTreeMap<(Key, String), f64> {
     out
 }
 
-fn results(job: &StreamJob, rows: &[(i64, String, String, u16, Num)]) -> BTreeMap<(Key, String), f64> {
+fn results(
+    job: &StreamJob,
+    rows: &[(i64, String, String, u16, Num)],
+) -> BTreeMap<(Key, String), f64> {
     rows.iter()
-        .map(|(ts, k, v, s, n)| (((*ts, k.clone(), v.clone()), job.series[*s as usize].name.clone()), n.as_f64()))
+        .map(|(ts, k, v, s, n)| {
+            (
+                (
+                    (*ts, k.clone(), v.clone()),
+                    job.series[*s as usize].name.clone(),
+                ),
+                n.as_f64(),
+            )
+        })
         .collect()
 }
 
 /// Feeds `events` in batches of the given sizes; `crash_after` batches,
 /// drops the pipeline without closing anything and opens it again.
-fn run(dir: &Path, events: &[Ev], batch_sizes: &[usize], crash_after: Option<usize>) -> Vec<(i64, String, String, u16, Num)> {
+fn run(
+    dir: &Path,
+    events: &[Ev],
+    batch_sizes: &[usize],
+    crash_after: Option<usize>,
+) -> Vec<(i64, String, String, u16, Num)> {
     let job = job();
     let decoder = Decoder::new(&job);
     let sink = Collect::default();
-    let open = || Pipeline::open(job.clone(), dir, Box::new(sink.clone()), Arc::new(Counters::default())).unwrap().0;
+    let open = || {
+        Pipeline::open(
+            job.clone(),
+            dir,
+            Box::new(sink.clone()),
+            Arc::new(Counters::default()),
+        )
+        .unwrap()
+        .0
+    };
     let mut p = open();
     let mut batch = Batch::default();
     let mut at = 0;
@@ -207,7 +270,11 @@ fn run(dir: &Path, events: &[Ev], batch_sizes: &[usize], crash_after: Option<usi
     rows
 }
 
-fn check(job: &StreamJob, got: &BTreeMap<(Key, String), f64>, want: &BTreeMap<(Key, String), f64>) -> Result<(), TestCaseError> {
+fn check(
+    job: &StreamJob,
+    got: &BTreeMap<(Key, String), f64>,
+    want: &BTreeMap<(Key, String), f64>,
+) -> Result<(), TestCaseError> {
     let keys_got: Vec<_> = got.keys().collect();
     let keys_want: Vec<_> = want.keys().collect();
     prop_assert_eq!(keys_got, keys_want);
@@ -269,16 +336,33 @@ fn the_early_filter_counts_and_malformed_events_are_reported() {
     decoder.decode(body.as_bytes(), &mut batch);
     assert_eq!(batch.events.len(), 2);
     assert_eq!(batch.events[1].ts, 1_796_083_200_000);
-    assert_eq!(batch.stats.filtered, 2, "noise and the event without groups");
+    assert_eq!(
+        batch.stats.filtered, 2,
+        "noise and the event without groups"
+    );
     assert_eq!(batch.stats.malformed, 3);
     let lines: Vec<u64> = batch.stats.errors.iter().map(|e| e.0).collect();
     assert_eq!(lines, [3, 5, 6]);
-    assert!(batch.stats.errors[1].1.contains("no event time"), "{:?}", batch.stats.errors);
+    assert!(
+        batch.stats.errors[1].1.contains("no event time"),
+        "{:?}",
+        batch.stats.errors
+    );
 
     // A JSON array: the same events, errors numbered by element.
     let mut array = Batch::default();
-    decoder.decode(br#"[{"ts":2,"type":"view","user":"a","exp":{"e":"v"}}, 5, {"ts":1,"type":"noise"}]"#, &mut array);
-    assert_eq!((array.events.len(), array.stats.filtered, array.stats.malformed), (1, 1, 1));
+    decoder.decode(
+        br#"[{"ts":2,"type":"view","user":"a","exp":{"e":"v"}}, 5, {"ts":1,"type":"noise"}]"#,
+        &mut array,
+    );
+    assert_eq!(
+        (
+            array.events.len(),
+            array.stats.filtered,
+            array.stats.malformed
+        ),
+        (1, 1, 1)
+    );
     assert_eq!(array.stats.errors[0].0, 2);
 }
 

@@ -131,6 +131,10 @@ pub struct JobSection {
     pub name: String,
     /// URL template with one `{id}`, e.g. `http://127.0.0.1:3000/api/v1/influencers/{id}`.
     pub url: String,
+    /// `poll` (the default; a `stream` job is another file format, read by
+    /// `trawler_stream`).
+    #[serde(default)]
+    pub kind: Option<String>,
     /// `integer` (default) or `string` keys (see [`crate::keys`]).
     #[serde(default)]
     pub key_type: KeyKind,
@@ -435,6 +439,12 @@ impl JobConfig {
             ));
         }
 
+        if let Some(kind) = self.job.kind.as_deref().filter(|k| *k != "poll") {
+            return Err(invalid(
+                "job.kind",
+                format!("{kind:?}: a job file with [[field]]s polls (kind = \"poll\"); kind = \"stream\" needs a [stream] section"),
+            ));
+        }
         let (url_prefix, url_suffix) =
             split_template(&self.job.url).map_err(|why| invalid("job.url", why))?;
         let (url_prefix, url_suffix) = match &overrides.target {

@@ -103,6 +103,10 @@ pub struct Args {
     /// stamped with the shifted time.
     #[arg(long, value_parser = parse_offset, allow_hyphen_values = true, help_heading = "Testing")]
     pub clock_offset: Option<i64>,
+    /// A stream job reading a file stops once the file is done (default:
+    /// it keeps serving the API).
+    #[arg(long)]
+    pub exit_when_done: bool,
 }
 
 /// `+55m`, `-2h`, `30s`: a signed duration in milliseconds.
@@ -161,6 +165,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "the clock is shifted (--clock-offset): samples carry the shifted time"
         );
     }
+    if let Some(job) = args
+        .config
+        .as_deref()
+        .map(trawler_node::stream::load_if_stream)
+        .transpose()?
+        .flatten()
+    {
+        return run_stream(&args, job);
+    }
     let config = args.resolve()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -179,6 +192,37 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         |snapshot| display.update(snapshot),
     ));
     display.finish();
+    api_runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(result?)
+}
+
+/// Runs a stream job (`[job] kind = "stream"`) until Ctrl-C or SIGTERM, or
+/// until its file is read.
+fn run_stream(args: &Args, job: std::sync::Arc<trawler_stream::StreamJob>) -> anyhow::Result<()> {
+    let api = trawler_api::ApiConfig {
+        listen: args.listen,
+        token: args.api_token.clone(),
+        ..trawler_api::ApiConfig::default()
+    };
+    let config = trawler_node::stream::StreamConfig {
+        job,
+        data: args.data.clone(),
+        api,
+        retention: args.retention,
+        serve_after_file: !args.exit_when_done,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let api_runtime =
+        trawler_api::runtime::runtime(trawler_api::runtime::DEFAULT_THREADS, args.api_nice)
+            .context("starting the API's tokio runtime")?;
+    let result = runtime.block_on(trawler_node::stream::run(
+        config,
+        api_runtime.handle().clone(),
+        shutdown_signal(),
+    ));
     api_runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(result?)
 }

@@ -1,0 +1,854 @@
+//! A stream job's node: sources → the sequencer → the store, and the API.
+//!
+//! ```text
+//! POST …/events ─┐ decode + early filter (handler threads, in parallel)
+//! file reader ───┼──► bounded queue ──► sequencer thread ──► WAL (fsync) ──► answer / ack
+//! JetStream ─────┘                        │  windows, watermark
+//!                                         └──► closed windows ──► store (sync) ──► checkpoint
+//! ```
+//!
+//! One thread owns the [`Pipeline`]: arrival order is one order, the one
+//! the log records. A full queue answers 503 (HTTP) or waits (file,
+//! JetStream): back-pressure, never an unbounded buffer. The store is the
+//! embedded one in `<data>/store`, so stream results live beside crawl
+//! series, with their retention and compression; the log is
+//! `<data>/stream/`.
+
+pub mod nats;
+
+use std::collections::HashMap;
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use trawler_api::streams::{
+    EventError, FormulaInfo, IngestAnswer, NamedPoints, StreamBackend, StreamInfo, StreamStats,
+    WindowRow,
+};
+use trawler_api::{ApiConfig, ApiError};
+use trawler_store::{
+    Sample as StoreSample, SeriesId, SeriesKey, Store, StoreConfig, SyncPolicy, Value, ValueKind,
+};
+use trawler_stream::{
+    spec::Aggregate, Batch, Counters, Decoder, Groups, Num, Pipeline, Sample, Sink, Source,
+    StreamJob,
+};
+
+use crate::error::{Result, Step};
+
+/// Batches waiting for the sequencer.
+const QUEUE: usize = 32;
+/// Lines per batch read from a file.
+const FILE_BATCH: usize = 8_192;
+
+/// How to run a stream job.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// The checked job.
+    pub job: Arc<StreamJob>,
+    /// Data folder.
+    pub data: PathBuf,
+    /// API settings (listen address, token, limits).
+    pub api: ApiConfig,
+    /// Store retention.
+    pub retention: Duration,
+    /// Keep serving after a file source is done (false: stop then).
+    pub serve_after_file: bool,
+}
+
+enum Work {
+    Batch(Batch, SyncSender<std::io::Result<trawler_stream::Admitted>>),
+    /// The end of a file: close every window.
+    Finish(SyncSender<()>),
+}
+
+/// (group, series) → store series id.
+type Ids = RwLock<HashMap<(u32, u16), SeriesId>>;
+
+/// The embedded store as the pipeline's sink.
+struct StoreSink {
+    store: Arc<Store>,
+    job: Arc<StreamJob>,
+    ids: Arc<Ids>,
+    samples: Vec<StoreSample>,
+}
+
+impl Sink for StoreSink {
+    fn write(&mut self, samples: &[Sample], _groups: &Groups) -> std::result::Result<(), String> {
+        let mut missing = Vec::new();
+        {
+            let ids = self.ids.read().expect("ids lock");
+            for s in samples {
+                if !ids.contains_key(&(s.group, s.series))
+                    && !missing.contains(&(s.group, s.series))
+                {
+                    missing.push((s.group, s.series));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let keys: Vec<(SeriesKey<'_>, ValueKind)> = missing
+                .iter()
+                .map(|&(g, s)| {
+                    let series = &self.job.series[s as usize];
+                    (
+                        SeriesKey {
+                            job: &self.job.name,
+                            entity: u64::from(g),
+                            metric: &series.name,
+                        },
+                        if series.integer {
+                            ValueKind::Int
+                        } else {
+                            ValueKind::Float
+                        },
+                    )
+                })
+                .collect();
+            let got = self.store.series_batch(&keys).map_err(|e| e.to_string())?;
+            let mut ids = self.ids.write().expect("ids lock");
+            for (k, id) in missing.into_iter().zip(got) {
+                ids.insert(k, id);
+            }
+        }
+        self.samples.clear();
+        let ids = self.ids.read().expect("ids lock");
+        for s in samples {
+            self.samples.push(StoreSample {
+                series: ids[&(s.group, s.series)],
+                ts_ms: s.ts,
+                value: match s.value {
+                    Num::Int(v) => Value::Int(v),
+                    Num::Float(v) => Value::Float(v),
+                },
+            });
+        }
+        drop(ids);
+        self.store
+            .append(&self.samples)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::result::Result<(), String> {
+        self.store.sync().map_err(|e| e.to_string())
+    }
+}
+
+/// The running job, shared by the API and the sources.
+pub struct StreamNode {
+    job: Arc<StreamJob>,
+    info: StreamInfo,
+    decoder: Decoder,
+    counters: Arc<Counters>,
+    pipeline: Arc<Mutex<Pipeline>>,
+    store: Arc<Store>,
+    ids: Arc<Ids>,
+    tx: SyncSender<Work>,
+}
+
+impl StreamNode {
+    /// Opens the store and the log in `data`, replays, and starts the
+    /// sequencer thread (it stops when the node is dropped).
+    pub fn open(job: Arc<StreamJob>, data: &Path, retention: Duration) -> Result<Arc<StreamNode>> {
+        std::fs::create_dir_all(data)
+            .with_step(|| format!("creating the data folder {}", data.display()))?;
+        crate::state::claim_folder(data, &job.name)?;
+        let mut store_config = StoreConfig::new(data.join("store"));
+        store_config.retention = retention;
+        store_config.sync = SyncPolicy::Interval(Duration::from_secs(1));
+        let store = Arc::new(store_config.open().step("opening the store")?);
+        let mut ids = HashMap::new();
+        for s in store.list_series(&job.name) {
+            if let Some(i) = job.series.iter().position(|x| x.name == s.metric) {
+                ids.insert((s.entity as u32, i as u16), s.id);
+            }
+        }
+        let ids = Arc::new(RwLock::new(ids));
+        let counters = Arc::new(Counters::default());
+        let sink = StoreSink {
+            store: store.clone(),
+            job: job.clone(),
+            ids: ids.clone(),
+            samples: Vec::new(),
+        };
+        let (pipeline, replayed) = Pipeline::open(
+            job.clone(),
+            &data.join("stream"),
+            Box::new(sink),
+            counters.clone(),
+        )
+        .step("opening the stream's write-ahead log")?;
+        tracing::info!(
+            job = %job.name,
+            records = replayed.records,
+            events = replayed.events,
+            torn = replayed.torn,
+            groups = pipeline.engine().groups().len(),
+            "stream log replayed"
+        );
+        let pipeline = Arc::new(Mutex::new(pipeline));
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let seq = pipeline.clone();
+        std::thread::Builder::new()
+            .name("stream-sequencer".into())
+            .spawn(move || sequencer(seq, rx))
+            .step("starting the sequencer")?;
+        let info = StreamInfo {
+            name: job.name.clone(),
+            kind: "stream",
+            key_label: job.group.key_label.clone(),
+            value_label: job.group.value_label.clone(),
+            window_ms: job.window_ms,
+            lateness_ms: job.lateness_ms,
+            source: match &job.source {
+                Source::Http => "http",
+                Source::Nats(_) => "nats",
+                Source::File(_) => "file",
+            }
+            .into(),
+            series: job.series.iter().map(|s| s.name.clone()).collect(),
+            formulas: job
+                .formulas
+                .iter()
+                .map(|(name, _)| FormulaInfo {
+                    name: name.clone(),
+                    expr: job_formula_text(&job, name),
+                })
+                .collect(),
+            max_batch_bytes: job.max_batch_bytes,
+        };
+        Ok(Arc::new(StreamNode {
+            decoder: Decoder::new(&job),
+            job,
+            info,
+            counters,
+            pipeline,
+            store,
+            ids,
+            tx,
+        }))
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// The source position of the last durable batch.
+    pub fn position(&self) -> u64 {
+        self.pipeline.lock().expect("pipeline lock").position()
+    }
+
+    /// Decodes `body` (NDJSON or an array) and submits it; `wait` blocks
+    /// on a full queue (file, JetStream), else a full queue is an error.
+    pub fn submit(
+        &self,
+        body: &[u8],
+        position: u64,
+        wait: bool,
+    ) -> std::result::Result<IngestAnswer, ApiError> {
+        let mut batch = Batch::default();
+        self.decoder.decode(body, &mut batch);
+        batch.position = position;
+        self.submit_batch(batch, wait)
+    }
+
+    fn submit_batch(
+        &self,
+        batch: Batch,
+        wait: bool,
+    ) -> std::result::Result<IngestAnswer, ApiError> {
+        self.counters.count_decode(&batch.stats);
+        if let Some((line, why)) = batch.stats.errors.first() {
+            tracing::debug!(job = %self.job.name, line, error = %why, malformed = batch.stats.malformed, "malformed events");
+        }
+        let mut answer = IngestAnswer {
+            filtered: batch.stats.filtered,
+            malformed: batch.stats.malformed,
+            errors: batch
+                .stats
+                .errors
+                .iter()
+                .map(|(line, error)| EventError {
+                    line: *line,
+                    error: error.clone(),
+                })
+                .collect(),
+            ..IngestAnswer::default()
+        };
+        if batch.events.is_empty() && batch.position == 0 {
+            return Ok(answer);
+        }
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        let work = Work::Batch(batch, reply_tx);
+        if wait {
+            self.tx
+                .send(work)
+                .map_err(|_| ApiError::Unavailable("the stream is shutting down".into()))?;
+        } else {
+            match self.tx.try_send(work) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    return Err(ApiError::Unavailable(
+                        "the stream's queue is full; retry shortly".into(),
+                    ))
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(ApiError::Unavailable("the stream is shutting down".into()))
+                }
+            }
+        }
+        let admitted = reply_rx
+            .recv()
+            .map_err(|_| ApiError::Unavailable("the stream is shutting down".into()))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "the stream's log refused a batch");
+                ApiError::Unavailable(format!("events could not be made durable: {e}"))
+            })?;
+        answer.accepted = admitted.accepted;
+        answer.late = admitted.late;
+        answer.future = admitted.future;
+        Ok(answer)
+    }
+
+    /// Closes every open window and waits until they are stored (the end
+    /// of a file source).
+    pub fn finish(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.tx.send(Work::Finish(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    /// The series of one group: stored points and formulas.
+    fn read(
+        &self,
+        group: u32,
+        names: &[String],
+        from: i64,
+        to: i64,
+    ) -> std::result::Result<Vec<NamedPoints>, ApiError> {
+        let job = &self.job;
+        // Every stored series the names need, formulas resolved through
+        // their inputs: fetched once each.
+        let mut base: Vec<usize> = Vec::new();
+        let mut stack: Vec<String> = names.to_vec();
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(n) = stack.pop() {
+            if seen.contains(&n) {
+                continue;
+            }
+            match job.lookup(&n) {
+                Some(Ok(s)) => {
+                    if !base.contains(&s) {
+                        base.push(s)
+                    }
+                }
+                Some(Err(f)) => {
+                    let mut inputs = Vec::new();
+                    job.formulas[f].1.names(&mut inputs);
+                    stack.extend(inputs);
+                }
+                None => {}
+            }
+            seen.push(n);
+        }
+        let ids = self.ids.read().expect("ids lock").clone();
+        let mut columns: HashMap<usize, std::collections::BTreeMap<i64, f64>> = HashMap::new();
+        for &s in &base {
+            let mut col = std::collections::BTreeMap::new();
+            if let Some(&id) = ids.get(&(group, s as u16)) {
+                for p in self
+                    .store
+                    .range(id, from, to)
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?
+                {
+                    col.insert(p.ts_ms, p.value.as_f64());
+                }
+            }
+            columns.insert(s, col);
+        }
+        Ok(evaluate(job, names, &base, &columns))
+    }
+}
+
+/// The values of `names` per window from the stored `columns`. Counts,
+/// distinct counts and sums absent in a window where the group has data
+/// are 0 in formulas (no event counted); other absent values make the
+/// formula absent there.
+fn evaluate(
+    job: &StreamJob,
+    names: &[String],
+    base: &[usize],
+    columns: &HashMap<usize, std::collections::BTreeMap<i64, f64>>,
+) -> Vec<NamedPoints> {
+    let mut times: Vec<i64> = columns.values().flat_map(|c| c.keys().copied()).collect();
+    times.sort_unstable();
+    times.dedup();
+    let additive = |s: usize| {
+        let m = job
+            .metrics
+            .iter()
+            .rev()
+            .find(|m| m.first_series <= s)
+            .expect("a metric");
+        matches!(
+            m.aggregate,
+            Aggregate::Count | Aggregate::Distinct | Aggregate::Sum
+        )
+    };
+    let mut out: Vec<NamedPoints> = names
+        .iter()
+        .map(|n| NamedPoints {
+            name: n.clone(),
+            points: Vec::new(),
+            open: Vec::new(),
+        })
+        .collect();
+    let mut formula_values: Vec<Option<f64>> = vec![None; job.formulas.len()];
+    for &t in &times {
+        let value_of = |name: &str, fv: &[Option<f64>]| -> Option<f64> {
+            match job.lookup(name)? {
+                Ok(s) => match columns.get(&s).and_then(|c| c.get(&t)) {
+                    Some(v) => Some(*v),
+                    None if additive(s) => Some(0.0),
+                    None => None,
+                },
+                Err(f) => fv[f],
+            }
+        };
+        for f in 0..job.formulas.len() {
+            let v = job.formulas[f].1.eval(&|n| value_of(n, &formula_values));
+            formula_values[f] = v;
+        }
+        for np in &mut out {
+            let v = match job.lookup(&np.name) {
+                Some(Ok(s)) if base.contains(&s) => {
+                    columns.get(&s).and_then(|c| c.get(&t)).copied()
+                }
+                Some(Err(f)) => formula_values[f],
+                _ => None,
+            };
+            if let Some(v) = v {
+                np.points.push((t, v));
+            }
+        }
+    }
+    out
+}
+
+fn job_formula_text(job: &StreamJob, name: &str) -> String {
+    job.formula_texts
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t.clone())
+        .unwrap_or_default()
+}
+
+fn sequencer(pipeline: Arc<Mutex<Pipeline>>, rx: mpsc::Receiver<Work>) {
+    let handle = |work: Work, p: &mut Pipeline| match work {
+        Work::Batch(batch, reply) => {
+            let r = p.ingest(&batch, trawler_stream::trawler_now_ms());
+            let _ = reply.send(r);
+        }
+        Work::Finish(reply) => {
+            if let Err(e) = p.finish(trawler_stream::trawler_now_ms()) {
+                tracing::warn!(error = %e, "storing the last windows failed; they stay in the log");
+            }
+            let _ = reply.send(());
+        }
+    };
+    loop {
+        let first = rx.recv_timeout(Duration::from_millis(100));
+        let mut p = pipeline.lock().expect("pipeline lock");
+        match first {
+            Ok(work) => {
+                handle(work, &mut p);
+                while let Ok(work) = rx.try_recv() {
+                    handle(work, &mut p);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let now = trawler_stream::trawler_now_ms();
+        if p.should_tick(now) {
+            if let Err(e) = p.tick(now) {
+                tracing::warn!(error = %e, "storing closed windows failed; they stay in the log and are retried");
+            }
+        }
+    }
+}
+
+impl StreamBackend for StreamNode {
+    fn info(&self) -> &StreamInfo {
+        &self.info
+    }
+
+    fn ingest(&self, body: &[u8], gzip: bool) -> std::result::Result<IngestAnswer, ApiError> {
+        if gzip {
+            let plain = trawler_stream::gunzip(body, self.job.max_batch_bytes).map_err(|why| {
+                if why.contains("larger than") {
+                    ApiError::TooLarge {
+                        limit: self.job.max_batch_bytes,
+                    }
+                } else {
+                    ApiError::bad_request("bad_gzip", why)
+                }
+            })?;
+            return self.submit(&plain, 0, false);
+        }
+        self.submit(body, 0, false)
+    }
+
+    fn stats(&self) -> StreamStats {
+        let c = &self.counters;
+        let max_ts = c.max_ts.load(Ordering::Relaxed);
+        let watermark = (max_ts != i64::MIN).then_some(max_ts);
+        let (p50, p99) = c
+            .close_latency
+            .lock()
+            .map(|l| (l.quantile(0.5), l.quantile(0.99)))
+            .unwrap_or((None, None));
+        StreamStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            filtered: c.filtered.load(Ordering::Relaxed),
+            late: c.late.load(Ordering::Relaxed),
+            future: c.future.load(Ordering::Relaxed),
+            malformed: c.malformed.load(Ordering::Relaxed),
+            watermark_ms: watermark,
+            watermark_lag_ms: watermark.map(|w| trawler_stream::trawler_now_ms() - w),
+            open_windows: c.open_windows.load(Ordering::Relaxed),
+            windows_closed: c.windows_closed.load(Ordering::Relaxed),
+            samples: c.samples.load(Ordering::Relaxed),
+            groups: c.groups.load(Ordering::Relaxed),
+            close_latency_p50_ms: p50,
+            close_latency_p99_ms: p99,
+            sink_errors: c.sink_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn groups(&self) -> Vec<(String, String)> {
+        let p = self.pipeline.lock().expect("pipeline lock");
+        let g = p.engine().groups();
+        (0..g.len() as u32)
+            .filter_map(|i| g.name(i).map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect()
+    }
+
+    fn series(
+        &self,
+        group: (&str, &str),
+        names: &[String],
+        from_ms: i64,
+        to_ms: i64,
+        live: bool,
+    ) -> std::result::Result<Option<Vec<NamedPoints>>, ApiError> {
+        let (id, open) = {
+            let p = self.pipeline.lock().expect("pipeline lock");
+            let Some(id) = p.engine().groups().get(group.0, group.1) else {
+                return Ok(None);
+            };
+            (
+                id,
+                if live {
+                    p.engine().open_values(id)
+                } else {
+                    Vec::new()
+                },
+            )
+        };
+        let mut out = self.read(id, names, from_ms, to_ms)?;
+        if live {
+            for (start, values) in open {
+                let columns: HashMap<usize, std::collections::BTreeMap<i64, f64>> = values
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(s, v)| {
+                        v.map(|v| (s, std::collections::BTreeMap::from([(start, v.as_f64())])))
+                    })
+                    .collect();
+                let all: Vec<usize> = (0..self.job.series.len()).collect();
+                for (np, live) in out
+                    .iter_mut()
+                    .zip(evaluate(&self.job, names, &all, &columns))
+                {
+                    np.open.extend(live.points);
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn windows(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> std::result::Result<Vec<WindowRow>, ApiError> {
+        let groups = self.groups();
+        let names: Vec<String> = self
+            .job
+            .series
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(self.job.formulas.iter().map(|(n, _)| n.clone()))
+            .collect();
+        let mut rows = Vec::new();
+        for (g, (k, v)) in groups.iter().enumerate() {
+            for np in self.read(g as u32, &names, from_ms, to_ms)? {
+                for (t, value) in np.points {
+                    rows.push(WindowRow {
+                        window_start_ms: t,
+                        key: k.clone(),
+                        value_label: v.clone(),
+                        metric: np.name.clone(),
+                        value,
+                    });
+                }
+            }
+            if rows.len() > limit {
+                break;
+            }
+        }
+        rows.sort_by(|a, b| {
+            (a.window_start_ms, &a.key, &a.value_label, &a.metric).cmp(&(
+                b.window_start_ms,
+                &b.key,
+                &b.value_label,
+                &b.metric,
+            ))
+        });
+        Ok(rows)
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = self.stats();
+        let job = &self.job.name;
+        let _ = writeln!(out, "# HELP trawler_stream_events_total Events by what became of them.\n# TYPE trawler_stream_events_total counter");
+        for (outcome, n) in [
+            ("accepted", s.accepted),
+            ("filtered", s.filtered),
+            ("late", s.late),
+            ("future", s.future),
+            ("malformed", s.malformed),
+        ] {
+            let _ = writeln!(
+                out,
+                "trawler_stream_events_total{{job=\"{job}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{job=\"{job}\"}} {v}"
+            );
+        };
+        if let Some(w) = s.watermark_ms {
+            gauge(
+                out,
+                "trawler_stream_watermark_seconds",
+                "Largest accepted event time.",
+                w as f64 / 1000.0,
+            );
+        }
+        if let Some(l) = s.watermark_lag_ms {
+            gauge(
+                out,
+                "trawler_stream_watermark_lag_seconds",
+                "Now minus the watermark.",
+                l as f64 / 1000.0,
+            );
+        }
+        gauge(
+            out,
+            "trawler_stream_open_windows",
+            "Windows open.",
+            s.open_windows as f64,
+        );
+        gauge(
+            out,
+            "trawler_stream_groups",
+            "Groups known.",
+            s.groups as f64,
+        );
+        let _ = writeln!(out, "# HELP trawler_stream_windows_closed_total Windows closed and stored.\n# TYPE trawler_stream_windows_closed_total counter\ntrawler_stream_windows_closed_total{{job=\"{job}\"}} {}", s.windows_closed);
+        let _ = writeln!(out, "# HELP trawler_stream_samples_total Samples stored.\n# TYPE trawler_stream_samples_total counter\ntrawler_stream_samples_total{{job=\"{job}\"}} {}", s.samples);
+        let _ = writeln!(out, "# HELP trawler_stream_store_errors_total Failed store writes (retried).\n# TYPE trawler_stream_store_errors_total counter\ntrawler_stream_store_errors_total{{job=\"{job}\"}} {}", s.sink_errors);
+        if let Ok(l) = self.counters.close_latency.lock() {
+            let _ = writeln!(out, "# HELP trawler_stream_window_close_seconds From a window's closing to its samples being durable.\n# TYPE trawler_stream_window_close_seconds summary");
+            for q in [0.5, 0.99] {
+                if let Some(v) = l.quantile(q) {
+                    let _ = writeln!(
+                        out,
+                        "trawler_stream_window_close_seconds{{job=\"{job}\",quantile=\"{q}\"}} {}",
+                        v / 1000.0
+                    );
+                }
+            }
+            let _ = writeln!(out, "trawler_stream_window_close_seconds_sum{{job=\"{job}\"}} {}\ntrawler_stream_window_close_seconds_count{{job=\"{job}\"}} {}", l.sum_ms / 1000.0, l.count);
+        }
+        let st = self.store.stats();
+        let _ = writeln!(out, "# HELP trawler_store_samples Samples in the store.\n# TYPE trawler_store_samples gauge\ntrawler_store_samples {}", st.samples);
+    }
+}
+
+/// Reads an NDJSON file (`.gz` too) into the node, resuming after the
+/// last durable line; then closes every window.
+pub fn read_file(node: &StreamNode, path: &Path) -> Result<u64> {
+    let file = std::fs::File::open(path)
+        .with_step(|| format!("opening the stream's file {}", path.display()))?;
+    let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+    let resume = node.position();
+    let mut line_no = 0u64;
+    let mut chunk = Vec::with_capacity(FILE_BATCH * 128);
+    let mut lines = 0;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .with_step(|| format!("reading {}", path.display()))?;
+        if n > 0 {
+            line_no += 1;
+            if line_no > resume {
+                chunk.extend_from_slice(&line);
+                if !line.ends_with(b"\n") {
+                    chunk.push(b'\n');
+                }
+                lines += 1;
+            }
+        }
+        if (n == 0 && lines > 0) || lines == FILE_BATCH {
+            node.submit(&chunk, line_no, true)
+                .map_err(|e| crate::Error::Step {
+                    step: "ingesting the file".into(),
+                    source: e.to_string().into(),
+                })?;
+            chunk.clear();
+            lines = 0;
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    node.finish();
+    Ok(line_no.saturating_sub(resume))
+}
+
+/// Runs a stream job until `shutdown` (or, for a file source without
+/// `serve_after_file`, until the file is done).
+pub async fn run(
+    config: StreamConfig,
+    api_runtime: tokio::runtime::Handle,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let (job, data, retention) = (config.job.clone(), config.data.clone(), config.retention);
+    let node = tokio::task::spawn_blocking(move || StreamNode::open(job, &data, retention))
+        .await
+        .step("opening the stream")??;
+    let api = config
+        .api
+        .clone()
+        .build_stream(node.clone())
+        .step("the API")?;
+    let listener = crate::bind_api(config.api.listen)?;
+    let addr = listener.local_addr().step("binding the API")?;
+    tracing::info!(%addr, job = %config.job.name, "API listening");
+    println!("listening on http://{addr}");
+    let (stop_tx, stop_rx) = trawler_common::shutdown::channel();
+    let stopped = {
+        let mut rx = stop_rx.clone();
+        async move { rx.wait().await }
+    };
+    let api_task = api
+        .spawn_on(&api_runtime, listener, stopped)
+        .step("starting the API")?;
+
+    let mut source_task = None;
+    match &config.job.source {
+        Source::Http => {}
+        Source::File(path) => {
+            let (node, path) = (node.clone(), path.clone());
+            source_task = Some(tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let lines = read_file(&node, &path)?;
+                let c = node.counters();
+                tracing::info!(
+                    file = %path.display(),
+                    lines,
+                    accepted = c.accepted.load(Ordering::Relaxed),
+                    filtered = c.filtered.load(Ordering::Relaxed),
+                    late = c.late.load(Ordering::Relaxed),
+                    malformed = c.malformed.load(Ordering::Relaxed),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "file done; every window is stored"
+                );
+                Ok::<_, crate::Error>(())
+            }));
+        }
+        Source::Nats(settings) => {
+            let (node, settings, rx) = (node.clone(), settings.clone(), stop_rx.clone());
+            source_task = Some(tokio::spawn(async move {
+                nats::consume(node, settings, rx).await
+            }));
+        }
+    }
+
+    tokio::pin!(shutdown);
+    let serve_after = config.serve_after_file;
+    let mut source_done = false;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            r = async { source_task.as_mut().expect("a source").await }, if source_task.is_some() && !source_done => {
+                source_done = true;
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => { stop_tx.trigger(); let _ = api_task.await; return Err(e) }
+                    Err(e) => { stop_tx.trigger(); let _ = api_task.await; return Err(crate::Error::Step { step: "the stream's source".into(), source: e.to_string().into() }) }
+                }
+                if !serve_after && matches!(config.job.source, Source::File(_)) {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    stop_tx.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    let store = node.store.clone();
+    tokio::task::spawn_blocking(move || store.sync())
+        .await
+        .step("syncing the store")?
+        .step("syncing the store")?;
+    tracing::info!("stopped; every acknowledged event is durable");
+    Ok(())
+}
+
+/// The stream job in `path`, when its `[job] kind` is `stream` (`None`
+/// for a polling job). Errors name the file and key.
+pub fn load_if_stream(path: &Path) -> Result<Option<Arc<StreamJob>>> {
+    let text = std::fs::read_to_string(path).with_step(|| format!("reading {}", path.display()))?;
+    let kind = toml::from_str::<toml::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("job")?.get("kind")?.as_str().map(str::to_owned));
+    if kind.as_deref() != Some("stream") {
+        return Ok(None);
+    }
+    let file = path.display().to_string();
+    let job = trawler_stream::StreamJobConfig::from_toml(&text, &file)
+        .and_then(|c| c.build())
+        .map_err(|e| crate::Error::Config(e.to_string()))?;
+    Ok(Some(Arc::new(job)))
+}
