@@ -73,8 +73,10 @@ fn job() -> Arc<StreamJob> {
     )
 }
 
+type Row = (i64, String, String, u16, Num);
+
 #[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<(i64, String, String, u16, Num)>>>);
+struct Collect(Arc<Mutex<Vec<Row>>>);
 
 impl Sink for Collect {
     fn write(&mut self, samples: &[Sample], groups: &Groups) -> Result<(), String> {
@@ -207,10 +209,7 @@ fn model(events: &[Ev]) -> BTreeMap<(Key, String), f64> {
     out
 }
 
-fn results(
-    job: &StreamJob,
-    rows: &[(i64, String, String, u16, Num)],
-) -> BTreeMap<(Key, String), f64> {
+fn results(job: &StreamJob, rows: &[Row]) -> BTreeMap<(Key, String), f64> {
     rows.iter()
         .map(|(ts, k, v, s, n)| {
             (
@@ -226,12 +225,7 @@ fn results(
 
 /// Feeds `events` in batches of the given sizes; `crash_after` batches,
 /// drops the pipeline without closing anything and opens it again.
-fn run(
-    dir: &Path,
-    events: &[Ev],
-    batch_sizes: &[usize],
-    crash_after: Option<usize>,
-) -> Vec<(i64, String, String, u16, Num)> {
+fn run(dir: &Path, events: &[Ev], batch_sizes: &[usize], crash_after: Option<usize>) -> Vec<Row> {
     let job = job();
     let decoder = Decoder::new(&job);
     let sink = Collect::default();
