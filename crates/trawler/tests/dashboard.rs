@@ -1,5 +1,5 @@
-//! The dashboard in a real browser, for the Mockstagram job and for the
-//! packages job: `trawler run` against its built-in simulator, Debian's Chromium driven headless by `tests/browser/dashboard.mjs`
+//! The dashboard in a real browser, for the Mockstagram job, the packages
+//! job and the stream job `expo`: `trawler run` against its built-in simulator, Debian's Chromium driven headless by `tests/browser/dashboard.mjs`
 //! (playwright-core). Checks that the health numbers are real, that a live
 //! number changes without a reload, that searching a pk shows its charts,
 //! and that the page fits a phone. Screenshots are kept under
@@ -94,6 +94,22 @@ fn the_dashboard_shows_the_packages_job_in_a_real_browser() {
 /// the entity `key`; returns what the browser saw. Screenshots go to
 /// `target/test-artifacts/{prefix}*.png` and must be there afterwards.
 fn browse(api: &str, key: &str, prefix: &str) -> serde_json::Value {
+    run_script(
+        "dashboard.mjs",
+        &[api, key, prefix],
+        &[
+            format!("{prefix}.png"),
+            format!("{prefix}-account.png"),
+            format!("{prefix}-phone.png"),
+        ],
+    )
+}
+
+/// Runs the browser script `script` (in `tests/browser`) with the base URL,
+/// the artifact directory and `args`... as arguments (the artifact directory
+/// second); returns the JSON line it printed. `shots` are the screenshots it
+/// must leave in `target/test-artifacts/`.
+fn run_script(script: &str, args: &[&str], shots: &[String]) -> serde_json::Value {
     let chromium = chromium();
     let browser_dir = repo_root().join("tests/browser");
     assert!(
@@ -101,21 +117,16 @@ fn browse(api: &str, key: &str, prefix: &str) -> serde_json::Value {
         "playwright-core is not installed: run scripts/test, or `npm ci --prefix tests/browser`"
     );
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
-    let shots = [
-        format!("{prefix}.png"),
-        format!("{prefix}-account.png"),
-        format!("{prefix}-phone.png"),
-    ];
-    for shot in &shots {
+    for shot in shots {
         let _ = std::fs::remove_file(artifacts.join(shot));
     }
+    let (base, rest) = args.split_first().expect("a base URL");
     let mut node = Command::new("node")
         .current_dir(&browser_dir)
-        .arg("dashboard.mjs")
-        .arg(api)
+        .arg(script)
+        .arg(base)
         .arg(&artifacts)
-        .arg(key)
-        .arg(prefix)
+        .args(rest)
         .env("CHROMIUM", &chromium)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -128,7 +139,7 @@ fn browse(api: &str, key: &str, prefix: &str) -> serde_json::Value {
         }
         if Instant::now() > deadline {
             let _ = node.kill();
-            panic!("the browser test did not finish within 3 minutes");
+            panic!("the browser test {script} did not finish within 3 minutes");
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -137,18 +148,79 @@ fn browse(api: &str, key: &str, prefix: &str) -> serde_json::Value {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         status.success(),
-        "the browser test failed:\n{stderr}\n{stdout}"
+        "the browser test {script} failed:\n{stderr}\n{stdout}"
     );
     let seen: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap())
         .unwrap_or_else(|e| panic!("unexpected output ({e}): {stdout}"));
     eprintln!("the browser saw {seen}");
-    for shot in &shots {
+    for shot in shots {
         let len = std::fs::metadata(artifacts.join(shot))
             .map(|m| m.len())
             .unwrap_or(0);
         assert!(len > 10_000, "screenshot {shot} missing or empty");
     }
     seen
+}
+
+/// The stream job's page (`jobs/expo.toml`), fed by the real generator:
+/// two minutes of event time (2025-12-01T08:40Z on), so the first window
+/// closes and is stored. The browser checks the health strip, the
+/// experiment selector, one chart line per variant and the table of the
+/// latest closed window.
+#[test]
+fn the_stream_dashboard_shows_health_and_variants_side_by_side_in_a_real_browser() {
+    let data = tempfile::tempdir().unwrap();
+    let job = repo_root().join("jobs/expo.toml");
+    let run = Proc::start(&[
+        "run",
+        "--config",
+        job.to_str().unwrap(),
+        "--data",
+        data.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let api = run.wait_line("listening on ", Duration::from_secs(60));
+    let addr = common::addr_of(&api);
+
+    let out = format!("{api}/api/v1/streams/expo/events");
+    let mut gen = Proc::start(&[
+        "gen",
+        "expo",
+        "--events",
+        "60000",
+        "--rate",
+        "0",
+        "--start",
+        "1764578400000",
+        "--time-rate",
+        "500",
+        "--out",
+        &out,
+    ]);
+    let status = common::eventually(Duration::from_secs(120), || gen.child.try_wait().unwrap());
+    assert!(status.success(), "trawler gen expo failed: {status}");
+
+    let stats = common::eventually(Duration::from_secs(60), || {
+        let job = common::get(addr, "/api/v1/streams/expo");
+        (job["stats"]["windows_closed"].as_u64() >= Some(1)).then_some(job["stats"].clone())
+    });
+    assert!(stats["accepted"].as_u64() > Some(0), "{stats}");
+    assert!(stats["filtered"].as_u64() > Some(0), "{stats}");
+
+    let seen = run_script(
+        "stream.mjs",
+        &[&api, "stream"],
+        &["stream.png".to_owned(), "stream-phone.png".to_owned()],
+    );
+    assert_eq!(seen["job"], "expo", "{seen}");
+    assert!(seen["accepted"].as_u64() > Some(0), "{seen}");
+    assert!(seen["filtered"].as_u64() > Some(0), "{seen}");
+    assert_eq!(seen["keys"], 20, "{seen}");
+    assert_eq!(seen["metric"], "conversion", "{seen}");
+    assert_eq!(seen["chartSeries"].as_array().unwrap().len(), 3, "{seen}");
+    assert!(!seen["conversion"].as_object().unwrap().is_empty(), "{seen}");
+    drop(run);
 }
 
 /// Playwright's `waitForFunction` takes the Promise an async predicate
