@@ -153,7 +153,7 @@
     if (old) { old.setData(data); return; }
     lineChart(container, [
       { label: 'accepted/s', stroke: '#2563eb' },
-      { label: 'filtered/s', stroke: '#94a3b8' },
+      { label: 'filtered/s', stroke: '#94a3b8', dash: [6, 4] },
       { label: 'late/s', stroke: '#dc2626' },
     ], data);
   }
@@ -351,6 +351,7 @@
     table.tBodies[0].replaceChildren(...rows);
   }
 
+  emptyChart($('chart-health'), 'measuring…');
   pollStats();
   loadGroups();
   setInterval(pollStats, STATS_MS);

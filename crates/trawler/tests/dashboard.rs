@@ -219,7 +219,10 @@ fn the_stream_dashboard_shows_health_and_variants_side_by_side_in_a_real_browser
     assert_eq!(seen["keys"], 20, "{seen}");
     assert_eq!(seen["metric"], "conversion", "{seen}");
     assert_eq!(seen["chartSeries"].as_array().unwrap().len(), 3, "{seen}");
-    assert!(!seen["conversion"].as_object().unwrap().is_empty(), "{seen}");
+    assert!(
+        !seen["conversion"].as_object().unwrap().is_empty(),
+        "{seen}"
+    );
     drop(run);
 }
 
