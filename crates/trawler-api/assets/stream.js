@@ -104,6 +104,7 @@
   function emptyChart(container, message) {
     const old = charts.get(container);
     if (old) { old.destroy(); charts.delete(container); }
+    delete container.dataset.drawn;
     container.replaceChildren(el('div', { class: 'empty', text: message }));
   }
 
@@ -323,7 +324,12 @@
     container.dataset.series = String(values.length);
     if (!xs.length) { emptyChart(container, `no ${metric} in this range yet`); return; }
     const data = [xs.map((t) => t / 1000), ...perValue.map((m) => xs.map((t) => (m.has(t) ? m.get(t) : null)))];
+    // The same lines again (the periodic refresh): new data, same chart.
+    const drawn = JSON.stringify([metric, values]);
+    const old = charts.get(container);
+    if (old && container.dataset.drawn === drawn) { old.setData(data); return; }
     lineChart(container, values.map((v, i) => ({ label: v, stroke: COLORS[i % COLORS.length] })), data);
+    container.dataset.drawn = drawn;
   }
 
   function fillTable(values, answers) {
