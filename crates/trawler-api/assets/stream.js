@@ -104,6 +104,7 @@
   function emptyChart(container, message) {
     const old = charts.get(container);
     if (old) { old.destroy(); charts.delete(container); }
+    delete container.dataset.drawn;
     container.replaceChildren(el('div', { class: 'empty', text: message }));
   }
 
@@ -153,7 +154,7 @@
     if (old) { old.setData(data); return; }
     lineChart(container, [
       { label: 'accepted/s', stroke: '#2563eb' },
-      { label: 'filtered/s', stroke: '#94a3b8' },
+      { label: 'filtered/s', stroke: '#94a3b8', dash: [6, 4] },
       { label: 'late/s', stroke: '#dc2626' },
     ], data);
   }
@@ -323,7 +324,12 @@
     container.dataset.series = String(values.length);
     if (!xs.length) { emptyChart(container, `no ${metric} in this range yet`); return; }
     const data = [xs.map((t) => t / 1000), ...perValue.map((m) => xs.map((t) => (m.has(t) ? m.get(t) : null)))];
+    // The same lines again (the periodic refresh): new data, same chart.
+    const drawn = JSON.stringify([metric, values]);
+    const old = charts.get(container);
+    if (old && container.dataset.drawn === drawn) { old.setData(data); return; }
     lineChart(container, values.map((v, i) => ({ label: v, stroke: COLORS[i % COLORS.length] })), data);
+    container.dataset.drawn = drawn;
   }
 
   function fillTable(values, answers) {
@@ -351,6 +357,7 @@
     table.tBodies[0].replaceChildren(...rows);
   }
 
+  emptyChart($('chart-health'), 'measuring…');
   pollStats();
   loadGroups();
   setInterval(pollStats, STATS_MS);

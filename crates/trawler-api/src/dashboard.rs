@@ -154,5 +154,29 @@ mod tests {
         ] {
             assert!(super::INDEX.contains(asset), "{asset}");
         }
+        for asset in [
+            "/assets/stream.js",
+            "/assets/app.css",
+            "/assets/uplot.min.js",
+            "/assets/uplot.min.css",
+        ] {
+            assert!(super::STREAM_HTML.contains(asset), "{asset}");
+        }
+    }
+
+    #[test]
+    fn the_stream_page_runs_nothing_inline() {
+        // The CSP allows scripts from this origin only: an inline script
+        // or handler would be blocked (and must not be needed).
+        let page = super::STREAM_HTML.to_ascii_lowercase();
+        assert!(!page.contains("<script>"), "inline script");
+        assert!(
+            !page.contains(" onclick=") && !page.contains(" onload="),
+            "inline handler"
+        );
+        assert!(
+            !super::STREAM_JS.contains("innerHTML"),
+            "values go in with textContent"
+        );
     }
 }

@@ -1,8 +1,11 @@
-//! The dashboard in a real browser, for the Mockstagram job, the packages
-//! job and the stream job `expo`: `trawler run` against its built-in simulator, Debian's Chromium driven headless by `tests/browser/dashboard.mjs`
-//! (playwright-core). Checks that the health numbers are real, that a live
-//! number changes without a reload, that searching a pk shows its charts,
-//! and that the page fits a phone. Screenshots are kept under
+//! The dashboard in a real browser, for the Mockstagram job and the
+//! packages job (`trawler run` against its built-in simulator,
+//! `tests/browser/dashboard.mjs`) and for the stream job `expo` (fed by
+//! `trawler gen expo`, `tests/browser/stream.mjs`): Debian's Chromium
+//! driven headless by playwright-core. Checks that the health numbers are
+//! real, that a live number changes without a reload, that searching a pk
+//! shows its charts, that a stream job's variants are shown side by side,
+//! and that the pages fit a phone. Screenshots are kept under
 //! `target/test-artifacts/`.
 //!
 //! `scripts/test` installs what this needs (`chromium`, `nodejs`, and
