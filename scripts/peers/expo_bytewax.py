@@ -15,7 +15,9 @@ idiomatic: its clock is per key (max_ts per group, not global), and it
 drops an item as late when ts < max_ts - lateness, where the contract
 drops it when its whole window has closed (window end + lateness <=
 max_ts). On the generator's late events (back by <= 20 s, or by 2 to 5
-minutes) both decide alike. The clock's system time is frozen so the
+minutes) both decide alike. Like the contract's max_ts, the clock sees
+only the useful events (the filter comes first) and a late item, being
+older than the watermark, does not move it. The clock's system time is frozen so the
 watermark follows event time only, whatever the speed of the file read.
 
     target/peers-venv/bin/python scripts/peers/expo_bytewax.py e.ndjson --out bytewax.csv

@@ -5,8 +5,10 @@ metrics and formulas, written as a CSV that compare.py reads.
 
 The window semantics are replicated exactly, arrival order being line
 order: an event is dropped as late iff its window [s, e) was already closed
-by an earlier event, that is iff e + lateness <= max(ts of the lines before
-it). Every event advances max_ts, including the types no metric uses.
+by an earlier event, that is iff e + lateness <= max_ts, where max_ts is the
+largest event time among the *accepted* lines before it (the engine's rule,
+docs/STREAMS.md): lines of a type no metric uses, lines without a group or
+time (filtered, malformed) and late lines do not move it.
 
     target/peers-venv/bin/python scripts/peers/expo_duckdb.py e.ndjson --out duckdb.csv
 """
@@ -45,16 +47,27 @@ def main():
         f"quantile_disc(amount, {q}) FILTER (type = 'purchase') AS {name}" for name, q in ec.QUANTILES
     )
     useful = ", ".join(f"'{t}'" for t in ec.USEFUL)
+    # "Not late" depends on max_ts, and max_ts on what was not late: a
+    # recursion, which a SQL window cannot express directly (a recursive CTE
+    # over millions of rows would be slow; a single pass in Python over the
+    # rows in order would do). It is not needed: a late event never raises
+    # max_ts anyway. If an event is late, ts < e <= e + lateness <= M, with
+    # M the largest time of the accepted events before it; so the running
+    # max over the *useful* events before it (late ones included) equals the
+    # running max over the accepted ones, by induction over the lines. Hence
+    # one window function over the useful, well-formed lines, in file order,
+    # is exact; the filtered and malformed lines are left out before it.
     rows = con.execute(
         f"""
-        WITH seen AS (
+        WITH useful AS (
             SELECT ts, "user", type, amount, exp, (ts // {w}) * {w} AS ws,
                    max(ts) OVER (ORDER BY rowid ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS max_before
             FROM ev
+            WHERE type IN ({useful}) AND ts IS NOT NULL AND cardinality(exp) > 0
         ),
         kept AS (
-            SELECT * FROM seen
-            WHERE type IN ({useful}) AND (max_before IS NULL OR ws + {w} + {late} > max_before)
+            SELECT * FROM useful
+            WHERE max_before IS NULL OR ws + {w} + {late} > max_before
         ),
         member AS (
             SELECT ws, "user", type, amount,
