@@ -343,11 +343,8 @@ impl StreamNode {
                 continue;
             }
             match job.lookup(&n) {
-                Some(Ok(s)) => {
-                    if !base.contains(&s) {
-                        base.push(s)
-                    }
-                }
+                Some(Ok(s)) if !base.contains(&s) => base.push(s),
+                Some(Ok(_)) => {}
                 Some(Err(f)) => {
                     let mut inputs = Vec::new();
                     job.formulas[f].1.names(&mut inputs);

@@ -558,7 +558,7 @@ impl<'de> DeserializeSeed<'de> for LeafSeed<'_, '_, '_> {
 }
 
 fn hash_bytes(b: &[u8]) -> u64 {
-    wyhash::wyhash(b, 0x7472_6177_6c65_72)
+    wyhash::wyhash(b, 0x0074_7261_776c_6572)
 }
 
 impl LeafSeed<'_, '_, '_> {

@@ -442,22 +442,23 @@ impl StreamJobConfig {
                     ),
                 ));
             }
-            let aggregate =
-                match m.aggregate.as_str() {
-                    "count" => Aggregate::Count,
-                    "sum" => Aggregate::Sum,
-                    "min" => Aggregate::Min,
-                    "max" => Aggregate::Max,
-                    "mean" => Aggregate::Mean,
-                    "distinct" => Aggregate::Distinct,
-                    "quantiles" => Aggregate::Quantiles,
-                    other => return Err(invalid(
+            let aggregate = match m.aggregate.as_str() {
+                "count" => Aggregate::Count,
+                "sum" => Aggregate::Sum,
+                "min" => Aggregate::Min,
+                "max" => Aggregate::Max,
+                "mean" => Aggregate::Mean,
+                "distinct" => Aggregate::Distinct,
+                "quantiles" => Aggregate::Quantiles,
+                other => {
+                    return Err(invalid(
                         &key("aggregate"),
                         format!(
                             "{other:?}: expected count, sum, min, max, mean, distinct or quantiles"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             let field = match (&m.field, aggregate) {
                 (None, Aggregate::Count) => None,
                 (Some(_), Aggregate::Count) => {
