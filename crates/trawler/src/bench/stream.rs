@@ -189,7 +189,9 @@ fn stat(s: &serde_json::Value, name: &str) -> u64 {
     s[name].as_u64().unwrap_or(0)
 }
 
-/// Events the job has counted, whatever became of them.
+/// Events the job has counted, whatever became of them (the events/s
+/// figures count every event in, as the peers do; the accepted share is
+/// printed beside).
 fn processed(s: &serde_json::Value) -> u64 {
     ["accepted", "filtered", "late", "future", "malformed"]
         .iter()
@@ -603,8 +605,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.batch, args.connections
     );
     let http = http_run(&args, &dir.0)?;
+    let http_accepted_rate = http.server_events_per_s * http.accepted as f64
+        / (http.accepted + http.filtered + http.late).max(1) as f64;
     println!(
-        "  server: {:.0} events/s counted (accepted {} filtered {} late {}), {:.2} CPU s per million events, peak RSS {:.0} MB",
+        "  server: {:.0} events/s counted, of which {http_accepted_rate:.0}/s accepted (accepted {} filtered {} late {}), {:.2} CPU s per million events, peak RSS {:.0} MB",
         http.server_events_per_s, http.accepted, http.filtered, http.late, http.cpu_s_per_million, http.rss_mb
     );
     println!(
@@ -650,7 +654,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 )
             });
     println!(
-        "stream: events_per_s_http={:.0} events_per_s_jetstream={:.0} agg_events_per_s_per_core={agg_rate:.0} window_close_p99_ms={:.1} bytewax_events_per_s={bw_rate:.0} duckdb_match={duck_match} events={} http_gen_events_per_s={:.0} jetstream_publish_events_per_s={:.0} cpu_s_per_million={:.2} jetstream_cpu_s_per_million={:.2} rss_mb={:.0} duckdb_events_per_s={duck_rate:.0} bytewax_events={bw_events}",
+        "stream: events_per_s_http={:.0} events_per_s_jetstream={:.0} agg_events_per_s_per_core={agg_rate:.0} window_close_p99_ms={:.1} bytewax_events_per_s={bw_rate:.0} duckdb_match={duck_match} events={} http_gen_events_per_s={:.0} jetstream_publish_events_per_s={:.0} cpu_s_per_million={:.2} jetstream_cpu_s_per_million={:.2} rss_mb={:.0} duckdb_events_per_s={duck_rate:.0} bytewax_events={bw_events} http_accepted_per_s={http_accepted_rate:.0}",
         http.server_events_per_s, nats.events_per_s, http.close_p99_ms, args.events,
         http.gen_events_per_s, nats.publish_events_per_s, http.cpu_s_per_million,
         nats.cpu_s_per_million, http.rss_mb
