@@ -145,7 +145,7 @@ class Acc:
             m["order_min"], m["order_max"] = a[0], a[-1]
             m["order_mean"] = m["revenue"] / len(a)
             for name, q in ec.QUANTILES:
-                m[name] = ec.quantile_disc(a, q)
+                m[name] = ec.quantile_rank(a, q)
         return m
 
 

@@ -1,5 +1,5 @@
 """What both peers share: the expo job's metrics (docs/STREAMS.md, jobs/expo.toml),
-its formulas, DuckDB's discrete quantile, and the result CSV.
+its formulas, the engine's quantile rank, and the result CSV.
 
 A result row is `window_start_ms,experiment,variant,metric,value`. A metric
 has a row only where its input events exist in that window and group; a
@@ -42,10 +42,14 @@ FORMULAS = (
 FORMULA_DISTINCT = {"conversion", "cart_rate", "revenue_per_visitor", "revenue_per_purchaser"}
 
 
-def quantile_disc(sorted_values, q):
-    """DuckDB's quantile_disc: the value at 1-based rank n - floor(n - n*q)."""
+def quantile_rank(sorted_values, q):
+    """The engine's quantile (crates/trawler-stream/src/agg.rs): the value
+    at 0-based rank floor(q * (n - 1)) — what DDSketch approximates within
+    1 %. DuckDB's quantile_disc takes rank ceil(n * q) - 1 instead, which
+    differs on small windows (n = 2, q = 0.9: the larger value, not the
+    smaller one), so both peers use this one."""
     n = len(sorted_values)
-    return sorted_values[max(1, n - math.floor(n - n * q)) - 1]
+    return sorted_values[math.floor(q * (n - 1))]
 
 
 def rows_of(window_start_ms, experiment, variant, metrics):

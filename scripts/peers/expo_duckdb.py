@@ -43,8 +43,10 @@ def main():
         [a.file],
     )
     events = con.execute("SELECT count(*) FROM ev").fetchone()[0]
+    # The engine's quantile rank, floor(q * (n - 1)) (expo_common), from the
+    # sorted amounts; DuckDB's quantile_disc ranks differently.
     quantiles = ",\n".join(
-        f"quantile_disc(amount, {q}) FILTER (type = 'purchase') AS {name}" for name, q in ec.QUANTILES
+        f"amounts[floor({q} * (len(amounts) - 1))::BIGINT + 1] AS {name}" for name, q in ec.QUANTILES
     )
     useful = ", ".join(f"'{t}'" for t in ec.USEFUL)
     # "Not late" depends on max_ts, and max_ts on what was not late: a
@@ -74,6 +76,7 @@ def main():
                    unnest(map_keys(exp)) AS experiment, unnest(map_values(exp)) AS variant
             FROM kept
         )
+        , cells AS (
         SELECT ws, experiment, variant,
             count(*) FILTER (type = 'page_view') AS views,
             count(DISTINCT "user") FILTER (type = 'page_view') AS visitors,
@@ -85,9 +88,11 @@ def main():
             min(amount) FILTER (type = 'purchase') AS order_min,
             max(amount) FILTER (type = 'purchase') AS order_max,
             avg(amount) FILTER (type = 'purchase') AS order_mean,
-            {quantiles}
+            list(amount ORDER BY amount) FILTER (type = 'purchase') AS amounts
         FROM member
         GROUP BY ALL
+        )
+        SELECT * EXCLUDE (amounts), {quantiles} FROM cells
         """
     )
     names = [d[0] for d in rows.description]

@@ -6,7 +6,10 @@
 //! A message redelivered after a crash (applied and logged, but not yet
 //! acknowledged) has a sequence at or below the logged position: it is
 //! acknowledged without being applied again. Messages are fetched and
-//! applied in stream order by one task, so the position only grows.
+//! applied in stream order by one task, so the position only grows. The
+//! consumer is recreated at start (and after a batch failed) to deliver
+//! from the message after the logged position, so no message is ever
+//! applied after a later one (see [`consumer_after`]).
 //!
 //! A message holds one event or several (NDJSON lines, or a JSON array).
 
@@ -33,6 +36,45 @@ fn failed(step: &str, e: impl std::fmt::Display) -> crate::Error {
         step: step.into(),
         source: e.to_string().into(),
     }
+}
+
+/// The durable consumer, (re)created to deliver from the message after
+/// `position`, the last one in the log.
+///
+/// A consumer kept across a crash would hold the messages it delivered but
+/// that were never acknowledged until their ack wait expires, and deliver
+/// later ones first: those would move the logged position past the held
+/// ones, whose redelivery would then be skipped as already applied — lost.
+/// The log's position is what counts, so the consumer restarts from it.
+async fn consumer_after(
+    stream: &jetstream::stream::Stream,
+    durable: &str,
+    settings: &NatsSection,
+    position: u64,
+) -> Result<consumer::PullConsumer> {
+    match stream.delete_consumer(durable).await {
+        Ok(_) => {}
+        Err(e) if e.to_string().contains("not found") => {}
+        Err(e) => tracing::debug!(error = %e, "deleting the old consumer"),
+    }
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subject: settings.subject.clone(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 100_000,
+            deliver_policy: if position == 0 {
+                consumer::DeliverPolicy::All
+            } else {
+                consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: position + 1,
+                }
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed("creating the events' consumer", e))
 }
 
 /// Consumes until `stop` fires.
@@ -62,21 +104,7 @@ pub async fn consume(
         .consumer
         .clone()
         .unwrap_or_else(|| format!("trawler-{job}"));
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &durable,
-            consumer::pull::Config {
-                durable_name: Some(durable.clone()),
-                filter_subject: settings.subject.clone(),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 100_000,
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| failed("creating the events' consumer", e))?;
+    let mut consumer = consumer_after(&stream, &durable, &settings, node.position()).await?;
     tracing::info!(stream = %name, consumer = %durable, subject = %settings.subject, "consuming events from JetStream");
     let mut backoff = Duration::from_millis(200);
     let mut body = Vec::new();
@@ -145,6 +173,12 @@ pub async fn consume(
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+                // Later messages must not be applied before these: the
+                // position would pass them and their redelivery be skipped.
+                match consumer_after(&stream, &durable, &settings, node.position()).await {
+                    Ok(c) => consumer = c,
+                    Err(e) => tracing::warn!(error = %e, "restarting the consumer failed"),
+                }
                 continue;
             }
         }

@@ -10,6 +10,7 @@ pub mod crawl;
 pub mod sim;
 pub mod soak;
 pub mod store;
+pub mod stream;
 
 use clap::Subcommand;
 
@@ -26,6 +27,8 @@ pub enum Bench {
     Soak(soak::Args),
     /// Bytes per sample, ingest rate and 30-day read latency of the store, beside VictoriaMetrics.
     Store(store::Args),
+    /// The expo stream job: aggregation per core, HTTP and JetStream end to end, beside DuckDB and bytewax.
+    Stream(stream::Args),
 }
 
 /// Runs the chosen benchmark.
@@ -36,5 +39,6 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Sim(args) => sim::run(args),
         Bench::Soak(args) => soak::run(args),
         Bench::Store(args) => store::run(args),
+        Bench::Stream(args) => stream::run(args),
     }
 }
