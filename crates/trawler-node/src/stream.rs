@@ -354,11 +354,18 @@ impl StreamNode {
             }
             seen.push(n);
         }
-        let ids = self.ids.read().expect("ids lock").clone();
+        // Only the ids this read needs, copied out of the lock: the store
+        // reads below must not hold it against the sequencer's writes.
+        let ids: Vec<Option<SeriesId>> = {
+            let all = self.ids.read().expect("ids lock");
+            base.iter()
+                .map(|&s| all.get(&(group, s as u16)).copied())
+                .collect()
+        };
         let mut columns: HashMap<usize, std::collections::BTreeMap<i64, f64>> = HashMap::new();
-        for &s in &base {
+        for (&s, id) in base.iter().zip(ids) {
             let mut col = std::collections::BTreeMap::new();
-            if let Some(&id) = ids.get(&(group, s as u16)) {
+            if let Some(id) = id {
                 for p in self
                     .store
                     .range(id, from, to)
@@ -449,11 +456,11 @@ fn job_formula_text(job: &StreamJob, name: &str) -> String {
 fn sequencer(pipeline: Arc<Mutex<Pipeline>>, rx: mpsc::Receiver<Work>) {
     let handle = |work: Work, p: &mut Pipeline| match work {
         Work::Batch(batch, reply) => {
-            let r = p.ingest(&batch, trawler_stream::trawler_now_ms());
+            let r = p.ingest(&batch, trawler_common::clock::unix_ms());
             let _ = reply.send(r);
         }
         Work::Finish(reply) => {
-            if let Err(e) = p.finish(trawler_stream::trawler_now_ms()) {
+            if let Err(e) = p.finish(trawler_common::clock::unix_ms()) {
                 tracing::warn!(error = %e, "storing the last windows failed; they stay in the log");
             }
             let _ = reply.send(());
@@ -472,7 +479,7 @@ fn sequencer(pipeline: Arc<Mutex<Pipeline>>, rx: mpsc::Receiver<Work>) {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let now = trawler_stream::trawler_now_ms();
+        let now = trawler_common::clock::unix_ms();
         if p.should_tick(now) {
             if let Err(e) = p.tick(now) {
                 tracing::warn!(error = %e, "storing closed windows failed; they stay in the log and are retried");
@@ -518,7 +525,7 @@ impl StreamBackend for StreamNode {
             future: c.future.load(Ordering::Relaxed),
             malformed: c.malformed.load(Ordering::Relaxed),
             watermark_ms: watermark,
-            watermark_lag_ms: watermark.map(|w| trawler_stream::trawler_now_ms() - w),
+            watermark_lag_ms: watermark.map(|w| trawler_common::clock::unix_ms() - w),
             open_windows: c.open_windows.load(Ordering::Relaxed),
             windows_closed: c.windows_closed.load(Ordering::Relaxed),
             samples: c.samples.load(Ordering::Relaxed),

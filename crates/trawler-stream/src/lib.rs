@@ -191,7 +191,7 @@ impl Pipeline {
             record: Accepted::default(),
             pending: Vec::new(),
             position,
-            last_accept_ms: trawler_now_ms(),
+            last_accept_ms: trawler_common::clock::unix_ms(),
             closable_since: None,
             max_future_ms: 10 * 60_000,
             idle_ms: lateness,
@@ -315,9 +315,10 @@ impl Pipeline {
             .checkpoint(cp)
             .map_err(|e| format!("checkpoint: {e}"))?;
         if let Some(since) = self.closable_since.take() {
-            let ms = (trawler_now_ms() - since).max(0) as f64;
+            // Wall time: the store's write and sync are part of it.
+            let ms = (trawler_common::clock::unix_ms().max(now_ms) - since).max(0);
             if let Ok(mut l) = self.counters.close_latency.lock() {
-                l.record(ms.max((now_ms - since) as f64));
+                l.record(ms as f64);
             }
         }
         self.publish();
@@ -333,13 +334,6 @@ impl Pipeline {
         c.open_windows
             .store(self.engine.open_windows() as u64, Ordering::Relaxed);
     }
-}
-
-/// Now, unix ms.
-pub fn trawler_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Decompresses a gzip body, refusing more than `limit` bytes out (a small

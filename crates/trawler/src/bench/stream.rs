@@ -169,17 +169,6 @@ impl Drop for Killed {
     }
 }
 
-/// Peak resident memory of the process in MB (VmHWM).
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(0.0, |kb| kb / 1e3)
-}
-
 /// The stats of the job at `api`.
 fn stats(api: SocketAddr) -> anyhow::Result<serde_json::Value> {
     Ok(get_json(api, "/api/v1/streams/expo")?["stats"].clone())
@@ -247,7 +236,7 @@ fn agg_only(file: &Path, batch: usize) -> anyhow::Result<AggOnly> {
     let mut b = trawler_stream::Batch::default();
     let mut record = trawler_stream::Accepted::default();
     let mut samples = Vec::new();
-    let now = trawler_stream::trawler_now_ms();
+    let now = trawler_common::clock::unix_ms();
     let (mut accepted, mut filtered, mut late, mut stored) = (0, 0, 0, 0);
     let started = Instant::now();
     for chunk in chunks {
@@ -351,7 +340,7 @@ fn http_run(args: &Args, dir: &Path) -> anyhow::Result<HttpRun> {
         filtered: stat(&done, "filtered"),
         late: stat(&done, "late"),
         cpu_s_per_million: cpu / (args.events as f64 / 1e6),
-        rss_mb: peak_rss_mb(server.pid()),
+        rss_mb: child::peak_rss_mb(server.pid()),
         close_p50_ms: closed["close_latency_p50_ms"].as_f64().unwrap_or(f64::NAN),
         close_p99_ms: closed["close_latency_p99_ms"].as_f64().unwrap_or(f64::NAN),
         windows_closed: stat(&closed, "windows_closed"),
