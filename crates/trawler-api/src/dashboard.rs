@@ -32,48 +32,35 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsa
 /// JSON) are written into the page once, here, so the script knows which
 /// API paths to read and what the answers' members are called.
 pub(crate) fn router<S: Clone + Send + Sync + 'static>(info: &JobInfo) -> Router<S> {
-    let json = serde_json::to_string(info).unwrap_or_else(|_| "{}".into());
-    let index = INDEX
-        .replace("{{job}}", &html_escape(&info.name))
-        .replace("{{info}}", &html_escape(&json));
-    Router::new()
-        .route(
-            "/",
-            get(move || {
-                let index = index.clone();
-                async move {
-                    (
-                        [
-                            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                            (header::CACHE_CONTROL, "no-cache"),
-                            (header::CONTENT_SECURITY_POLICY, CSP),
-                            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-                        ],
-                        index,
-                    )
-                }
-            }),
-        )
-        .route("/assets/app.js", get(|| asset("text/javascript", APP_JS)))
-        .route("/assets/app.css", get(|| asset("text/css", APP_CSS)))
-        .route(
-            "/assets/uplot.min.js",
-            get(|| asset("text/javascript", UPLOT_JS)),
-        )
-        .route(
-            "/assets/uplot.min.css",
-            get(|| asset("text/css", UPLOT_CSS)),
-        )
+    page(INDEX, &info.name, info, ("/assets/app.js", APP_JS))
 }
 
 /// The page of a stream job (`/`), its script, and the shared assets.
 pub(crate) fn stream_router<S: Clone + Send + Sync + 'static>(
     info: &crate::streams::StreamInfo,
 ) -> Router<S> {
+    page(
+        STREAM_HTML,
+        &info.name,
+        info,
+        ("/assets/stream.js", STREAM_JS),
+    )
+}
+
+/// `/` from `template` with the job's name and `info` filled in, its
+/// `script` (path, source), and the styles and chart library every page
+/// shares.
+fn page<S: Clone + Send + Sync + 'static>(
+    template: &str,
+    name: &str,
+    info: &impl serde::Serialize,
+    script: (&'static str, &'static str),
+) -> Router<S> {
     let json = serde_json::to_string(info).unwrap_or_else(|_| "{}".into());
-    let index = STREAM_HTML
-        .replace("{{job}}", &html_escape(&info.name))
+    let index = template
+        .replace("{{job}}", &html_escape(name))
         .replace("{{info}}", &html_escape(&json));
+    let (script_path, script) = script;
     Router::new()
         .route(
             "/",
@@ -92,10 +79,7 @@ pub(crate) fn stream_router<S: Clone + Send + Sync + 'static>(
                 }
             }),
         )
-        .route(
-            "/assets/stream.js",
-            get(|| asset("text/javascript", STREAM_JS)),
-        )
+        .route(script_path, get(move || asset("text/javascript", script)))
         .route("/assets/app.css", get(|| asset("text/css", APP_CSS)))
         .route(
             "/assets/uplot.min.js",

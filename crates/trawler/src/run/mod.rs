@@ -175,15 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return run_stream(&args, job);
     }
     let config = args.resolve()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    // The API on threads of its own, below the crawl in priority: readers
-    // take what the crawl leaves (see trawler_api::runtime).
-    let api_runtime =
-        trawler_api::runtime::runtime(trawler_api::runtime::DEFAULT_THREADS, args.api_nice)
-            .context("starting the API's tokio runtime")?;
+    let (runtime, api_runtime) = runtimes(args.api_nice)?;
     let mut display = status::Display::new();
     let result = runtime.block_on(trawler_node::run(
         config,
@@ -194,6 +186,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     display.finish();
     api_runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(result?)
+}
+
+/// The node's runtime, and the API's on threads of its own, below the
+/// node's work in priority: readers take what the crawl or the stream
+/// leaves (see trawler_api::runtime).
+fn runtimes(api_nice: i32) -> anyhow::Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let api_runtime =
+        trawler_api::runtime::runtime(trawler_api::runtime::DEFAULT_THREADS, api_nice)
+            .context("starting the API's tokio runtime")?;
+    Ok((runtime, api_runtime))
 }
 
 /// Runs a stream job (`[job] kind = "stream"`) until Ctrl-C or SIGTERM, or
@@ -211,13 +217,7 @@ fn run_stream(args: &Args, job: std::sync::Arc<trawler_stream::StreamJob>) -> an
         retention: args.retention,
         serve_after_file: !args.exit_when_done,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let api_runtime =
-        trawler_api::runtime::runtime(trawler_api::runtime::DEFAULT_THREADS, args.api_nice)
-            .context("starting the API's tokio runtime")?;
+    let (runtime, api_runtime) = runtimes(args.api_nice)?;
     let result = runtime.block_on(trawler_node::stream::run(
         config,
         api_runtime.handle().clone(),
