@@ -12,64 +12,32 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{addr_of, http, Proc};
+use common::{addr_of, free_port, http, program, spawn, wait_port, Proc, Server};
 
 const START: i64 = 1_764_547_200_000;
 /// Events per second of event time.
 const TIME_RATE: f64 = 2_000.0;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn program(name: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-    ]) {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed: run scripts/deps (Debian package {name})");
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn nats(dir: &Path, port: u16) -> Server {
-    let log = std::fs::File::create(dir.join("nats.log")).unwrap();
-    let child = Command::new(program("nats-server"))
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.join("nats"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting nats-server");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server(child)
+    let store = dir.join("nats").display().to_string();
+    let args = [
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-sd",
+        &store,
+    ]
+    .map(str::to_owned);
+    let server = spawn(&program("nats-server"), &args, &dir.join("nats.log"));
+    wait_port(port, "nats-server");
+    server
 }
 
 /// Creates the job's stream (the node's configuration), so events can be
