@@ -72,6 +72,10 @@ pub struct StreamSection {
     /// Largest request body of `POST …/events` (default `16MiB`; 413 beyond).
     #[serde(default)]
     pub max_batch_bytes: Option<usize>,
+    /// The built-in event generator that `trawler run --gen RATE` feeds
+    /// this job from (demos), e.g. `expo`.
+    #[serde(default)]
+    pub generator: Option<String>,
 }
 
 fn default_source() -> String {
@@ -230,6 +234,8 @@ pub struct StreamJob {
     pub formula_texts: Vec<(String, String)>,
     /// Largest accepted request body.
     pub max_batch_bytes: usize,
+    /// The built-in generator named for demos (`[stream] generator`).
+    pub generator: Option<String>,
     /// For each type id (and one more for "any other type"), the metrics
     /// it feeds; empty lists are dropped by the early filter.
     pub metrics_by_type: Vec<Vec<usize>>,
@@ -619,6 +625,7 @@ impl StreamJobConfig {
                 .map(|f| (f.name.clone(), f.expr.clone()))
                 .collect(),
             max_batch_bytes: s.max_batch_bytes.unwrap_or(16 << 20),
+            generator: s.generator.clone(),
             metrics_by_type,
         })
     }

@@ -284,6 +284,48 @@ fn oversized_bodies_get_413_and_exposed_apis_need_the_token() {
 }
 
 #[test]
+fn gen_feeds_the_job_from_its_built_in_generator_with_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let mut run = Proc::start(&[
+        "run",
+        "--config",
+        expo().to_str().unwrap(),
+        "--data",
+        dir.path().join("data").to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--api-token",
+        "s3cret",
+        "--gen",
+        "5000",
+    ]);
+    let api = addr_of(&run.wait_line("listening on ", Duration::from_secs(60)));
+    // Accepted events only count what the token let in; the generator's
+    // experiments (e1…) show up as groups.
+    let stats = eventually(Duration::from_secs(120), || {
+        let job = get(api, "/api/v1/streams/expo");
+        (job["stats"]["accepted"].as_u64()? >= 5_000).then_some(job)
+    });
+    assert!(stats["stats"]["filtered"].as_u64().unwrap() > 0, "{stats}");
+    let groups = get(api, "/api/v1/streams/expo/groups");
+    assert!(groups.to_string().contains("\"e1\""), "{groups}");
+    run.terminate(Duration::from_secs(20));
+
+    // A job without a generator, or fed otherwise, is refused by name.
+    let job = job_with(dir.path(), &[("generator = \"expo\"\n", "")]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trawler"))
+        .args(["run", "--config", job.to_str().unwrap(), "--gen", "10"])
+        .args(["--listen", &listen, "--data"])
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("job.toml names no generator"), "{err}");
+}
+
+#[test]
 fn a_bad_stream_job_names_the_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let job = job_with(

@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
+};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use tokio::sync::Semaphore;
@@ -42,6 +44,7 @@ pub struct HttpSink {
     client: Client<HttpConnector, Full<Bytes>>,
     uri: Uri,
     gzip: bool,
+    authorization: Option<HeaderValue>,
     /// One permit per request in flight.
     slots: Arc<Semaphore>,
     connections: usize,
@@ -53,6 +56,16 @@ impl HttpSink {
     /// A sink posting to `url`.
     pub fn new(url: &str, options: &Options) -> anyhow::Result<Self> {
         let uri: Uri = url.parse().with_context(|| format!("--out {url:?}"))?;
+        let authorization = options
+            .token
+            .as_deref()
+            .map(|t| {
+                let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
+                    .context("--token: not a valid header value")?;
+                v.set_sensitive(true);
+                anyhow::Ok(v)
+            })
+            .transpose()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -71,6 +84,7 @@ impl HttpSink {
             client,
             uri,
             gzip: options.gzip,
+            authorization,
             slots: Arc::new(Semaphore::new(options.connections)),
             connections: options.connections,
             counts: Arc::new(Counts::default()),
@@ -90,6 +104,7 @@ impl Sink for HttpSink {
             client: self.client.clone(),
             uri: self.uri.clone(),
             gzip: self.gzip,
+            authorization: self.authorization.clone(),
             counts: self.counts.clone(),
         };
         self.runtime.spawn(async move {
@@ -119,6 +134,7 @@ struct Post {
     client: Client<HttpConnector, Full<Bytes>>,
     uri: Uri,
     gzip: bool,
+    authorization: Option<HeaderValue>,
     counts: Arc<Counts>,
 }
 
@@ -139,6 +155,9 @@ impl Post {
                 Request::post(self.uri.clone()).header(CONTENT_TYPE, "application/x-ndjson");
             if self.gzip {
                 request = request.header(CONTENT_ENCODING, "gzip");
+            }
+            if let Some(a) = &self.authorization {
+                request = request.header(AUTHORIZATION, a.clone());
             }
             let request = request
                 .body(Full::new(body.clone()))

@@ -86,6 +86,9 @@ pub struct ExpoArgs {
     /// HTTP: gzip each request body (`Content-Encoding: gzip`).
     #[arg(long)]
     pub gzip: bool,
+    /// HTTP: the job's API token (`trawler run --api-token`).
+    #[arg(long, env = "TRAWLER_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Number of experiments (`e1`…).
     #[arg(long, default_value_t = 20)]
     pub experiments: u32,
@@ -119,6 +122,32 @@ pub struct ExpoArgs {
 pub fn run(gen: Gen) -> anyhow::Result<()> {
     match gen {
         Gen::Expo(args) => expo(args),
+    }
+}
+
+/// The generators a stream job can name in `[stream] generator`.
+pub const GENERATORS: &[&str] = &["expo"];
+
+/// Feeds a running stream job from its built-in generator (`trawler run
+/// --gen RATE`): the generator's defaults, event time following the clock,
+/// posted to `url` until the process ends. Blocks; run it on a thread.
+pub fn feed(generator: &str, rate: f64, url: &str, token: Option<String>) -> anyhow::Result<()> {
+    /// The generator's own command line, so the demo gets exactly the
+    /// defaults `trawler gen` documents.
+    #[derive(clap::Parser)]
+    struct Line {
+        #[command(subcommand)]
+        gen: Gen,
+    }
+    let rate = rate.to_string();
+    let line =
+        <Line as clap::Parser>::try_parse_from(["gen", generator, "--rate", &rate, "--out", url])
+            .map_err(|e| anyhow::anyhow!("the built-in generator {generator:?}: {e}"))?;
+    match line.gen {
+        Gen::Expo(mut args) => {
+            args.token = token;
+            expo(args)
+        }
     }
 }
 
@@ -210,6 +239,7 @@ fn expo(args: ExpoArgs) -> anyhow::Result<()> {
         connections: args.connections,
         pending: args.pending,
         gzip: args.gzip,
+        token: args.token.clone(),
     })?;
     let plan = Plan {
         rate: args.rate,

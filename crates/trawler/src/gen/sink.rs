@@ -36,6 +36,8 @@ pub struct Options {
     pub pending: usize,
     /// Gzip HTTP bodies.
     pub gzip: bool,
+    /// HTTP: the API token, sent as `Authorization: Bearer …`.
+    pub token: Option<String>,
 }
 
 /// What a sink delivered, for the summary line.

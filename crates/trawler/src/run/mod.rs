@@ -107,6 +107,11 @@ pub struct Args {
     /// it keeps serving the API).
     #[arg(long)]
     pub exit_when_done: bool,
+    /// A stream job fed over HTTP: also run the job's built-in generator
+    /// (`[stream] generator`, e.g. `expo`) at this many events/s against
+    /// the job's own endpoint. The one-command demo.
+    #[arg(long, value_name = "EVENTS_PER_S")]
+    pub gen: Option<f64>,
 }
 
 /// `+55m`, `-2h`, `30s`: a signed duration in milliseconds.
@@ -188,6 +193,62 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(result?)
 }
 
+/// `--gen RATE`: checks that the job can be fed (HTTP source, a known
+/// generator), then feeds it on a thread of its own once its API answers.
+/// The thread ends with the process.
+fn start_generator(args: &Args, job: &trawler_stream::StreamJob, rate: f64) -> anyhow::Result<()> {
+    let file = args
+        .config
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if !(rate > 0.0 && rate.is_finite()) {
+        anyhow::bail!("--gen {rate}: expected a number of events per second above 0");
+    }
+    if !matches!(job.source, trawler_stream::Source::Http) {
+        anyhow::bail!("--gen needs a job fed over HTTP; {file}: [stream] source is not \"http\"");
+    }
+    let generator = match job.generator.as_deref() {
+        Some(g) if crate::gen::GENERATORS.contains(&g) => g.to_owned(),
+        Some(g) => anyhow::bail!(
+            "{file}: [stream] generator = {g:?}: no such generator (known: {})",
+            crate::gen::GENERATORS.join(", ")
+        ),
+        None => anyhow::bail!(
+            "--gen: {file} names no generator; add e.g. generator = \"expo\" to its [stream] section"
+        ),
+    };
+    if args.listen.port() == 0 {
+        anyhow::bail!("--gen needs a fixed --listen port to post to, not port 0");
+    }
+    // Post to loopback when the API listens on every address.
+    let mut addr = args.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/api/v1/streams/{}/events", job.name);
+    let token = args.api_token.clone();
+    std::thread::Builder::new()
+        .name("gen".into())
+        .spawn(move || {
+            // The node opens its log and store before it listens.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while std::net::TcpStream::connect(addr).is_err() {
+                if std::time::Instant::now() > deadline {
+                    tracing::error!(%addr, "--gen: the API never answered; no events generated");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            tracing::info!(%generator, rate, %url, "feeding the job from its built-in generator");
+            if let Err(e) = crate::gen::feed(&generator, rate, &url, token) {
+                tracing::error!(error = %format!("{e:#}"), "--gen: the generator stopped");
+            }
+        })
+        .context("starting the generator's thread")?;
+    Ok(())
+}
+
 /// The node's runtime, and the API's on threads of its own, below the
 /// node's work in priority: readers take what the crawl or the stream
 /// leaves (see trawler_api::runtime).
@@ -210,6 +271,9 @@ fn run_stream(args: &Args, job: std::sync::Arc<trawler_stream::StreamJob>) -> an
         token: args.api_token.clone(),
         ..trawler_api::ApiConfig::default()
     };
+    if let Some(rate) = args.gen {
+        start_generator(args, &job, rate)?;
+    }
     let config = trawler_node::stream::StreamConfig {
         job,
         data: args.data.clone(),
