@@ -31,6 +31,7 @@ pub mod params;
 mod routes;
 pub mod runtime;
 pub mod streams;
+mod topn;
 
 use std::future::Future;
 use std::net::SocketAddr;

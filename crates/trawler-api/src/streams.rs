@@ -28,6 +28,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
+pub use crate::topn::{TopAnswer, TopInfo, TopMember, TopMessage, TopSubscription};
 use crate::{params, ApiConfig, ApiError, ErrorBody, HttpMetrics};
 
 /// What a stream job's node answers.
@@ -56,6 +57,26 @@ pub trait StreamBackend: Send + Sync + 'static {
     fn windows(&self, from_ms: i64, to_ms: i64, limit: usize) -> Result<Vec<WindowRow>, ApiError>;
     /// Appends the job's metrics in Prometheus text format.
     fn render_metrics(&self, out: &mut String);
+    /// A top-N job: the lists of `keys`.
+    fn top(&self, _keys: &[String]) -> Result<Vec<TopAnswer>, ApiError> {
+        Err(no_topn())
+    }
+    /// A top-N job: the `limit` hottest keys' lists.
+    fn hottest(&self, _limit: usize) -> Result<Vec<TopAnswer>, ApiError> {
+        Err(no_topn())
+    }
+    /// A top-N job: a subscription to `keys` (checked and deduplicated).
+    fn subscribe(&self, _keys: Vec<String>) -> Result<TopSubscription, ApiError> {
+        Err(no_topn())
+    }
+    /// A top-N job: replaces the keys of subscription `id`.
+    fn resubscribe(&self, _id: &str, _keys: Vec<String>) -> Result<(), ApiError> {
+        Err(no_topn())
+    }
+}
+
+fn no_topn() -> ApiError {
+    ApiError::not_found("no_topn", "this job keeps no top-N lists")
 }
 
 /// A stream job's description.
@@ -81,6 +102,9 @@ pub struct StreamInfo {
     pub formulas: Vec<FormulaInfo>,
     /// Largest accepted request body.
     pub max_batch_bytes: usize,
+    /// A top-N job's settings (`None`: a windows job).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topn: Option<TopInfo>,
 }
 
 /// A formula.
@@ -178,8 +202,8 @@ pub struct WindowRow {
     pub value: f64,
 }
 
-struct Ctx<S> {
-    backend: Arc<S>,
+pub(crate) struct Ctx<S> {
+    pub(crate) backend: Arc<S>,
     token: Option<String>,
     max_points: usize,
     http_metrics: Arc<HttpMetrics>,
@@ -206,11 +230,17 @@ impl ApiConfig {
         let events = Router::new()
             .route(&format!("{base}/events"), post(ingest::<S>))
             .layer(DefaultBodyLimit::max(info.max_batch_bytes));
+        let shaped = if info.topn.is_some() {
+            crate::topn::routes::<S>(&base)
+        } else {
+            Router::new()
+                .route(&format!("{base}/groups"), get(groups::<S>))
+                .route(&format!("{base}/series"), get(series::<S>))
+                .route(&format!("{base}/windows"), get(windows::<S>))
+        };
         let router = Router::new()
             .route(&base, get(job::<S>))
-            .route(&format!("{base}/groups"), get(groups::<S>))
-            .route(&format!("{base}/series"), get(series::<S>))
-            .route(&format!("{base}/windows"), get(windows::<S>))
+            .merge(shaped)
             .route("/metrics", get(metrics::<S>))
             .route(
                 "/healthz",
@@ -229,6 +259,16 @@ impl ApiConfig {
                 crate::routes::count_requests,
             ))
             .layer(GlobalConcurrencyLimitLayer::new(self.max_concurrency))
+            .merge(if info.topn.is_some() {
+                crate::topn::subscribe_route::<S>(&base).layer(
+                    axum::middleware::from_fn_with_state(
+                        http_metrics.clone(),
+                        crate::routes::count_requests,
+                    ),
+                )
+            } else {
+                Router::new()
+            })
             .with_state(ctx);
         Ok(crate::Api {
             config: self,
@@ -239,7 +279,7 @@ impl ApiConfig {
     }
 }
 
-fn query(
+pub(crate) fn query(
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<HashMap<String, String>, ApiError> {
     q.map(|Query(q)| q)

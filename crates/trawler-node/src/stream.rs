@@ -14,6 +14,7 @@
 //! series, with their retention and compression; the log is
 //! `<data>/stream/`.
 
+pub mod hub;
 pub mod nats;
 
 use std::collections::HashMap;
@@ -28,14 +29,17 @@ use trawler_api::streams::{
     EventError, FormulaInfo, IngestAnswer, NamedPoints, StreamBackend, StreamInfo, StreamStats,
     WindowRow,
 };
+use trawler_api::streams::{TopAnswer, TopInfo, TopSubscription};
 use trawler_api::{ApiConfig, ApiError};
 use trawler_store::{
     Sample as StoreSample, SeriesId, SeriesKey, Store, StoreConfig, SyncPolicy, Value, ValueKind,
 };
 use trawler_stream::{
-    spec::Aggregate, Batch, Counters, Decoder, Groups, Num, Pipeline, Sample, Sink, Source,
-    StreamJob,
+    spec::Aggregate, Batch, Counters, Decoder, Groups, Num, Pipeline, Processor, Sample, Sink,
+    Source, StreamJob, TopPipeline,
 };
+
+use self::hub::{Hub, HubPublisher};
 
 use crate::error::{Result, Step};
 
@@ -138,16 +142,44 @@ impl Sink for StoreSink {
     }
 }
 
+/// What the job computes, and what its reads need.
+enum Core {
+    /// Tumbling windows into the store.
+    Windows(WindowsCore),
+    /// Top-N lists pushed to subscribers.
+    Top {
+        pipeline: Arc<Mutex<TopPipeline>>,
+        hub: Arc<Hub>,
+    },
+}
+
+/// A windows job's pipeline, store and series ids.
+struct WindowsCore {
+    pipeline: Arc<Mutex<Pipeline>>,
+    store: Arc<Store>,
+    ids: Arc<Ids>,
+}
+
 /// The running job, shared by the API and the sources.
 pub struct StreamNode {
     job: Arc<StreamJob>,
     info: StreamInfo,
     decoder: Decoder,
     counters: Arc<Counters>,
-    pipeline: Arc<Mutex<Pipeline>>,
-    store: Arc<Store>,
-    ids: Arc<Ids>,
+    core: Core,
     tx: SyncSender<Work>,
+}
+
+/// Starts the sequencer thread over `pipeline`.
+fn start_sequencer<P: Processor + 'static>(
+    pipeline: Arc<Mutex<P>>,
+    rx: mpsc::Receiver<Work>,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("stream-sequencer".into())
+        .spawn(move || sequencer(pipeline, rx))
+        .step("starting the sequencer")?;
+    Ok(())
 }
 
 impl StreamNode {
@@ -157,6 +189,92 @@ impl StreamNode {
         std::fs::create_dir_all(data)
             .with_step(|| format!("creating the data folder {}", data.display()))?;
         crate::state::claim_folder(data, &job.name)?;
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let core = match &job.topn {
+            None => Self::open_windows(&job, data, retention, &counters, rx)?,
+            Some(t) => {
+                let hub = Hub::new(t.max_subscribers);
+                let (pipeline, replayed) = TopPipeline::open(
+                    job.clone(),
+                    &data.join("stream"),
+                    Box::new(HubPublisher(hub.clone())),
+                    counters.clone(),
+                )
+                .step("opening the stream's write-ahead log")?;
+                let (keys, members, pairs, entries) = pipeline.engine().sizes();
+                tracing::info!(
+                    job = %job.name,
+                    records = replayed.records,
+                    events = replayed.events,
+                    torn = replayed.torn,
+                    keys, members, pairs, entries,
+                    "top-N log replayed"
+                );
+                let pipeline = Arc::new(Mutex::new(pipeline));
+                start_sequencer(pipeline.clone(), rx)?;
+                Core::Top { pipeline, hub }
+            }
+        };
+        let info = StreamInfo {
+            name: job.name.clone(),
+            kind: "stream",
+            key_label: job
+                .group
+                .as_ref()
+                .map_or_else(|| topn_label(&job, true), |g| g.key_label.clone()),
+            value_label: job
+                .group
+                .as_ref()
+                .map_or_else(|| topn_label(&job, false), |g| g.value_label.clone()),
+            window_ms: job.window_ms,
+            lateness_ms: job.lateness_ms,
+            source: match &job.source {
+                Source::Http => "http",
+                Source::Nats(_) => "nats",
+                Source::File(_) => "file",
+            }
+            .into(),
+            series: job.series.iter().map(|s| s.name.clone()).collect(),
+            formulas: job
+                .formulas
+                .iter()
+                .map(|(name, _)| FormulaInfo {
+                    name: name.clone(),
+                    expr: job_formula_text(&job, name),
+                })
+                .collect(),
+            max_batch_bytes: job.max_batch_bytes,
+            topn: job.topn.as_ref().map(|t| TopInfo {
+                n: t.n,
+                window_ms: job.window_ms,
+                slide_ms: t.slide_ms,
+                key_label: t.key_label.clone(),
+                member_label: t.member_label.clone(),
+                weighted: t.weighted,
+                push_interval_ms: t.push_interval_ms,
+                max_subscribers: t.max_subscribers,
+                max_keys: t.max_keys,
+            }),
+        };
+        Ok(Arc::new(StreamNode {
+            decoder: Decoder::new(&job),
+            job,
+            info,
+            counters,
+            core,
+            tx,
+        }))
+    }
+
+    /// A windows job's store, log and sequencer.
+    fn open_windows(
+        job: &Arc<StreamJob>,
+        data: &Path,
+        retention: Duration,
+        counters: &Arc<Counters>,
+        rx: mpsc::Receiver<Work>,
+    ) -> Result<Core> {
         let mut store_config = StoreConfig::new(data.join("store"));
         store_config.retention = retention;
         store_config.sync = SyncPolicy::Interval(Duration::from_secs(1));
@@ -168,7 +286,6 @@ impl StreamNode {
             }
         }
         let ids = Arc::new(RwLock::new(ids));
-        let counters = Arc::new(Counters::default());
         let sink = StoreSink {
             store: store.clone(),
             job: job.clone(),
@@ -191,46 +308,31 @@ impl StreamNode {
             "stream log replayed"
         );
         let pipeline = Arc::new(Mutex::new(pipeline));
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let seq = pipeline.clone();
-        std::thread::Builder::new()
-            .name("stream-sequencer".into())
-            .spawn(move || sequencer(seq, rx))
-            .step("starting the sequencer")?;
-        let info = StreamInfo {
-            name: job.name.clone(),
-            kind: "stream",
-            key_label: job.group.key_label.clone(),
-            value_label: job.group.value_label.clone(),
-            window_ms: job.window_ms,
-            lateness_ms: job.lateness_ms,
-            source: match &job.source {
-                Source::Http => "http",
-                Source::Nats(_) => "nats",
-                Source::File(_) => "file",
-            }
-            .into(),
-            series: job.series.iter().map(|s| s.name.clone()).collect(),
-            formulas: job
-                .formulas
-                .iter()
-                .map(|(name, _)| FormulaInfo {
-                    name: name.clone(),
-                    expr: job_formula_text(&job, name),
-                })
-                .collect(),
-            max_batch_bytes: job.max_batch_bytes,
-        };
-        Ok(Arc::new(StreamNode {
-            decoder: Decoder::new(&job),
-            job,
-            info,
-            counters,
+        start_sequencer(pipeline.clone(), rx)?;
+        Ok(Core::Windows(WindowsCore {
             pipeline,
             store,
             ids,
-            tx,
         }))
+    }
+
+    /// A windows job's pipeline, store and ids (404 for a top-N job).
+    fn windows_core(&self) -> std::result::Result<&WindowsCore, ApiError> {
+        match &self.core {
+            Core::Windows(w) => Ok(w),
+            Core::Top { .. } => Err(ApiError::not_found(
+                "no_windows",
+                "this job keeps top-N lists, not windows",
+            )),
+        }
+    }
+
+    /// The store of a windows job (synced at shutdown).
+    fn store(&self) -> Option<Arc<Store>> {
+        match &self.core {
+            Core::Windows(w) => Some(w.store.clone()),
+            Core::Top { .. } => None,
+        }
     }
 
     /// The counters.
@@ -240,7 +342,10 @@ impl StreamNode {
 
     /// The source position of the last durable batch.
     pub fn position(&self) -> u64 {
-        self.pipeline.lock().expect("pipeline lock").position()
+        match &self.core {
+            Core::Windows(w) => w.pipeline.lock().expect("pipeline lock").position(),
+            Core::Top { pipeline, .. } => pipeline.lock().expect("pipeline lock").position(),
+        }
     }
 
     /// Decodes `body` (NDJSON or an array) and submits it; `wait` blocks
@@ -356,8 +461,9 @@ impl StreamNode {
         }
         // Only the ids this read needs, copied out of the lock: the store
         // reads below must not hold it against the sequencer's writes.
+        let WindowsCore { store, ids, .. } = self.windows_core()?;
         let ids: Vec<Option<SeriesId>> = {
-            let all = self.ids.read().expect("ids lock");
+            let all = ids.read().expect("ids lock");
             base.iter()
                 .map(|&s| all.get(&(group, s as u16)).copied())
                 .collect()
@@ -366,8 +472,7 @@ impl StreamNode {
         for (&s, id) in base.iter().zip(ids) {
             let mut col = std::collections::BTreeMap::new();
             if let Some(id) = id {
-                for p in self
-                    .store
+                for p in store
                     .range(id, from, to)
                     .map_err(|e| ApiError::Unavailable(e.to_string()))?
                 {
@@ -445,6 +550,20 @@ fn evaluate(
     out
 }
 
+/// A top-N job's key (or member) label.
+fn topn_label(job: &StreamJob, key: bool) -> String {
+    job.topn
+        .as_ref()
+        .map(|t| {
+            if key {
+                t.key_label.clone()
+            } else {
+                t.member_label.clone()
+            }
+        })
+        .unwrap_or_default()
+}
+
 fn job_formula_text(job: &StreamJob, name: &str) -> String {
     job.formula_texts
         .iter()
@@ -453,8 +572,8 @@ fn job_formula_text(job: &StreamJob, name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn sequencer(pipeline: Arc<Mutex<Pipeline>>, rx: mpsc::Receiver<Work>) {
-    let handle = |work: Work, p: &mut Pipeline| match work {
+fn sequencer<P: Processor>(pipeline: Arc<Mutex<P>>, rx: mpsc::Receiver<Work>) {
+    let handle = |work: Work, p: &mut P| match work {
         Work::Batch(batch, reply) => {
             let r = p.ingest(&batch, trawler_common::clock::unix_ms());
             let _ = reply.send(r);
@@ -466,8 +585,9 @@ fn sequencer(pipeline: Arc<Mutex<Pipeline>>, rx: mpsc::Receiver<Work>) {
             let _ = reply.send(());
         }
     };
+    let every = pipeline.lock().expect("pipeline lock").tick_every();
     loop {
-        let first = rx.recv_timeout(Duration::from_millis(100));
+        let first = rx.recv_timeout(every);
         let mut p = pipeline.lock().expect("pipeline lock");
         match first {
             Ok(work) => {
@@ -537,7 +657,10 @@ impl StreamBackend for StreamNode {
     }
 
     fn groups(&self) -> Vec<(String, String)> {
-        let p = self.pipeline.lock().expect("pipeline lock");
+        let Ok(w) = self.windows_core() else {
+            return Vec::new();
+        };
+        let p = w.pipeline.lock().expect("pipeline lock");
         let g = p.engine().groups();
         (0..g.len() as u32)
             .filter_map(|i| g.name(i).map(|(k, v)| (k.to_owned(), v.to_owned())))
@@ -553,7 +676,7 @@ impl StreamBackend for StreamNode {
         live: bool,
     ) -> std::result::Result<Option<Vec<NamedPoints>>, ApiError> {
         let (id, open) = {
-            let p = self.pipeline.lock().expect("pipeline lock");
+            let p = self.windows_core()?.pipeline.lock().expect("pipeline lock");
             let Some(id) = p.engine().groups().get(group.0, group.1) else {
                 return Ok(None);
             };
@@ -697,8 +820,123 @@ impl StreamBackend for StreamNode {
             }
             let _ = writeln!(out, "trawler_stream_window_close_seconds_sum{{job=\"{job}\"}} {}\ntrawler_stream_window_close_seconds_count{{job=\"{job}\"}} {}", l.sum_ms / 1000.0, l.count);
         }
-        let st = self.store.stats();
-        let _ = writeln!(out, "# HELP trawler_store_samples Samples in the store.\n# TYPE trawler_store_samples gauge\ntrawler_store_samples {}", st.samples);
+        match &self.core {
+            Core::Windows(w) => {
+                let st = w.store.stats();
+                let _ = writeln!(out, "# HELP trawler_store_samples Samples in the store.\n# TYPE trawler_store_samples gauge\ntrawler_store_samples {}", st.samples);
+            }
+            Core::Top { hub, .. } => {
+                let c = &self.counters;
+                for (name, help, v) in [
+                    (
+                        "trawler_topn_members",
+                        "Members in the window.",
+                        c.members.load(Ordering::Relaxed),
+                    ),
+                    (
+                        "trawler_topn_pairs",
+                        "(key, member) pairs in the window.",
+                        c.pairs.load(Ordering::Relaxed),
+                    ),
+                    (
+                        "trawler_topn_subscribers",
+                        "Live subscribers.",
+                        hub.counters.subscribers.load(Ordering::Relaxed),
+                    ),
+                ] {
+                    gauge(out, name, help, v as f64);
+                }
+                let h = &hub.counters;
+                for (name, help, v) in [
+                    (
+                        "trawler_topn_subscribers_dropped_total",
+                        "Subscribers dropped because they stopped reading.",
+                        h.dropped_slow.load(Ordering::Relaxed),
+                    ),
+                    (
+                        "trawler_topn_subscribers_refused_total",
+                        "Subscriptions refused at the cap.",
+                        h.refused.load(Ordering::Relaxed),
+                    ),
+                    (
+                        "trawler_topn_messages_total",
+                        "Messages queued to subscribers.",
+                        h.messages.load(Ordering::Relaxed),
+                    ),
+                    (
+                        "trawler_topn_lists_total",
+                        "Key lists pushed.",
+                        h.lists.load(Ordering::Relaxed),
+                    ),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{job=\"{job}\"}} {v}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn top(&self, keys: &[String]) -> std::result::Result<Vec<TopAnswer>, ApiError> {
+        let (pipeline, _) = self.top_core()?;
+        let p = pipeline.lock().expect("pipeline lock");
+        Ok(keys
+            .iter()
+            .map(|k| hub::answer(&p.engine().top(k)))
+            .collect())
+    }
+
+    fn hottest(&self, limit: usize) -> std::result::Result<Vec<TopAnswer>, ApiError> {
+        let (pipeline, _) = self.top_core()?;
+        let p = pipeline.lock().expect("pipeline lock");
+        let e = p.engine();
+        Ok(e.hottest(limit)
+            .iter()
+            .map(|(k, _)| hub::answer(&e.top(k)))
+            .collect())
+    }
+
+    fn subscribe(&self, keys: Vec<String>) -> std::result::Result<TopSubscription, ApiError> {
+        let (pipeline, hub) = self.top_core()?;
+        let r = hub.register(&keys)?;
+        let guard = hub.guard(r.sub);
+        {
+            // Under the pipeline's lock: no update newer than the snapshot
+            // is queued before it.
+            let p = pipeline.lock().expect("pipeline lock");
+            let lists: Vec<_> = keys.iter().map(|k| p.engine().top(k)).collect();
+            hub.send_one(&r.tx, "snapshot", &lists);
+        }
+        Ok(TopSubscription {
+            id: r.public,
+            keys,
+            rx: r.rx,
+            guard,
+        })
+    }
+
+    fn resubscribe(&self, id: &str, keys: Vec<String>) -> std::result::Result<(), ApiError> {
+        let (pipeline, hub) = self.top_core()?;
+        let p = pipeline.lock().expect("pipeline lock");
+        let (tx, added) = hub.set_keys(id, &keys)?;
+        if !added.is_empty() {
+            let lists: Vec<_> = added.iter().map(|k| p.engine().top(k)).collect();
+            hub.send_one(&tx, "snapshot", &lists);
+        }
+        Ok(())
+    }
+}
+
+impl StreamNode {
+    fn top_core(&self) -> std::result::Result<(&Arc<Mutex<TopPipeline>>, &Arc<Hub>), ApiError> {
+        match &self.core {
+            Core::Top { pipeline, hub } => Ok((pipeline, hub)),
+            Core::Windows(_) => Err(ApiError::not_found(
+                "no_topn",
+                "this job keeps no top-N lists",
+            )),
+        }
     }
 }
 
@@ -830,12 +1068,16 @@ pub async fn run(
     }
     tracing::info!("shutting down");
     stop_tx.trigger();
+    if let Core::Top { hub, .. } = &node.core {
+        hub.close_all();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
-    let store = node.store.clone();
-    tokio::task::spawn_blocking(move || store.sync())
-        .await
-        .step("syncing the store")?
-        .step("syncing the store")?;
+    if let Some(store) = node.store() {
+        tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .step("syncing the store")?
+            .step("syncing the store")?;
+    }
     tracing::info!("stopped; every acknowledged event is durable");
     Ok(())
 }

@@ -183,7 +183,7 @@ impl Expo {
             })
             .collect();
         Ok(Self {
-            zipf_span: ((cfg.users + 1) as f64).powf(1.0 - cfg.zipf_s) - 1.0,
+            zipf_span: zipf_span(cfg.users, cfg.zipf_s),
             experiment_names: (1..=cfg.experiments).map(|e| format!("e{e}")).collect(),
             variant_names,
             members: Vec::with_capacity(cfg.max_experiments_per_user as usize),
@@ -204,14 +204,7 @@ impl Expo {
 
     /// The user (1-based) of popularity drawn from `h`.
     fn user(&self, h: u64) -> u64 {
-        let u = unit(h);
-        let s = self.cfg.zipf_s;
-        let x = if (s - 1.0).abs() < 1e-9 {
-            ((self.cfg.users + 1) as f64).powf(u)
-        } else {
-            (1.0 + u * self.zipf_span).powf(1.0 / (1.0 - s))
-        };
-        (x as u64).clamp(1, self.cfg.users)
+        zipf(unit(h), self.cfg.users, self.cfg.zipf_s, self.zipf_span)
     }
 
     /// The experiments `user` is in, in increasing order, into `members`;
@@ -308,7 +301,23 @@ impl Expo {
     }
 }
 
-fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+/// `(n + 1)^(1 - s) - 1`: the span of [`zipf`]'s inverted CDF.
+pub(crate) fn zipf_span(n: u64, s: f64) -> f64 {
+    ((n + 1) as f64).powf(1.0 - s) - 1.0
+}
+
+/// Rank 1..=n of Zipf-like popularity (`P(k) ∝ ∫ x^-s` over `[k, k+1)`)
+/// for a uniform draw `u`, by inverting the continuous CDF.
+pub(crate) fn zipf(u: f64, n: u64, s: f64, span: f64) -> u64 {
+    let x = if (s - 1.0).abs() < 1e-9 {
+        ((n + 1) as f64).powf(u)
+    } else {
+        (1.0 + u * span).powf(1.0 / (1.0 - s))
+    };
+    (x as u64).clamp(1, n)
+}
+
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut v: u64) {
     let mut buf = [0u8; 20];
     let mut at = buf.len();
     loop {
@@ -322,7 +331,7 @@ fn write_u64(out: &mut Vec<u8>, mut v: u64) {
     out.extend_from_slice(&buf[at..]);
 }
 
-fn write_i64(out: &mut Vec<u8>, v: i64) {
+pub(crate) fn write_i64(out: &mut Vec<u8>, v: i64) {
     if v < 0 {
         out.push(b'-');
     }

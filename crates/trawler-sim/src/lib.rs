@@ -45,6 +45,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod comments;
 pub mod expo;
 pub mod model;
 pub mod packages;

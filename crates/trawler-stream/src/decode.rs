@@ -34,6 +34,9 @@ enum Slot {
     Type,
     Group,
     Field(usize),
+    /// A top-N job's key (0) or member (1): a string or an integer, kept
+    /// as text.
+    Key(usize),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -132,6 +135,9 @@ pub struct Decoder {
     /// Events of another type feed no metric.
     filter_other: bool,
     has_type: bool,
+    /// A top-N job: the key's and the member's pointers (for errors), and
+    /// whether field 0 is the summed value.
+    topn: Option<(String, String, bool)>,
 }
 
 /// The per-event state of a walk.
@@ -142,6 +148,8 @@ struct Scratch<'b> {
     fields: &'b mut [FieldVal],
     pairs: &'b mut Vec<[u32; 4]>,
     text: &'b mut String,
+    /// A top-N job's key and member: ranges of `text`.
+    top: [Option<(u32, u32)>; 2],
     /// Stop at a filtered type (NDJSON: nothing else on the line is needed).
     abort: bool,
     filtered: bool,
@@ -158,14 +166,24 @@ impl Decoder {
             fields: job.fields.len(),
             types: job.types.clone(),
             other_type: job.other_type(),
-            filter_other: job.metrics_by_type[job.other_type() as usize].is_empty(),
+            filter_other: job.filters_other_types(),
             has_type: job.type_field.is_some(),
+            topn: job
+                .topn
+                .as_ref()
+                .map(|t| (t.key.clone(), t.member.clone(), t.weighted)),
         };
         d.add(&job.time_field, Slot::Time);
         if let Some(t) = &job.type_field {
             d.add(t, Slot::Type);
         }
-        d.add(&job.group.each, Slot::Group);
+        if let Some(g) = &job.group {
+            d.add(&g.each, Slot::Group);
+        }
+        if let Some(t) = &job.topn {
+            d.add(&t.key, Slot::Key(0));
+            d.add(&t.member, Slot::Key(1));
+        }
         for (i, f) in job.fields.iter().enumerate() {
             d.add(f, Slot::Field(i));
         }
@@ -230,6 +248,7 @@ impl Decoder {
             abort: true,
             filtered: false,
             problem: None,
+            top: [None; 2],
         };
         let mut de = serde_json::Deserializer::from_slice(line);
         let walked = ObjectSeed {
@@ -243,6 +262,9 @@ impl Decoder {
             Err(e) => Err(Some(e.to_string())),
             Ok(()) => Ok(()),
         };
+        if outcome.is_ok() {
+            s.end_event();
+        }
         self.finish(
             outcome,
             s.ts,
@@ -347,8 +369,12 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_> {
                 abort: false,
                 filtered: false,
                 problem: None,
+                top: [None; 2],
             };
             let got = seq.next_element_seed(ElementSeed { s: &mut s })?;
+            if got == Some(true) {
+                s.end_event();
+            }
             let (ts, type_id, filtered, problem) = (s.ts, s.type_id, s.filtered, s.problem.take());
             match got {
                 None => {
@@ -574,6 +600,15 @@ impl LeafSeed<'_, '_, '_> {
                 }
                 Slot::Type => self.s.set_type(None),
                 Slot::Group => self.s.problem = Some("the group field is not an object".into()),
+                // Integers are written by visit_i64/visit_u64 exactly.
+                Slot::Key(k) if self.s.top[k].is_none() => {
+                    if v.fract() == 0.0 && v.abs() < 9e15 {
+                        self.s.key_text(k, format_args!("{}", v as i64));
+                    } else {
+                        self.s.problem = Some(format!("{v} is not a string or an integer key"));
+                    }
+                }
+                Slot::Key(_) => {}
                 Slot::Field(i) => {
                     // Integral numbers hash as their integer, so `7` and
                     // `7.0` are one distinct value.
@@ -593,6 +628,42 @@ impl LeafSeed<'_, '_, '_> {
 }
 
 impl Scratch<'_> {
+    /// Keeps a top-N key (0) or member (1) as text.
+    fn key_text(&mut self, k: usize, text: fmt::Arguments) {
+        use std::fmt::Write;
+        let start = self.text.len() as u32;
+        let _ = self.text.write_fmt(text);
+        self.top[k] = Some((start, self.text.len() as u32));
+    }
+
+    /// A top-N event is whole: its (key, member) becomes its one pair; a
+    /// missing one, or a value that is not a count, makes it malformed.
+    fn end_event(&mut self) {
+        let Some((key, member, weighted)) = &self.d.topn else {
+            return;
+        };
+        if self.filtered || self.problem.is_some() {
+            return;
+        }
+        match self.top {
+            [Some(k), Some(m)] => self.pairs.push([k.0, k.1, m.0, m.1]),
+            [None, _] => self.problem = Some(format!("no key at {key}")),
+            [_, None] => self.problem = Some(format!("no member at {member}")),
+        }
+        if *weighted && self.problem.is_none() {
+            match self.fields[0].num {
+                Some(v) if v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX) => {}
+                Some(v) => {
+                    self.problem = Some(format!(
+                        "value {v} is not a whole number from 0 to {}",
+                        u32::MAX
+                    ))
+                }
+                None => self.problem = Some("no value (stream.topn.value)".into()),
+            }
+        }
+    }
+
     fn set_type(&mut self, name: Option<&str>) {
         let d = self.d;
         self.type_id = name
@@ -609,19 +680,21 @@ impl<'de> Visitor<'de> for LeafSeed<'_, '_, '_> {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a value")
     }
-    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+    fn visit_i64<E>(mut self, v: i64) -> Result<(), E> {
         if self.slots.contains(&Slot::Time) && self.slots.len() == 1 {
             self.s.ts = Some(v);
             return Ok(());
         }
+        self.integer_keys(format_args!("{v}"));
         self.number(v as f64);
         Ok(())
     }
-    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+    fn visit_u64<E>(mut self, v: u64) -> Result<(), E> {
         if self.slots.contains(&Slot::Time) && self.slots.len() == 1 && v <= i64::MAX as u64 {
             self.s.ts = Some(v as i64);
             return Ok(());
         }
+        self.integer_keys(format_args!("{v}"));
         self.number(v as f64);
         Ok(())
     }
@@ -647,6 +720,7 @@ impl<'de> Visitor<'de> for LeafSeed<'_, '_, '_> {
                 },
                 Slot::Type => self.s.set_type(Some(v)),
                 Slot::Group => self.s.problem = Some("the group field is not an object".into()),
+                Slot::Key(k) => self.s.key_text(k, format_args!("{v}")),
                 Slot::Field(i) => {
                     self.s.fields[i] = FieldVal {
                         num: None,
@@ -704,7 +778,17 @@ impl LeafSeed<'_, '_, '_> {
                 }
                 Slot::Type => self.s.set_type(None),
                 Slot::Group => self.s.problem = Some("the group field is not an object".into()),
+                Slot::Key(_) => self.s.problem = Some("a key is not a string or an integer".into()),
                 Slot::Field(_) => {}
+            }
+        }
+    }
+
+    /// An integer at a top-N key or member: its exact text.
+    fn integer_keys(&mut self, text: fmt::Arguments) {
+        for slot in self.slots {
+            if let Slot::Key(k) = *slot {
+                self.s.key_text(k, text);
             }
         }
     }

@@ -27,6 +27,7 @@ pub mod agg;
 pub mod decode;
 pub mod formula;
 pub mod spec;
+pub mod topn;
 pub mod wal;
 pub mod window;
 
@@ -37,8 +38,30 @@ use std::sync::{Arc, Mutex};
 
 pub use agg::Num;
 pub use decode::{Batch, DecodeStats, Decoder};
-pub use spec::{Source, SpecError, StreamJob, StreamJobConfig};
+pub use spec::{Source, SpecError, StreamJob, StreamJobConfig, TopNSpec};
+pub use topn::{Publish, TopList, TopN, TopPipeline};
 pub use window::{Accepted, Admitted, Engine, Groups, Sample};
+
+/// What the sequencer drives, whatever the job computes: tumbling windows
+/// into the store ([`Pipeline`]) or top-N lists to subscribers
+/// ([`TopPipeline`]). One thread calls these, in arrival order.
+pub trait Processor: Send {
+    /// Decides, logs durably and applies `batch`. When this returns `Ok`,
+    /// its accepted events survive a crash.
+    fn ingest(&mut self, batch: &Batch, now_ms: i64) -> io::Result<Admitted>;
+    /// Whether [`Processor::tick`] has work now.
+    fn should_tick(&self, now_ms: i64) -> bool;
+    /// Time-driven work: close windows, push changes.
+    fn tick(&mut self, now_ms: i64) -> Result<usize, String>;
+    /// The end of a file source.
+    fn finish(&mut self, now_ms: i64) -> Result<usize, String>;
+    /// The source position of the last durable batch.
+    fn position(&self) -> u64;
+    /// How often the sequencer looks at the clock when no batch comes.
+    fn tick_every(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(100)
+    }
+}
 
 /// Where closed windows go: the store.
 pub trait Sink: Send {
@@ -74,8 +97,12 @@ pub struct Counters {
     pub max_ts: AtomicI64,
     /// Groups known.
     pub groups: AtomicU64,
-    /// Windows open.
+    /// Windows open (a top-N job: events in the window).
     pub open_windows: AtomicU64,
+    /// A top-N job: members in the window.
+    pub members: AtomicU64,
+    /// A top-N job: (key, member) pairs in the window.
+    pub pairs: AtomicU64,
     /// Close latencies, ms (from the moment a window could close to its
     /// samples being durable in the store).
     pub close_latency: Mutex<Latencies>,
@@ -205,15 +232,9 @@ impl Pipeline {
         &self.engine
     }
 
-    /// The source position of the last durable batch (a JetStream stream
-    /// sequence, a file's line): a source skips what is at or before it.
-    pub fn position(&self) -> u64 {
-        self.position
-    }
-
     /// Decides, logs durably and aggregates `batch`. When this returns
     /// `Ok`, its accepted events survive a crash.
-    pub fn ingest(&mut self, batch: &Batch, now_ms: i64) -> io::Result<Admitted> {
+    fn ingest_batch(&mut self, batch: &Batch, now_ms: i64) -> io::Result<Admitted> {
         self.record.clear();
         let admitted = self
             .engine
@@ -259,15 +280,10 @@ impl Pipeline {
                 .is_some_and(|s| s + job.window_ms + job.lateness_ms <= watermark)
     }
 
-    /// Whether a window can close now (the sequencer then calls `tick`).
-    pub fn should_tick(&self, now_ms: i64) -> bool {
-        !self.pending.is_empty() || self.closable(self.watermark(now_ms))
-    }
-
     /// Closes the windows past the watermark and stores them; then moves
     /// the checkpoint. A failing sink keeps the samples for the next tick
     /// (the log keeps the events meanwhile).
-    pub fn tick(&mut self, now_ms: i64) -> Result<usize, String> {
+    fn close_due(&mut self, now_ms: i64) -> Result<usize, String> {
         let watermark = self.watermark(now_ms);
         if self.closable_since.is_none() && self.closable(watermark) {
             self.closable_since = Some(now_ms);
@@ -277,7 +293,7 @@ impl Pipeline {
     }
 
     /// Closes every open window (the end of a file) and stores them.
-    pub fn finish(&mut self, now_ms: i64) -> Result<usize, String> {
+    fn close_all(&mut self, now_ms: i64) -> Result<usize, String> {
         let closed = self.engine.close_all(&mut self.pending);
         if closed > 0 && self.closable_since.is_none() {
             self.closable_since = Some(now_ms);
@@ -333,6 +349,31 @@ impl Pipeline {
             .store(self.engine.groups().len() as u64, Ordering::Relaxed);
         c.open_windows
             .store(self.engine.open_windows() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Processor for Pipeline {
+    fn ingest(&mut self, batch: &Batch, now_ms: i64) -> io::Result<Admitted> {
+        self.ingest_batch(batch, now_ms)
+    }
+
+    /// Whether a window can close now.
+    fn should_tick(&self, now_ms: i64) -> bool {
+        !self.pending.is_empty() || self.closable(self.watermark(now_ms))
+    }
+
+    fn tick(&mut self, now_ms: i64) -> Result<usize, String> {
+        self.close_due(now_ms)
+    }
+
+    fn finish(&mut self, now_ms: i64) -> Result<usize, String> {
+        self.close_all(now_ms)
+    }
+
+    /// A JetStream stream sequence, a file's line: a source skips what is
+    /// at or before it.
+    fn position(&self) -> u64 {
+        self.position
     }
 }
 

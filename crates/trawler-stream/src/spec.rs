@@ -20,8 +20,8 @@ pub struct StreamJobConfig {
     pub job: JobSection,
     /// `[stream]`: source, time, windows, groups.
     pub stream: StreamSection,
-    /// `[[metric]]`: what to aggregate.
-    #[serde(rename = "metric")]
+    /// `[[metric]]`: what to aggregate (a windows job).
+    #[serde(default, rename = "metric")]
     pub metrics: Vec<MetricConfig>,
     /// `[[formula]]`: series computed from the others when read.
     #[serde(default, rename = "formula")]
@@ -60,8 +60,13 @@ pub struct StreamSection {
     /// (default `30s`), in event time.
     #[serde(default = "default_lateness")]
     pub lateness: String,
-    /// How the events are grouped.
-    pub group: GroupSection,
+    /// How the events are grouped (a windows job).
+    #[serde(default)]
+    pub group: Option<GroupSection>,
+    /// Top-N per key over a sliding window (a top-N job, instead of
+    /// `[stream.group]` and `[[metric]]`).
+    #[serde(default)]
+    pub topn: Option<TopNSection>,
     /// `source = "file"`: the NDJSON file (`.gz` accepted), relative to
     /// the job file.
     #[serde(default)]
@@ -99,6 +104,72 @@ pub struct GroupSection {
     pub key_label: String,
     /// The label of a member's value, e.g. `variant`.
     pub value_label: String,
+}
+
+/// `[stream.topn]`: for each key (a post), the N members (users) with the
+/// highest count or sum over the last `[stream] window`, sliding by
+/// `slide`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopNSection {
+    /// JSON pointer of the key (a string or an integer), e.g. `/post`.
+    pub key: String,
+    /// JSON pointer of the member (a string or an integer), e.g. `/user`.
+    pub member: String,
+    /// JSON pointer of a non-negative integer to sum (default: count events).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// How many members per key (default 10).
+    #[serde(default)]
+    pub n: Option<usize>,
+    /// The window slides by this (default `1s`); it divides the window.
+    #[serde(default)]
+    pub slide: Option<String>,
+    /// Event types counted (needs `stream.type_field`; default: every type).
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    /// The key's label in answers (default `key`).
+    #[serde(default)]
+    pub key_label: Option<String>,
+    /// The member's label in answers (default `member`).
+    #[serde(default)]
+    pub member_label: Option<String>,
+    /// Subscribers get at most one update per key per this (default `250ms`).
+    #[serde(default)]
+    pub push_interval: Option<String>,
+    /// Most subscribers at once (default 20000; 503 beyond).
+    #[serde(default)]
+    pub max_subscribers: Option<usize>,
+    /// Most keys per subscriber (default 100; 400 beyond).
+    #[serde(default)]
+    pub max_keys: Option<usize>,
+}
+
+/// A checked `[stream.topn]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopNSpec {
+    /// Pointer of the key.
+    pub key: String,
+    /// Pointer of the member.
+    pub member: String,
+    /// Sum the job's field 0 (else count events).
+    pub weighted: bool,
+    /// Members per key.
+    pub n: usize,
+    /// Slide, ms (divides the window).
+    pub slide_ms: i64,
+    /// Whether events of types not in `types` are dropped.
+    pub typed: bool,
+    /// The key's label.
+    pub key_label: String,
+    /// The member's label.
+    pub member_label: String,
+    /// Coalescing interval of pushes, ms.
+    pub push_interval_ms: i64,
+    /// Most subscribers.
+    pub max_subscribers: usize,
+    /// Most keys per subscriber.
+    pub max_keys: usize,
 }
 
 /// `[stream.nats]`.
@@ -220,8 +291,10 @@ pub struct StreamJob {
     pub window_ms: i64,
     /// Allowed lateness, ms.
     pub lateness_ms: i64,
-    /// The grouping.
-    pub group: GroupSection,
+    /// The grouping (a windows job).
+    pub group: Option<GroupSection>,
+    /// Top-N per key (a top-N job: no group, metrics or formulas).
+    pub topn: Option<TopNSpec>,
     /// Pointers of the fields metrics read, by slot.
     pub fields: Vec<String>,
     /// The metrics.
@@ -349,7 +422,7 @@ impl StreamJobConfig {
             Ok(d.as_millis() as i64)
         };
         let window_ms = ms("stream.window", &s.window, Duration::from_secs(1))?;
-        if 86_400_000 % window_ms != 0 {
+        if s.topn.is_none() && 86_400_000 % window_ms != 0 {
             return Err(invalid(
                 "stream.window",
                 format!(
@@ -359,73 +432,60 @@ impl StreamJobConfig {
             ));
         }
         let lateness_ms = ms("stream.lateness", &s.lateness, Duration::ZERO)?;
-        let group = GroupSection {
-            each: pointer("stream.group.each", &s.group.each)?,
-            key_label: label("stream.group.key_label", &s.group.key_label, &invalid)?,
-            value_label: label("stream.group.value_label", &s.group.value_label, &invalid)?,
-        };
-        if group.key_label == group.value_label {
-            return Err(invalid(
-                "stream.group.value_label",
-                format!("{:?} is also the key_label", group.value_label),
-            ));
-        }
-        let base = Path::new(&self.source)
-            .parent()
-            .filter(|_| !self.source.is_empty())
-            .unwrap_or(Path::new("."));
-        let source = match (s.source.as_str(), &s.file, &s.nats) {
-            ("http", None, None) => Source::Http,
-            ("file", Some(f), None) => Source::File(base.join(f)),
-            ("file", None, _) => {
+        let group = match (&s.group, &s.topn) {
+            (Some(g), None) => {
+                let group = GroupSection {
+                    each: pointer("stream.group.each", &g.each)?,
+                    key_label: label("stream.group.key_label", &g.key_label, &invalid)?,
+                    value_label: label("stream.group.value_label", &g.value_label, &invalid)?,
+                };
+                if group.key_label == group.value_label {
+                    return Err(invalid(
+                        "stream.group.value_label",
+                        format!("{:?} is also the key_label", group.value_label),
+                    ));
+                }
+                Some(group)
+            }
+            (None, Some(_)) => None,
+            (Some(_), Some(_)) => {
                 return Err(invalid(
-                    "stream.file",
-                    "source = \"file\" needs file = \"PATH\"".into(),
+                    "stream.topn",
+                    "a job has either [stream.group] (windows) or [stream.topn], not both".into(),
                 ))
             }
-            ("nats", None, Some(n)) => {
-                if n.servers.is_empty() || n.servers.iter().any(|s| !s.starts_with("nats://")) {
-                    return Err(invalid(
-                        "stream.nats.servers",
-                        format!("{:?}: expected nats://HOST:PORT URLs", n.servers),
-                    ));
-                }
-                if n.subject.is_empty() || n.subject.contains(' ') {
-                    return Err(invalid(
-                        "stream.nats.subject",
-                        format!("{:?} is not a subject", n.subject),
-                    ));
-                }
-                Source::Nats(n.clone())
-            }
-            ("nats", _, None) => {
+            (None, None) => {
                 return Err(invalid(
-                    "stream.nats",
-                    "source = \"nats\" needs a [stream.nats] section with servers and subject"
+                    "stream.group",
+                    "a stream job needs [stream.group] (windows with [[metric]]) or [stream.topn]"
                         .into(),
                 ))
             }
-            ("http" | "file" | "nats", _, _) => {
-                return Err(invalid(
-                    "stream.source",
-                    format!(
-                        "{:?} takes no {}",
-                        s.source,
-                        if s.file.is_some() {
-                            "file"
-                        } else {
-                            "[stream.nats]"
-                        }
-                    ),
-                ))
-            }
-            (other, _, _) => {
-                return Err(invalid(
-                    "stream.source",
-                    format!("{other:?}: expected http, nats or file"),
-                ))
-            }
         };
+        if let Some(t) = &s.topn {
+            let source = source_of(s, &self.source, &invalid)?;
+            let base = StreamJob {
+                name: name.to_owned(),
+                source,
+                time_field,
+                type_field,
+                types: Vec::new(),
+                window_ms,
+                lateness_ms,
+                group: None,
+                topn: None,
+                fields: Vec::new(),
+                metrics: Vec::new(),
+                series: Vec::new(),
+                formulas: Vec::new(),
+                formula_texts: Vec::new(),
+                max_batch_bytes: s.max_batch_bytes.unwrap_or(16 << 20),
+                generator: s.generator.clone(),
+                metrics_by_type: Vec::new(),
+            };
+            return self.build_topn(t, base, &invalid);
+        }
+        let source = source_of(s, &self.source, &invalid)?;
 
         if self.metrics.is_empty() {
             return Err(invalid(
@@ -615,6 +675,7 @@ impl StreamJobConfig {
             window_ms,
             lateness_ms,
             group,
+            topn: None,
             fields,
             metrics,
             series,
@@ -637,6 +698,15 @@ impl StreamJob {
         self.types.len() as u16
     }
 
+    /// Whether events of a type the job does not name are dropped by the
+    /// early filter.
+    pub fn filters_other_types(&self) -> bool {
+        match &self.topn {
+            Some(t) => t.typed,
+            None => self.metrics_by_type[self.other_type() as usize].is_empty(),
+        }
+    }
+
     /// The start of the window holding `ts`.
     pub fn window_of(&self, ts: i64) -> i64 {
         ts.saturating_sub(ts.rem_euclid(self.window_ms))
@@ -649,6 +719,187 @@ impl StreamJob {
         }
         self.formulas.iter().position(|(n, _)| n == name).map(Err)
     }
+}
+
+impl StreamJobConfig {
+    /// The rest of a top-N job, on the `[stream]` keys checked in `job`.
+    fn build_topn(
+        &self,
+        t: &TopNSection,
+        mut job: StreamJob,
+        invalid: &impl Fn(&str, String) -> SpecError,
+    ) -> Result<StreamJob, SpecError> {
+        if !self.metrics.is_empty() || !self.formulas.is_empty() {
+            return Err(invalid(
+                "metric",
+                "a top-N job ([stream.topn]) has no [[metric]] or [[formula]]".into(),
+            ));
+        }
+        let pointer = |key: &str, p: &str| {
+            if p.starts_with('/') {
+                Ok(p.to_owned())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{p:?} is not a JSON pointer (it starts with '/')"),
+                ))
+            }
+        };
+        let key = pointer("stream.topn.key", &t.key)?;
+        let member = pointer("stream.topn.member", &t.member)?;
+        if key == member || key == job.time_field || member == job.time_field {
+            return Err(invalid(
+                "stream.topn.member",
+                "the key, the member and the time must be three different fields".into(),
+            ));
+        }
+        if let Some(v) = &t.value {
+            job.fields.push(pointer("stream.topn.value", v)?);
+        }
+        let n = t.n.unwrap_or(10);
+        if !(1..=1000).contains(&n) {
+            return Err(invalid("stream.topn.n", format!("{n} must be 1 to 1000")));
+        }
+        let dur = |key: &str, text: &str| -> Result<i64, SpecError> {
+            humantime::parse_duration(text)
+                .map_err(|e| invalid(key, format!("invalid duration {text:?}: {e}")))
+                .map(|d| d.as_millis() as i64)
+        };
+        let slide_ms = dur("stream.topn.slide", t.slide.as_deref().unwrap_or("1s"))?;
+        if slide_ms < 10 || job.window_ms % slide_ms != 0 || job.window_ms / slide_ms > 100_000 {
+            return Err(invalid(
+                "stream.topn.slide",
+                format!(
+                    "{:?} must divide stream.window into at most 100000 slides of at least 10ms",
+                    t.slide.as_deref().unwrap_or("1s")
+                ),
+            ));
+        }
+        let push_interval_ms = dur(
+            "stream.topn.push_interval",
+            t.push_interval.as_deref().unwrap_or("250ms"),
+        )?;
+        if !(10..=60_000).contains(&push_interval_ms) {
+            return Err(invalid(
+                "stream.topn.push_interval",
+                "must be between 10ms and 1m".into(),
+            ));
+        }
+        let typed = match &t.types {
+            None => false,
+            Some(list) => {
+                if job.type_field.is_none() {
+                    return Err(invalid(
+                        "stream.topn.types",
+                        "selecting types needs stream.type_field".into(),
+                    ));
+                }
+                if list.is_empty() {
+                    return Err(invalid(
+                        "stream.topn.types",
+                        "an empty list counts nothing (omit it to count every type)".into(),
+                    ));
+                }
+                job.types = list.clone();
+                true
+            }
+        };
+        let key_label = label(
+            "stream.topn.key_label",
+            t.key_label.as_deref().unwrap_or("key"),
+            invalid,
+        )?;
+        let member_label = label(
+            "stream.topn.member_label",
+            t.member_label.as_deref().unwrap_or("member"),
+            invalid,
+        )?;
+        let positive = |key: &str, v: Option<usize>, default: usize| {
+            let v = v.unwrap_or(default);
+            if v == 0 {
+                Err(invalid(key, "must be at least 1".into()))
+            } else {
+                Ok(v)
+            }
+        };
+        job.topn = Some(TopNSpec {
+            key,
+            member,
+            weighted: t.value.is_some(),
+            n,
+            slide_ms,
+            typed,
+            key_label,
+            member_label,
+            push_interval_ms,
+            max_subscribers: positive("stream.topn.max_subscribers", t.max_subscribers, 20_000)?,
+            max_keys: positive("stream.topn.max_keys", t.max_keys, 100)?,
+        });
+        Ok(job)
+    }
+}
+
+/// `[stream] source` and its section.
+fn source_of(
+    s: &StreamSection,
+    file: &str,
+    invalid: &impl Fn(&str, String) -> SpecError,
+) -> Result<Source, SpecError> {
+    let base = Path::new(file)
+        .parent()
+        .filter(|_| !file.is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(match (s.source.as_str(), &s.file, &s.nats) {
+        ("http", None, None) => Source::Http,
+        ("file", Some(f), None) => Source::File(base.join(f)),
+        ("file", None, _) => {
+            return Err(invalid(
+                "stream.file",
+                "source = \"file\" needs file = \"PATH\"".into(),
+            ))
+        }
+        ("nats", None, Some(n)) => {
+            if n.servers.is_empty() || n.servers.iter().any(|s| !s.starts_with("nats://")) {
+                return Err(invalid(
+                    "stream.nats.servers",
+                    format!("{:?}: expected nats://HOST:PORT URLs", n.servers),
+                ));
+            }
+            if n.subject.is_empty() || n.subject.contains(' ') {
+                return Err(invalid(
+                    "stream.nats.subject",
+                    format!("{:?} is not a subject", n.subject),
+                ));
+            }
+            Source::Nats(n.clone())
+        }
+        ("nats", _, None) => {
+            return Err(invalid(
+                "stream.nats",
+                "source = \"nats\" needs a [stream.nats] section with servers and subject".into(),
+            ))
+        }
+        ("http" | "file" | "nats", _, _) => {
+            return Err(invalid(
+                "stream.source",
+                format!(
+                    "{:?} takes no {}",
+                    s.source,
+                    if s.file.is_some() {
+                        "file"
+                    } else {
+                        "[stream.nats]"
+                    }
+                ),
+            ))
+        }
+        (other, _, _) => {
+            return Err(invalid(
+                "stream.source",
+                format!("{other:?}: expected http, nats or file"),
+            ))
+        }
+    })
 }
 
 fn valid_name(name: &str, dash: bool) -> bool {
@@ -715,6 +966,34 @@ mod tests {
     }
 
     const HEAD: &str = "[job]\nname = \"x\"\nkind = \"stream\"\n[stream]\ntime_field = \"/ts\"\ntype_field = \"/type\"\n[stream.group]\neach = \"/exp\"\nkey_label = \"experiment\"\nvalue_label = \"variant\"\n";
+
+    #[test]
+    fn the_shipped_top_n_job_builds_and_its_mistakes_are_named() {
+        let text = include_str!("../../../jobs/comments.toml");
+        let job = StreamJobConfig::from_toml(text, "comments.toml")
+            .unwrap()
+            .build()
+            .unwrap();
+        let t = job.topn.as_ref().unwrap();
+        assert_eq!((t.n, t.slide_ms, job.window_ms), (10, 1_000, 300_000));
+        assert!(job.group.is_none() && !t.weighted && !job.filters_other_types());
+        let bad = |from: &str, to: &str| err(&text.replacen(from, to, 1));
+        assert!(bad("slide = \"1s\"", "slide = \"7s\"").contains("t.toml: stream.topn.slide"));
+        assert!(bad("n = 10", "n = 0").contains("stream.topn.n"));
+        assert!(bad("member = \"/user\"", "member = \"/post\"").contains("stream.topn.member"));
+        assert!(bad("key = \"/post\"", "key = \"post\"")
+            .contains("stream.topn.key: \"post\" is not a JSON pointer"));
+        assert!(bad(
+            "\n[stream.topn]\n",
+            "\n[stream.group]\neach = \"/x\"\nkey_label = \"a\"\nvalue_label = \"b\"\n[stream.topn]\n"
+        )
+        .contains("not both"));
+        let with_metric = format!("{text}[[metric]]\nname = \"v\"\naggregate = \"count\"\n");
+        assert!(err(&with_metric)
+            .contains("t.toml: metric: a top-N job ([stream.topn]) has no [[metric]]"));
+        assert!(err(&HEAD.replace("[stream.group]\neach = \"/exp\"\nkey_label = \"experiment\"\nvalue_label = \"variant\"\n", ""))
+            .contains("needs [stream.group]"));
+    }
 
     #[test]
     fn errors_name_file_and_key() {

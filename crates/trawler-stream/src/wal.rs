@@ -36,15 +36,24 @@ pub struct Checkpoint {
     pub position: u64,
 }
 
-/// The log of one stream job.
-pub struct Wal {
+/// The segments of a log of framed records, whatever they hold: the
+/// windows' [`Wal`] and the top-N job's event log share it. Each record
+/// carries a key (a window start, an event time); a checkpoint deletes the
+/// segments whose every key is before its `closed_before`.
+pub struct Log {
     dir: PathBuf,
     current: File,
     current_no: u64,
     current_bytes: u64,
-    /// Per closed segment: (number, largest window start in it).
+    /// Per closed segment: (number, largest key in it).
     segments: Vec<(u64, i64)>,
-    current_max_ts: i64,
+    current_max: i64,
+    framed: Vec<u8>,
+}
+
+/// The log of one stream job.
+pub struct Wal {
+    log: Log,
     groups: File,
     buf: Vec<u8>,
 }
@@ -66,7 +75,7 @@ fn crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
@@ -74,7 +83,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+pub(crate) fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *b.get(*at)?;
@@ -87,11 +96,11 @@ fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-fn zigzag(v: i64) -> u64 {
+pub(crate) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzigzag(v: u64) -> i64 {
+pub(crate) fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
@@ -233,56 +242,14 @@ impl Wal {
         use std::io::Seek;
         groups_file.seek(io::SeekFrom::End(0))?;
 
-        let mut numbers: Vec<u64> = fs::read_dir(dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_prefix("wal-")?
-                    .strip_suffix(".log")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        numbers.sort_unstable();
-        let mut records = Vec::new();
-        let mut segments = Vec::new();
-        let mut torn = 0;
-        for &no in &numbers {
-            let bytes = fs::read(segment_path(dir, no))?;
-            let mut at = 0;
-            let mut max_start = i64::MIN;
-            while at < bytes.len() {
-                match frame(&bytes, at).and_then(|(p, next)| Some((decode(p, fields)?, next))) {
-                    Some((r, next)) => {
-                        if let Some(m) = r.events.iter().map(|e| e.0).max() {
-                            max_start = max_start.max(m.div_euclid(window_ms) * window_ms);
-                        }
-                        records.push(r);
-                        at = next;
-                    }
-                    None => {
-                        torn += 1;
-                        break;
-                    }
-                }
-            }
-            segments.push((no, max_start));
-        }
-        // Appends go to a fresh segment: a torn tail stays behind, ignored.
-        let current_no = numbers.last().map_or(1, |n| n + 1);
-        let current = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(segment_path(dir, current_no))?;
-        sync_dir(dir)?;
+        let (log, records, torn) = Log::open(dir, |p| {
+            let r = decode(p, fields)?;
+            let max = r.events.iter().map(|e| e.0).max().unwrap_or(i64::MIN);
+            Some((r, window_start(max, window_ms)))
+        })?;
         Ok(Opened {
             wal: Wal {
-                dir: dir.to_owned(),
-                current,
-                current_no,
-                current_bytes: 0,
-                segments,
-                current_max_ts: i64::MIN,
+                log,
                 groups: groups_file,
                 buf: Vec::new(),
             },
@@ -318,38 +285,127 @@ impl Wal {
         if record.is_empty() && record.position == 0 {
             return Ok(());
         }
-        if self.current_bytes >= SEGMENT_BYTES {
-            self.rotate()?;
-        }
         let mut payload = std::mem::take(&mut self.buf);
         payload.clear();
         encode(record, fields, &mut payload);
-        let mut framed = Vec::with_capacity(payload.len() + 8);
-        put_frame(&mut framed, &payload);
+        let max = record.events.iter().map(|e| e.0).max().unwrap_or(i64::MIN);
+        let appended = self.log.append(&payload, window_start(max, window_ms));
         self.buf = payload;
-        self.current.write_all(&framed)?;
-        self.current.sync_data()?;
-        self.current_bytes += framed.len() as u64;
-        if let Some(m) = record.events.iter().map(|e| e.0).max() {
-            self.current_max_ts = self.current_max_ts.max(m.div_euclid(window_ms) * window_ms);
+        appended
+    }
+
+    /// Saves `checkpoint` (the store has synced every sample before it),
+    /// then deletes the segments it makes unnecessary.
+    pub fn checkpoint(&mut self, checkpoint: Checkpoint) -> io::Result<()> {
+        self.log.checkpoint(checkpoint)
+    }
+
+    /// Log segments on disk (for metrics and tests).
+    pub fn segments(&self) -> usize {
+        self.log.segments()
+    }
+}
+
+fn window_start(ts: i64, window_ms: i64) -> i64 {
+    if ts == i64::MIN {
+        i64::MIN
+    } else {
+        ts.div_euclid(window_ms) * window_ms
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the segments in `dir` and decodes their records
+    /// with `decode` (a record and its key, or `None` when damaged):
+    /// the log, the records in order, and how many were torn or corrupt
+    /// (a damaged record ends its segment's replay: it was never
+    /// acknowledged, the fsync did not return). Appends go to a fresh
+    /// segment, so a torn tail stays behind, ignored.
+    pub fn open<R>(
+        dir: &Path,
+        mut decode: impl FnMut(&[u8]) -> Option<(R, i64)>,
+    ) -> io::Result<(Log, Vec<R>, u64)> {
+        fs::create_dir_all(dir)?;
+        let mut numbers: Vec<u64> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_prefix("wal-")?
+                    .strip_suffix(".log")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        numbers.sort_unstable();
+        let mut records = Vec::new();
+        let mut segments = Vec::new();
+        let mut torn = 0;
+        for &no in &numbers {
+            let bytes = fs::read(segment_path(dir, no))?;
+            let mut at = 0;
+            let mut max = i64::MIN;
+            while at < bytes.len() {
+                match frame(&bytes, at).and_then(|(p, next)| Some((decode(p)?, next))) {
+                    Some(((r, key), next)) => {
+                        max = max.max(key);
+                        records.push(r);
+                        at = next;
+                    }
+                    None => {
+                        torn += 1;
+                        break;
+                    }
+                }
+            }
+            segments.push((no, max));
         }
+        let current_no = numbers.last().map_or(1, |n| n + 1);
+        let current = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(dir, current_no))?;
+        sync_dir(dir)?;
+        let log = Log {
+            dir: dir.to_owned(),
+            current,
+            current_no,
+            current_bytes: 0,
+            segments,
+            current_max: i64::MIN,
+            framed: Vec::new(),
+        };
+        Ok((log, records, torn))
+    }
+
+    /// Appends one record whose key is `key` and fsyncs: when this returns
+    /// `Ok`, the record survives a crash.
+    pub fn append(&mut self, payload: &[u8], key: i64) -> io::Result<()> {
+        if self.current_bytes >= SEGMENT_BYTES {
+            self.rotate()?;
+        }
+        self.framed.clear();
+        put_frame(&mut self.framed, payload);
+        self.current.write_all(&self.framed)?;
+        self.current.sync_data()?;
+        self.current_bytes += self.framed.len() as u64;
+        self.current_max = self.current_max.max(key);
         Ok(())
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        self.segments.push((self.current_no, self.current_max_ts));
+        self.segments.push((self.current_no, self.current_max));
         self.current_no += 1;
         self.current = OpenOptions::new()
             .create(true)
             .append(true)
             .open(segment_path(&self.dir, self.current_no))?;
         self.current_bytes = 0;
-        self.current_max_ts = i64::MIN;
+        self.current_max = i64::MIN;
         sync_dir(&self.dir)
     }
 
-    /// Saves `checkpoint` (the store has synced every sample before it),
-    /// then deletes the segments it makes unnecessary.
+    /// Saves `checkpoint` atomically, then deletes the segments whose keys
+    /// are all before its `closed_before`.
     pub fn checkpoint(&mut self, checkpoint: Checkpoint) -> io::Result<()> {
         let text = format!(
             "{} {} {}",
@@ -364,24 +420,24 @@ impl Wal {
         }
         fs::rename(&tmp, self.dir.join("checkpoint"))?;
         sync_dir(&self.dir)?;
-        // The current segment rotates once everything in it is stored, so
+        // The current segment rotates once everything in it is done, so
         // an idle job keeps no log behind.
-        if self.current_bytes > 0 && self.current_max_ts < checkpoint.closed_before {
+        if self.current_bytes > 0 && self.current_max < checkpoint.closed_before {
             self.rotate()?;
         }
         let mut kept = Vec::new();
-        for (no, max_start) in std::mem::take(&mut self.segments) {
-            if max_start < checkpoint.closed_before {
+        for (no, max) in std::mem::take(&mut self.segments) {
+            if max < checkpoint.closed_before {
                 fs::remove_file(segment_path(&self.dir, no))?;
             } else {
-                kept.push((no, max_start));
+                kept.push((no, max));
             }
         }
         self.segments = kept;
         Ok(())
     }
 
-    /// Log segments on disk (for metrics and tests).
+    /// Segments on disk (for metrics and tests).
     pub fn segments(&self) -> usize {
         self.segments.len() + 1
     }
@@ -402,7 +458,8 @@ fn frame(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
     (crc(payload) == sum).then_some((payload, at + 8 + len))
 }
 
-fn read_checkpoint(dir: &Path) -> io::Result<Option<Checkpoint>> {
+/// The checkpoint saved in `dir`, if any; a damaged one is an error.
+pub fn read_checkpoint(dir: &Path) -> io::Result<Option<Checkpoint>> {
     let path = dir.join("checkpoint");
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,

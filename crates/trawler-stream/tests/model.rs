@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
 use trawler_stream::{
-    Batch, Counters, Decoder, Groups, Num, Pipeline, Sample, Sink, StreamJob, StreamJobConfig,
+    Batch, Counters, Decoder, Groups, Num, Pipeline, Processor, Sample, Sink, StreamJob,
+    StreamJobConfig,
 };
 
 const JOB: &str = r#"

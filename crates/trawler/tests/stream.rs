@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{addr_of, eventually, get, http, http_with, Proc};
@@ -34,16 +34,9 @@ fn expo() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../jobs/expo.toml")
 }
 
-/// The expo job with some keys replaced, written into `dir`.
-fn job_with(dir: &Path, replace: &[(&str, &str)]) -> std::path::PathBuf {
-    let mut text = std::fs::read_to_string(expo()).unwrap();
-    for (a, b) in replace {
-        assert!(text.contains(a), "{a} not in the job");
-        text = text.replacen(a, b, 1);
-    }
-    let path = dir.join("job.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+/// The job with some text replaced, written into `dir`.
+fn job_with(dir: &Path, replace: &[(&str, &str)]) -> PathBuf {
+    common::job_with(&expo(), dir, replace)
 }
 
 fn view(ts: i64, user: &str, exp: &str) -> String {

@@ -1,7 +1,9 @@
 //! `trawler gen`: workload generators for the stream jobs.
 //!
 //! `trawler gen expo` writes the events of the A/B-test workload
-//! (`trawler_sim::expo`, format in `docs/STREAMS.md`) to stdout, a file
+//! (`trawler_sim::expo`, format in `docs/STREAMS.md`), `trawler gen
+//! comments` those of the top-N workload (`trawler_sim::comments`), to
+//! stdout, a file
 //! (gzip with a `.gz` name), a stream job's HTTP endpoint or a NATS
 //! JetStream subject, at a target rate.
 //!
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use trawler_sim::comments::{Comments, CommentsConfig};
 use trawler_sim::expo::{Expo, ExpoConfig};
 
 use crate::cli::mockstagram::parse_duration;
@@ -29,6 +32,8 @@ use crate::cli::mockstagram::parse_duration;
 pub enum Gen {
     /// Events of users in A/B tests (the `expo` stream job's input), as NDJSON.
     Expo(ExpoArgs),
+    /// Comments under posts (the `comments` top-N job's input), as NDJSON.
+    Comments(CommentsArgs),
 }
 
 /// Generate the events of the `expo` workload: users in A/B tests viewing,
@@ -47,6 +52,69 @@ pub enum Gen {
 /// `publish_errors=…` for the network outputs.
 #[derive(Debug, clap::Args)]
 pub struct ExpoArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Number of experiments (`e1`…).
+    #[arg(long, default_value_t = 20)]
+    pub experiments: u32,
+    /// Variants per experiment (`control`, `A`, `B`; with more than 3:
+    /// `control`, `v1`…).
+    #[arg(long, default_value_t = 3)]
+    pub variants: u32,
+    /// Each user is in 1 to this many experiments.
+    #[arg(long, default_value_t = 4)]
+    pub experiments_per_user: u32,
+    /// Number of users (`u1`…, Zipf-like popularity).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub users: u64,
+    /// Exponent of the users' popularity.
+    #[arg(long, default_value_t = 1.1)]
+    pub zipf_s: f64,
+    /// Share of events of a type no metric uses (heartbeat, scroll, impression).
+    #[arg(long, default_value_t = 0.3)]
+    pub useless_share: f64,
+    /// Share of events whose time is moved back by up to 20 s (within the
+    /// job's 30 s lateness).
+    #[arg(long, default_value_t = 0.01)]
+    pub late_share: f64,
+    /// Share of events moved back by 2 to 5 minutes (beyond the lateness:
+    /// the job drops them).
+    #[arg(long, default_value_t = 0.0)]
+    pub too_late_share: f64,
+}
+
+/// Generate the comments of the `comments` top-N workload: users
+/// commenting under posts, a few posts viral (docs/TOPN.md).
+///
+/// Same seed and flags, same events; event time as for `trawler gen expo`.
+#[derive(Debug, clap::Args)]
+pub struct CommentsArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Number of posts (`p1`…, Zipf-like popularity).
+    #[arg(long, default_value_t = 100_000)]
+    pub posts: u64,
+    /// Number of users (`u1`…, Zipf-like activity).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub users: u64,
+    /// Exponent of the posts' popularity.
+    #[arg(long, default_value_t = 1.2)]
+    pub post_s: f64,
+    /// Exponent of the users' activity.
+    #[arg(long, default_value_t = 1.0)]
+    pub user_s: f64,
+    /// Share of events moved back by up to 5 s (within the job's 10 s
+    /// lateness).
+    #[arg(long, default_value_t = 0.02)]
+    pub late_share: f64,
+    /// Share of events moved back by 20 to 60 s (beyond the lateness).
+    #[arg(long, default_value_t = 0.0)]
+    pub too_late_share: f64,
+}
+
+/// Where the events go and how fast: the flags every generator shares.
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
     /// Where the events go: `-` (stdout), a file (`.gz`: gzip),
     /// `http://HOST:PORT/api/v1/streams/{job}/events` (POST NDJSON batches)
     /// or `nats://HOST:PORT/SUBJECT` (JetStream, one batch per message,
@@ -89,44 +157,18 @@ pub struct ExpoArgs {
     /// HTTP: the job's API token (`trawler run --api-token`).
     #[arg(long, env = "TRAWLER_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Number of experiments (`e1`…).
-    #[arg(long, default_value_t = 20)]
-    pub experiments: u32,
-    /// Variants per experiment (`control`, `A`, `B`; with more than 3:
-    /// `control`, `v1`…).
-    #[arg(long, default_value_t = 3)]
-    pub variants: u32,
-    /// Each user is in 1 to this many experiments.
-    #[arg(long, default_value_t = 4)]
-    pub experiments_per_user: u32,
-    /// Number of users (`u1`…, Zipf-like popularity).
-    #[arg(long, default_value_t = 1_000_000)]
-    pub users: u64,
-    /// Exponent of the users' popularity.
-    #[arg(long, default_value_t = 1.1)]
-    pub zipf_s: f64,
-    /// Share of events of a type no metric uses (heartbeat, scroll, impression).
-    #[arg(long, default_value_t = 0.3)]
-    pub useless_share: f64,
-    /// Share of events whose time is moved back by up to 20 s (within the
-    /// job's 30 s lateness).
-    #[arg(long, default_value_t = 0.01)]
-    pub late_share: f64,
-    /// Share of events moved back by 2 to 5 minutes (beyond the lateness:
-    /// the job drops them).
-    #[arg(long, default_value_t = 0.0)]
-    pub too_late_share: f64,
 }
 
 /// Runs the chosen generator.
 pub fn run(gen: Gen) -> anyhow::Result<()> {
     match gen {
         Gen::Expo(args) => expo(args),
+        Gen::Comments(args) => comments(args),
     }
 }
 
 /// The generators a stream job can name in `[stream] generator`.
-pub const GENERATORS: &[&str] = &["expo"];
+pub const GENERATORS: &[&str] = &["expo", "comments"];
 
 /// Feeds a running stream job from its built-in generator (`trawler run
 /// --gen RATE`): the generator's defaults, event time following the clock,
@@ -145,8 +187,12 @@ pub fn feed(generator: &str, rate: f64, url: &str, token: Option<String>) -> any
             .map_err(|e| anyhow::anyhow!("the built-in generator {generator:?}: {e}"))?;
     match line.gen {
         Gen::Expo(mut args) => {
-            args.token = token;
+            args.output.token = token;
             expo(args)
+        }
+        Gen::Comments(mut args) => {
+            args.output.token = token;
+            comments(args)
         }
     }
 }
@@ -207,7 +253,7 @@ fn event_time(start: Option<i64>, rate: f64, time_rate: Option<f64>) -> anyhow::
 fn expo(args: ExpoArgs) -> anyhow::Result<()> {
     // Validate everything, then start anything.
     let model = Expo::new(ExpoConfig {
-        seed: args.seed,
+        seed: args.output.seed,
         experiments: args.experiments,
         variants: args.variants,
         max_experiments_per_user: args.experiments_per_user,
@@ -218,6 +264,42 @@ fn expo(args: ExpoArgs) -> anyhow::Result<()> {
         too_late_share: args.too_late_share,
     })
     .context("invalid workload settings")?;
+    generate(model, &args.output)
+}
+
+fn comments(args: CommentsArgs) -> anyhow::Result<()> {
+    let model = Comments::new(CommentsConfig {
+        seed: args.output.seed,
+        posts: args.posts,
+        users: args.users,
+        post_s: args.post_s,
+        user_s: args.user_s,
+        late_share: args.late_share,
+        too_late_share: args.too_late_share,
+    })
+    .context("invalid workload settings")?;
+    generate(model, &args.output)
+}
+
+/// A workload model: writes event after event.
+trait Model {
+    fn write_event(&mut self, ts_ms: i64, out: &mut Vec<u8>);
+}
+
+impl Model for Expo {
+    fn write_event(&mut self, ts_ms: i64, out: &mut Vec<u8>) {
+        Expo::write_event(self, ts_ms, out)
+    }
+}
+
+impl Model for Comments {
+    fn write_event(&mut self, ts_ms: i64, out: &mut Vec<u8>) {
+        Comments::write_event(self, ts_ms, out)
+    }
+}
+
+/// Runs `model` to `args`'s output and prints the summary line.
+fn generate(model: impl Model, args: &OutputArgs) -> anyhow::Result<()> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!(
             "--rate must be a number of events per second (0 = no limit), got {}",
@@ -282,7 +364,7 @@ struct Plan {
 
 /// Draws batches on schedule and hands them to `sink`; returns its report.
 fn produce(
-    mut model: Expo,
+    mut model: impl Model,
     plan: &Plan,
     mut sink: Box<dyn sink::Sink>,
 ) -> anyhow::Result<sink::Report> {

@@ -371,3 +371,16 @@ pub fn spawn(program: &Path, args: &[String], log: &Path) -> Server {
         .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
     Server { child }
 }
+
+/// The job file `job` with some text replaced (each must be there), written
+/// as `dir/job.toml`.
+pub fn job_with(job: &Path, dir: &Path, replace: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(job).unwrap();
+    for (a, b) in replace {
+        assert!(text.contains(a), "{a} not in the job");
+        text = text.replacen(a, b, 1);
+    }
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

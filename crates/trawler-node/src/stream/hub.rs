@@ -1,0 +1,334 @@
+//! The subscribers of a top-N job and the pushes to them.
+//!
+//! The sequencer calls [`HubPublisher::publish`] on every tick with the
+//! engine in hand: the hub takes, under its own lock, the changed keys that
+//! some subscriber follows (a key changed while nobody follows it costs
+//! nothing more), serializes each list once, and gives every subscriber one
+//! message with all of its changed keys. Queues are bounded and written
+//! with `try_send`: a subscriber whose queue is full has stopped reading;
+//! it is dropped (its stream ends) and counted, and nobody waits for it.
+//!
+//! Lock order: the pipeline's, then the hub's (the sequencer holds the
+//! pipeline while publishing; a new subscription registers first, then
+//! takes the pipeline to send its snapshot, so the snapshot is never older
+//! than an update queued before it).
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+use trawler_api::streams::{TopAnswer, TopMember, TopMessage};
+use trawler_api::ApiError;
+use trawler_stream::{Publish, TopList, TopN};
+
+/// Messages queued per subscriber before it counts as stalled.
+pub const QUEUE: usize = 64;
+
+/// Counters of the hub, for `/metrics` and stats.
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    /// Subscribers now.
+    pub subscribers: AtomicU64,
+    /// Subscribers dropped because their queue was full.
+    pub dropped_slow: AtomicU64,
+    /// Subscriptions refused at the cap.
+    pub refused: AtomicU64,
+    /// Messages queued to subscribers.
+    pub messages: AtomicU64,
+    /// Key lists pushed (a message holds one or more).
+    pub lists: AtomicU64,
+}
+
+struct Sub {
+    public: String,
+    keys: Vec<String>,
+    tx: mpsc::Sender<TopMessage>,
+}
+
+#[derive(Default)]
+struct State {
+    subs: HashMap<u64, Sub>,
+    by_key: HashMap<String, Vec<u64>>,
+    by_public: HashMap<String, u64>,
+    next: u64,
+}
+
+impl State {
+    fn add_keys(&mut self, sub: u64, keys: &[String]) {
+        for k in keys {
+            self.by_key.entry(k.clone()).or_default().push(sub);
+        }
+    }
+
+    fn remove_keys(&mut self, sub: u64, keys: &[String]) {
+        for k in keys {
+            if let Some(list) = self.by_key.get_mut(k) {
+                list.retain(|&s| s != sub);
+                if list.is_empty() {
+                    self.by_key.remove(k);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, sub: u64) -> bool {
+        match self.subs.remove(&sub) {
+            Some(s) => {
+                self.remove_keys(sub, &s.keys);
+                self.by_public.remove(&s.public);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The subscribers of one top-N job.
+pub struct Hub {
+    state: Mutex<State>,
+    max_subscribers: usize,
+    seq: AtomicU64,
+    ids: std::collections::hash_map::RandomState,
+    /// Its counters.
+    pub counters: HubCounters,
+}
+
+/// Drops its subscription when the client goes away.
+struct Guard {
+    hub: Arc<Hub>,
+    sub: u64,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.sub);
+    }
+}
+
+/// A registered subscription, before its snapshot is sent.
+pub struct Registered {
+    /// The internal id.
+    pub sub: u64,
+    /// The public id.
+    pub public: String,
+    /// Its queue's sender (for the snapshot).
+    pub tx: mpsc::Sender<TopMessage>,
+    /// Its queue.
+    pub rx: mpsc::Receiver<TopMessage>,
+}
+
+impl Hub {
+    /// A hub admitting at most `max_subscribers`.
+    pub fn new(max_subscribers: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            state: Mutex::new(State::default()),
+            max_subscribers,
+            seq: AtomicU64::new(0),
+            ids: std::collections::hash_map::RandomState::new(),
+            counters: HubCounters::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a subscriber to `keys`; 503 at the cap.
+    pub fn register(&self, keys: &[String]) -> Result<Registered, ApiError> {
+        let mut st = self.lock();
+        if st.subs.len() >= self.max_subscribers {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::TooManySubscribers {
+                limit: self.max_subscribers,
+            });
+        }
+        st.next += 1;
+        let sub = st.next;
+        // 128 bits from the process's random SipHash keys: unguessable,
+        // so the id alone lets its holder change the keys.
+        let public = format!(
+            "{:016x}{:016x}",
+            self.ids.hash_one((sub, 0u8)),
+            self.ids.hash_one((sub, 1u8))
+        );
+        let (tx, rx) = mpsc::channel(QUEUE);
+        st.add_keys(sub, keys);
+        st.by_public.insert(public.clone(), sub);
+        st.subs.insert(
+            sub,
+            Sub {
+                public: public.clone(),
+                keys: keys.to_vec(),
+                tx: tx.clone(),
+            },
+        );
+        self.counters
+            .subscribers
+            .store(st.subs.len() as u64, Ordering::Relaxed);
+        Ok(Registered {
+            sub,
+            public,
+            tx,
+            rx,
+        })
+    }
+
+    /// The guard that unsubscribes `sub` when dropped.
+    pub fn guard(self: &Arc<Self>, sub: u64) -> Box<dyn Send + Sync> {
+        Box::new(Guard {
+            hub: self.clone(),
+            sub,
+        })
+    }
+
+    fn unsubscribe(&self, sub: u64) {
+        let mut st = self.lock();
+        st.remove(sub);
+        self.counters
+            .subscribers
+            .store(st.subs.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Replaces the keys of the subscription `public`; returns its sender
+    /// and the keys it did not follow before (to send their snapshots).
+    pub fn set_keys(
+        &self,
+        public: &str,
+        keys: &[String],
+    ) -> Result<(mpsc::Sender<TopMessage>, Vec<String>), ApiError> {
+        let mut st = self.lock();
+        let sub = *st.by_public.get(public).ok_or_else(|| {
+            ApiError::not_found("no_subscription", "no live subscription has this id")
+        })?;
+        let old = std::mem::take(&mut st.subs.get_mut(&sub).expect("registered").keys);
+        st.remove_keys(sub, &old);
+        st.add_keys(sub, keys);
+        let s = st.subs.get_mut(&sub).expect("registered");
+        s.keys = keys.to_vec();
+        let added = keys.iter().filter(|k| !old.contains(k)).cloned().collect();
+        Ok((s.tx.clone(), added))
+    }
+
+    /// Ends every subscription (shutdown): their streams finish, so the
+    /// server's graceful stop does not wait for clients that never leave.
+    pub fn close_all(&self) {
+        let mut st = self.lock();
+        *st = State {
+            next: st.next,
+            ..State::default()
+        };
+        self.counters.subscribers.store(0, Ordering::Relaxed);
+    }
+
+    /// The next message id.
+    pub fn next_id(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Queues `event` with `lists` to one subscriber (a snapshot); a full
+    /// queue drops it like a slow one.
+    pub fn send_one(&self, tx: &mpsc::Sender<TopMessage>, event: &'static str, lists: &[TopList]) {
+        let data = lists_json(lists.iter().map(list_json));
+        let m = TopMessage {
+            id: self.next_id(),
+            event,
+            data: data.into(),
+        };
+        if tx.try_send(m).is_ok() {
+            self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The answer type of one list.
+pub fn answer(l: &TopList) -> TopAnswer {
+    TopAnswer {
+        key: l.key.clone(),
+        total: l.total,
+        events: l.events,
+        members: l.members,
+        top: l
+            .top
+            .iter()
+            .map(|(m, v)| TopMember {
+                member: m.clone(),
+                value: *v,
+            })
+            .collect(),
+        latest_ts: l.latest_ts,
+        window_end: l.window_end,
+    }
+}
+
+fn list_json(l: &TopList) -> String {
+    serde_json::to_string(&answer(l)).expect("a list serializes")
+}
+
+fn lists_json<'a>(parts: impl Iterator<Item = impl AsRef<str> + 'a>) -> String {
+    let mut out = String::from("{\"lists\":[");
+    for (i, p) in parts.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(p.as_ref());
+    }
+    out.push_str("]}");
+    out
+}
+
+/// The hub as the pipeline's [`Publish`].
+pub struct HubPublisher(pub Arc<Hub>);
+
+impl Publish for HubPublisher {
+    fn publish(&mut self, engine: &mut TopN, now_ms: i64, interval_ms: i64) {
+        let hub = &self.0;
+        let mut st = hub.lock();
+        let lists = engine.take_changed(now_ms, interval_ms, |k| st.by_key.contains_key(k));
+        if lists.is_empty() {
+            return;
+        }
+        let json: Vec<String> = lists.iter().map(list_json).collect();
+        let mut per_sub: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, l) in lists.iter().enumerate() {
+            for &sub in st.by_key.get(&l.key).into_iter().flatten() {
+                per_sub.entry(sub).or_default().push(i);
+            }
+        }
+        let id = hub.next_id();
+        let mut slow = Vec::new();
+        for (sub, idx) in per_sub {
+            let Some(s) = st.subs.get(&sub) else { continue };
+            let data = lists_json(idx.iter().map(|&i| json[i].as_str()));
+            let m = TopMessage {
+                id,
+                event: "update",
+                data: data.into(),
+            };
+            match s.tx.try_send(m) {
+                Ok(()) => {
+                    hub.counters.messages.fetch_add(1, Ordering::Relaxed);
+                    hub.counters
+                        .lists
+                        .fetch_add(idx.len() as u64, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => slow.push(sub),
+                // Gone: its guard unsubscribes it.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        for sub in slow {
+            if st.remove(sub) {
+                hub.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    sub,
+                    "top-N subscriber dropped: its queue is full (it stopped reading)"
+                );
+            }
+        }
+        hub.counters
+            .subscribers
+            .store(st.subs.len() as u64, Ordering::Relaxed);
+    }
+}
