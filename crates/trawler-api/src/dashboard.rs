@@ -22,6 +22,8 @@ const APP_JS: &str = include_str!("../assets/app.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
 const STREAM_HTML: &str = include_str!("../assets/stream.html");
 const STREAM_JS: &str = include_str!("../assets/stream.js");
+const TOPN_HTML: &str = include_str!("../assets/topn.html");
+const TOPN_JS: &str = include_str!("../assets/topn.js");
 const UPLOT_JS: &str = include_str!("../assets/vendor/uplot/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../assets/vendor/uplot/uPlot.min.css");
 
@@ -39,6 +41,9 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(info: &JobInfo) -> Router
 pub(crate) fn stream_router<S: Clone + Send + Sync + 'static>(
     info: &crate::streams::StreamInfo,
 ) -> Router<S> {
+    if info.topn.is_some() {
+        return page(TOPN_HTML, &info.name, info, ("/assets/topn.js", TOPN_JS));
+    }
     page(
         STREAM_HTML,
         &info.name,

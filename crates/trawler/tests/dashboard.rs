@@ -229,6 +229,43 @@ fn the_stream_dashboard_shows_health_and_variants_side_by_side_in_a_real_browser
     drop(run);
 }
 
+#[test]
+fn the_top_n_dashboard_shows_the_hottest_lists_and_pushed_changes_in_a_real_browser() {
+    let data = tempfile::tempdir().unwrap();
+    let job = repo_root().join("jobs/comments.toml");
+    let run = Proc::start(&[
+        "run",
+        "--config",
+        job.to_str().unwrap(),
+        "--data",
+        data.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let api = run.wait_line("listening on ", Duration::from_secs(60));
+    let addr = common::addr_of(&api);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let mut body = String::new();
+    for i in 0..600 {
+        body += &format!(
+            "{{\"ts\":{now},\"post\":\"p{}\",\"user\":\"u{}\",\"words\":2}}\n",
+            i % 5,
+            i % 17
+        );
+    }
+    let r = common::http(addr, "POST", "/api/v1/streams/comments/events", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let seen = run_script("topn.mjs", &[&api], &["topn.png".to_owned()]);
+    assert_eq!(seen["job"], "comments", "{seen}");
+    assert_eq!(seen["keys"].as_array().unwrap().len(), 5, "{seen}");
+    assert_eq!(seen["pushed"], true, "{seen}");
+    drop(run);
+}
+
 /// Playwright's `waitForFunction` takes the Promise an async predicate
 /// returns as true at once, so such a wait never waits: it once let the
 /// dashboard check open an account before it had a stored point (an empty

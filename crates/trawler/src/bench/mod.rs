@@ -11,6 +11,7 @@ pub mod sim;
 pub mod soak;
 pub mod store;
 pub mod stream;
+pub mod topn;
 
 use clap::Subcommand;
 
@@ -29,6 +30,8 @@ pub enum Bench {
     Store(store::Args),
     /// The expo stream job: aggregation per core, HTTP and JetStream end to end, beside DuckDB and bytewax.
     Stream(stream::Args),
+    /// The comments top-N job: aggregation per core, RSS per pair, SSE subscribers while ingesting, beside Redis.
+    Topn(topn::Args),
 }
 
 /// Runs the chosen benchmark.
@@ -40,5 +43,6 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Soak(args) => soak::run(args),
         Bench::Store(args) => store::run(args),
         Bench::Stream(args) => stream::run(args),
+        Bench::Topn(args) => topn::run(args),
     }
 }

@@ -66,7 +66,7 @@ pub struct Args {
 }
 
 /// The repository (scripts/peers, jobs/expo.toml).
-fn repo() -> PathBuf {
+pub(super) fn repo() -> PathBuf {
     let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     if built.join("scripts/peers").is_dir() {
         return built.canonicalize().unwrap_or(built);
@@ -105,7 +105,7 @@ fn time_rate(args: &Args) -> f64 {
 }
 
 /// A `key=value` field of a summary line.
-fn field(text: &str, key: &str) -> Option<f64> {
+pub(super) fn field(text: &str, key: &str) -> Option<f64> {
     let pat = format!("{key}=");
     text.split_whitespace()
         .find_map(|w| w.strip_prefix(&pat))
@@ -117,7 +117,7 @@ fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     text.lines().find(|l| l.starts_with(prefix))
 }
 
-fn checked(out: Output, what: &str) -> anyhow::Result<String> {
+pub(super) fn checked(out: Output, what: &str) -> anyhow::Result<String> {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let text = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
@@ -126,11 +126,11 @@ fn checked(out: Output, what: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
+pub(super) fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
@@ -143,7 +143,7 @@ fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
 
 /// A program on the PATH or in the sbin folders (Debian puts nats-server
 /// in /usr/sbin); installed with scripts/deps when missing.
-fn program(name: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn program(name: &str) -> anyhow::Result<PathBuf> {
     let find = || {
         std::env::var("PATH")
             .unwrap_or_default()
@@ -160,7 +160,7 @@ fn program(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// A process killed when dropped.
-struct Killed(Child);
+pub(super) struct Killed(pub(super) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -189,7 +189,7 @@ fn processed(s: &serde_json::Value) -> u64 {
 }
 
 /// Starts `trawler run` with `config` on a fresh data folder.
-fn start_run(config: &Path, data: &Path, log: &Path) -> anyhow::Result<Listening> {
+pub(super) fn start_run(config: &Path, data: &Path, log: &Path) -> anyhow::Result<Listening> {
     let mut cmd = child::this_binary()?;
     cmd.args(["run", "--listen", "127.0.0.1:0", "--config"])
         .arg(config)
