@@ -88,16 +88,35 @@ pub struct TopAnswer {
     pub window_end: i64,
 }
 
-/// One server-sent event of a subscription, serialized once for all its
-/// subscribers.
+/// One server-sent event of a subscription: the lists of one push that
+/// concern this subscriber. Each list is serialized once for every
+/// subscriber of its key (shared); the subscriber's own task joins them,
+/// so the pusher only clones pointers.
 #[derive(Debug, Clone)]
 pub struct TopMessage {
     /// `Last-Event-ID` of the message (the push's sequence number).
     pub id: u64,
     /// `snapshot` or `update`.
     pub event: &'static str,
+    /// The lists, each a [`TopAnswer`] as JSON.
+    pub lists: Vec<Arc<str>>,
+}
+
+impl TopMessage {
     /// `{"lists":[…]}`.
-    pub data: Arc<str>,
+    pub fn data(&self) -> String {
+        let mut out =
+            String::with_capacity(12 + self.lists.iter().map(|l| l.len() + 1).sum::<usize>());
+        out.push_str("{\"lists\":[");
+        for (i, l) in self.lists.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(l);
+        }
+        out.push_str("]}");
+        out
+    }
 }
 
 /// A live subscription: its id, its queue, and what ends it when dropped.
@@ -216,7 +235,7 @@ async fn subscribe<S: StreamBackend>(
         let e = Event::default()
             .event(m.event)
             .id(m.id.to_string())
-            .data(&*m.data);
+            .data(m.data());
         Some((Ok(e), (None, sub)))
     });
     Ok(Sse::new(stream)

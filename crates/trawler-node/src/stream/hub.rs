@@ -4,7 +4,8 @@
 //! engine in hand: the hub takes, under its own lock, the changed keys that
 //! some subscriber follows (a key changed while nobody follows it costs
 //! nothing more), serializes each list once, and gives every subscriber one
-//! message with all of its changed keys. Queues are bounded and written
+//! message with all of its changed keys (shared pointers to the lists; the
+//! subscriber's own task joins them into its event). Queues are bounded and written
 //! with `try_send`: a subscriber whose queue is full has stopped reading;
 //! it is dropped (its stream ends) and counted, and nobody waits for it.
 //!
@@ -230,11 +231,10 @@ impl Hub {
     /// Queues `event` with `lists` to one subscriber (a snapshot); a full
     /// queue drops it like a slow one.
     pub fn send_one(&self, tx: &mpsc::Sender<TopMessage>, event: &'static str, lists: &[TopList]) {
-        let data = lists_json(lists.iter().map(list_json));
         let m = TopMessage {
             id: self.next_id(),
             event,
-            data: data.into(),
+            lists: lists.iter().map(|l| list_json(l).into()).collect(),
         };
         if tx.try_send(m).is_ok() {
             self.counters.messages.fetch_add(1, Ordering::Relaxed);
@@ -266,18 +266,6 @@ fn list_json(l: &TopList) -> String {
     serde_json::to_string(&answer(l)).expect("a list serializes")
 }
 
-fn lists_json<'a>(parts: impl Iterator<Item = impl AsRef<str> + 'a>) -> String {
-    let mut out = String::from("{\"lists\":[");
-    for (i, p) in parts.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(p.as_ref());
-    }
-    out.push_str("]}");
-    out
-}
-
 /// The hub as the pipeline's [`Publish`].
 pub struct HubPublisher(pub Arc<Hub>);
 
@@ -289,7 +277,7 @@ impl Publish for HubPublisher {
         if lists.is_empty() {
             return;
         }
-        let json: Vec<String> = lists.iter().map(list_json).collect();
+        let json: Vec<Arc<str>> = lists.iter().map(|l| list_json(l).into()).collect();
         let mut per_sub: HashMap<u64, Vec<usize>> = HashMap::new();
         for (i, l) in lists.iter().enumerate() {
             for &sub in st.by_key.get(&l.key).into_iter().flatten() {
@@ -300,11 +288,10 @@ impl Publish for HubPublisher {
         let mut slow = Vec::new();
         for (sub, idx) in per_sub {
             let Some(s) = st.subs.get(&sub) else { continue };
-            let data = lists_json(idx.iter().map(|&i| json[i].as_str()));
             let m = TopMessage {
                 id,
                 event: "update",
-                data: data.into(),
+                lists: idx.iter().map(|&i| json[i].clone()).collect(),
             };
             match s.tx.try_send(m) {
                 Ok(()) => {
