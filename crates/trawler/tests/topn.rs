@@ -412,3 +412,55 @@ fn kill_9_then_restart_gives_the_same_lists() {
     }
     run.terminate(Duration::from_secs(20));
 }
+
+#[test]
+fn gen_feeds_the_job_and_gen_subscribers_measures_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let mut run = Proc::start(&[
+        "run",
+        "--config",
+        comments_job().to_str().unwrap(),
+        "--data",
+        dir.path().join("data").to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--gen",
+        "3000",
+    ]);
+    let api = addr_of(&run.wait_line("listening on ", Duration::from_secs(60)));
+    eventually(Duration::from_secs(60), || {
+        (get(api, BASE)["stats"]["accepted"].as_u64()? > 1_000).then_some(())
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trawler"))
+        .args(["gen", "subscribers", "--api", &listen, "--connections", "5"])
+        .args([
+            "--keys",
+            "3",
+            "--posts",
+            "10",
+            "--duration",
+            "3s",
+            "--warmup",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("subscribers: connected="))
+        .unwrap_or_else(|| panic!("no summary:\n{err}"));
+    let field = |k: &str| -> f64 {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(field("connected"), 5.0, "{line}");
+    assert!(field("updates") > 0.0, "{line}");
+    assert!(field("delivery_p99_ms").is_finite(), "{line}");
+    run.terminate(Duration::from_secs(20));
+}

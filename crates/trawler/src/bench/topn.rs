@@ -24,12 +24,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use trawler_sim::comments::{Comments, CommentsConfig};
 use trawler_stream::topn::{TopN, TopRecord};
 
@@ -200,84 +198,6 @@ fn generate(seed: u64, events: u64, time_rate: f64) -> Vec<u8> {
     out
 }
 
-/// Latencies (ms) and counts from the subscribers.
-#[derive(Default)]
-struct Delivery {
-    latencies: Mutex<Vec<f64>>,
-    updates: AtomicU64,
-    lists: AtomicU64,
-    connected: AtomicU64,
-    closed: AtomicU64,
-}
-
-fn now_ms() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
-}
-
-/// One SSE subscriber: reads events, records the latency of every list in
-/// every `update` once `measuring` is set.
-async fn subscriber(
-    api: std::net::SocketAddr,
-    keys: String,
-    d: Arc<Delivery>,
-    measuring: Arc<std::sync::atomic::AtomicBool>,
-) -> anyhow::Result<()> {
-    let mut s = tokio::net::TcpStream::connect(api).await?;
-    let req = format!(
-        "GET /api/v1/streams/comments/subscribe?keys={keys} HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).await?;
-    if !line.contains(" 200 ") {
-        bail!("subscribe answered {}", line.trim());
-    }
-    d.connected.fetch_add(1, Ordering::Relaxed);
-    let mut update = false;
-    let mut mine = Vec::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            d.closed.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        if let Some(e) = line.strip_prefix("event: ") {
-            update = e.trim() == "update";
-        } else if let Some(data) = line.strip_prefix("data: ") {
-            if !update || !measuring.load(Ordering::Relaxed) {
-                continue;
-            }
-            let now = now_ms();
-            d.updates.fetch_add(1, Ordering::Relaxed);
-            for part in data.split("\"latest_ts\":").skip(1) {
-                let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
-                if let Ok(ts) = digits.parse::<f64>() {
-                    mine.push(now - ts);
-                    d.lists.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            if mine.len() >= 256 {
-                d.latencies
-                    .lock()
-                    .expect("latencies")
-                    .extend(mine.drain(..));
-            }
-        }
-    }
-}
-
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
 /// What the end-to-end run measured.
 struct EndToEnd {
     connected: u64,
@@ -300,50 +220,10 @@ fn end_to_end(args: &Args, dir: &Path) -> anyhow::Result<EndToEnd> {
     let run = start_run(&config, &dir.join("data"), &dir.join("run.log"))?;
     let api = run.addr;
     // Readers look at popular posts: keys drawn as the comments are.
-    let mut model = Comments::new(CommentsConfig {
-        seed: args.seed + 1,
-        ..CommentsConfig::default()
-    })
-    .expect("default knobs");
-    let mut line = Vec::new();
-    let mut key_sets = Vec::with_capacity(args.subscribers);
-    for _ in 0..args.subscribers {
-        let mut keys: Vec<String> = Vec::new();
-        while keys.len() < args.keys {
-            line.clear();
-            model.write_event(0, &mut line);
-            let e: serde_json::Value = serde_json::from_slice(&line)?;
-            let p = e["post"].as_str().unwrap_or_default().to_owned();
-            if !keys.contains(&p) {
-                keys.push(p);
-            }
-        }
-        key_sets.push(keys.join(","));
-    }
-    let d = Arc::new(Delivery::default());
-    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    for (i, keys) in key_sets.into_iter().enumerate() {
-        let (d, m) = (d.clone(), measuring.clone());
-        rt.spawn(async move {
-            if let Err(e) = subscriber(api, keys, d, m).await {
-                tracing::debug!(error = %e, "subscriber failed");
-            }
-        });
-        if i % 500 == 499 {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (d.connected.load(Ordering::Relaxed) as usize) < args.subscribers
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let connected = d.connected.load(Ordering::Relaxed);
+    let sets =
+        crate::gen::subscribers::key_sets(args.seed + 1, 100_000, args.subscribers, args.keys)?;
+    let load = crate::gen::subscribers::Load::start(api, "comments", sets)?;
+    let connected = load.connected();
     println!(
         "  {connected} of {} subscribers connected ({} posts each)",
         args.subscribers, args.keys
@@ -369,24 +249,21 @@ fn end_to_end(args: &Args, dir: &Path) -> anyhow::Result<EndToEnd> {
             .unwrap_or(0.0))
     };
     let (a0, c0) = (accepted(api)?, child::cpu_seconds(run.pid()));
-    measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(args.seconds));
-    measuring.store(false, Ordering::Relaxed);
+    let m = load.measure(Duration::from_secs(args.seconds));
     let secs = t0.elapsed().as_secs_f64();
     let (a1, c1) = (accepted(api)?, child::cpu_seconds(run.pid()));
     let metrics = get_text(api, "/metrics")?;
     let dropped = child::metric(&metrics, "trawler_topn_subscribers_dropped_total").unwrap_or(0.0);
-    rt.shutdown_timeout(Duration::from_secs(1));
-    let mut lat = std::mem::take(&mut *d.latencies.lock().expect("latencies"));
+    load.stop();
     Ok(EndToEnd {
         connected,
-        p50: quantile(&mut lat, 0.5),
-        p99: quantile(&mut lat, 0.99),
+        p50: m.p50_ms,
+        p99: m.p99_ms,
         events_per_s: (a1 - a0) / secs,
         server_cores: (c1 - c0) / secs,
-        updates: d.updates.load(Ordering::Relaxed),
-        lists: d.lists.load(Ordering::Relaxed),
+        updates: m.updates,
+        lists: m.lists,
         dropped,
     })
 }

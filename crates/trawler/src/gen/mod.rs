@@ -17,6 +17,7 @@
 mod http;
 mod nats;
 mod sink;
+pub mod subscribers;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,8 @@ pub enum Gen {
     Expo(ExpoArgs),
     /// Comments under posts (the `comments` top-N job's input), as NDJSON.
     Comments(CommentsArgs),
+    /// Readers of a top-N job: SSE subscriptions, delivery latency.
+    Subscribers(subscribers::SubscribersArgs),
 }
 
 /// Generate the events of the `expo` workload: users in A/B tests viewing,
@@ -164,6 +167,7 @@ pub fn run(gen: Gen) -> anyhow::Result<()> {
     match gen {
         Gen::Expo(args) => expo(args),
         Gen::Comments(args) => comments(args),
+        Gen::Subscribers(args) => subscribers::run(args),
     }
 }
 
@@ -194,6 +198,7 @@ pub fn feed(generator: &str, rate: f64, url: &str, token: Option<String>) -> any
             args.output.token = token;
             comments(args)
         }
+        Gen::Subscribers(_) => bail!("{generator:?} generates no events"),
     }
 }
 
