@@ -86,6 +86,12 @@ pub enum Error {
         /// The store folder.
         path: PathBuf,
     },
+    /// A write was asked of a store opened read-only for inspection.
+    #[error("{path} was opened read-only (for inspection); nothing was written. Open it without `read_only` to change it")]
+    ReadOnly {
+        /// The store folder.
+        path: PathBuf,
+    },
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
