@@ -1,7 +1,9 @@
 //! Bucket aggregates: computing them from points, merging adjacent ones, and
 //! the transform that makes stored hourly rollups cheap.
 //!
-//! Stored integer rollups are not written as raw min/max/sum/first/last:
+//! Format version 1 stored hourly rollups in every block (version 2
+//! computes them from the values when read); their decoders stay here.
+//! Stored integer rollups were not written as raw min/max/sum/first/last:
 //! each field is rewritten as a small difference that pco codes in few bits
 //! (first − previous last is one step of the series, last − first one hour of
 //! steps, max − max(first, last) and min(first, last) − min are ≥ 0 and
@@ -78,6 +80,7 @@ pub(crate) fn aggregate(
 /// Rewrites hourly aggregates (one per hour from the series' first hour in
 /// the block, empty hours with count 0) as pco input: the counts, and the
 /// five fields laid out field-major.
+#[cfg(test)] // written by format version 1 only; the tests' encoder
 pub(crate) fn encode_int_rollups(
     hours: &[Option<Aggregate>],
     fields: &mut Vec<i64>,
@@ -153,31 +156,7 @@ pub(crate) fn decode_int_rollups(
     Some(())
 }
 
-/// Float rollups: the five fields as they are, field-major.
-pub(crate) fn encode_float_rollups(
-    hours: &[Option<Aggregate>],
-    fields: &mut Vec<f64>,
-    counts: &mut Vec<i64>,
-) {
-    let n = hours.len();
-    let base = fields.len();
-    fields.resize(base + 5 * n, 0.0);
-    for (h, agg) in hours.iter().enumerate() {
-        let Some(a) = agg else {
-            counts.push(0);
-            continue;
-        };
-        counts.push(a.count as i64);
-        for (i, v) in [a.first, a.last, a.min, a.max, a.sum]
-            .into_iter()
-            .enumerate()
-        {
-            fields[base + i * n + h] = v.as_f64();
-        }
-    }
-}
-
-/// Inverse of [`encode_float_rollups`].
+/// Float rollups (version 1): the five fields as they were, field-major.
 pub(crate) fn decode_float_rollups(
     first_hour_ms: i64,
     fields: &[f64],
@@ -208,6 +187,7 @@ pub(crate) fn decode_float_rollups(
 
 /// Hourly aggregates of time-sorted points as a dense run of hours from the
 /// first point's hour to the last's.
+#[cfg(test)] // written by format version 1 only; the tests' encoder
 pub(crate) fn hourly(kind: ValueKind, points: &[(i64, u64)]) -> Vec<Option<Aggregate>> {
     let mut aggs = Vec::new();
     aggregate(kind, points, crate::types::HOUR_MS, &mut aggs);

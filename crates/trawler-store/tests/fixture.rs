@@ -4,7 +4,8 @@
 //!
 //! * `v1`: written by the first version-1 build;
 //! * `v1-last`: written by the last version-1 build (blocks grouped by
-//!   volatility), just before format version 2.
+//!   volatility), just before format version 2;
+//! * `v2`: written by the first version-2 build (no stored rollups).
 //!
 //! Every later build must read each back exactly, and rewrite it in the
 //! current format when compacting; if this test fails, the format changed
@@ -190,4 +191,9 @@ fn version_1_fixture_reads_back_exactly() {
 #[test]
 fn last_version_1_fixture_reads_back_exactly() {
     reads_back_exactly("v1-last");
+}
+
+#[test]
+fn version_2_fixture_reads_back_exactly() {
+    reads_back_exactly("v2");
 }

@@ -264,7 +264,10 @@ impl Inner {
             for (&day, bs) in &days {
                 let finished = all
                     || (day + 1) * DAY_MS + self.config.flush_interval.as_millis() as i64 <= newest;
-                if finished && bs.len() > 1 {
+                // A finished day becomes one block, and a block of an older
+                // format version is rewritten in the current one.
+                let old_format = bs.iter().any(|b| b.version < crate::FORMAT_VERSION);
+                if finished && (bs.len() > 1 || old_format) {
                     job = Some((day, FINAL_LEVEL, bs.clone()));
                     break;
                 }
