@@ -5,7 +5,7 @@
 //! * `v1`: written by the first version-1 build;
 //! * `v1-last`: written by the last version-1 build (blocks grouped by
 //!   volatility), just before format version 2;
-//! * `v2`: written by the first version-2 build (no stored rollups).
+//! * `v2`: written by version 2 (no stored rollups; chord-coded series).
 //!
 //! Every later build must read each back exactly, and rewrite it in the
 //! current format when compacting; if this test fails, the format changed
