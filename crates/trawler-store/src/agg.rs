@@ -52,26 +52,53 @@ pub(crate) fn push_merged(out: &mut Vec<Aggregate>, agg: Aggregate) {
 }
 
 /// Aggregates time-sorted points into buckets of `bucket_ms` aligned to the
-/// epoch, appending to `out`.
+/// epoch, appending to `out`. Each bucket's run of points is folded in its
+/// native type (hourly rollups of blocks are computed here on every read).
 pub(crate) fn aggregate(
     kind: ValueKind,
     points: &[(i64, u64)],
     bucket_ms: i64,
     out: &mut Vec<Aggregate>,
 ) {
-    for &(ts, bits) in points {
-        let v = Value::from_bits(kind, bits);
-        let start = ts.div_euclid(bucket_ms) * bucket_ms;
+    let bucket = |ts: i64| ts.div_euclid(bucket_ms);
+    for run in points.chunk_by(|a, b| bucket(a.0) == bucket(b.0)) {
+        let (Some(&(ts, first)), Some(&(_, last))) = (run.first(), run.last()) else {
+            continue;
+        };
+        let v = |bits| Value::from_bits(kind, bits);
+        let (min, max, sum) = match kind {
+            ValueKind::Int => {
+                let (mut min, mut max, mut sum) = (i64::MAX, i64::MIN, 0i64);
+                for &(_, b) in run {
+                    let x = b as i64;
+                    min = min.min(x);
+                    max = max.max(x);
+                    sum = sum.wrapping_add(x);
+                }
+                (Value::Int(min), Value::Int(max), Value::Int(sum))
+            }
+            ValueKind::Float => {
+                let mut it = run.iter().map(|&(_, b)| f64::from_bits(b));
+                let x0 = it.next().unwrap_or_default();
+                let (mut min, mut max, mut sum) = (x0, x0, x0);
+                for x in it {
+                    min = min.min(x);
+                    max = max.max(x);
+                    sum += x;
+                }
+                (Value::Float(min), Value::Float(max), Value::Float(sum))
+            }
+        };
         push_merged(
             out,
             Aggregate {
-                start_ms: start,
-                count: 1,
-                min: v,
-                max: v,
-                sum: v,
-                first: v,
-                last: v,
+                start_ms: bucket(ts) * bucket_ms,
+                count: run.len() as u64,
+                min,
+                max,
+                sum,
+                first: v(first),
+                last: v(last),
             },
         );
     }

@@ -245,14 +245,19 @@ impl BlockWriter {
         // whichever the estimate says is smaller.
         let residuals = match kind {
             ValueKind::Int => {
-                let values: Vec<i64> = points.iter().map(|p| p.1 as i64).collect();
-                let residuals = chord::residuals(&values);
-                let steps: u64 = values
+                // Estimated without allocating: this runs for every series
+                // of every flush and compaction.
+                let value = |i: usize| points[i].1 as i64;
+                let steps: u64 = points
                     .windows(2)
-                    .map(|w| chord::bits(w[1].wrapping_sub(w[0])))
+                    .map(|w| chord::bits((w[1].1 as i64).wrapping_sub(w[0].1 as i64)))
                     .sum();
-                let chord_bits: u64 = residuals.iter().skip(1).map(|&r| chord::bits(r)).sum();
-                (chord_bits < steps).then_some(residuals)
+                let chord_bits: u64 = chord::residuals(points.len(), value)
+                    .skip(1)
+                    .map(chord::bits)
+                    .sum();
+                (chord_bits < steps)
+                    .then(|| chord::residuals(points.len(), value).collect::<Vec<i64>>())
             }
             ValueKind::Float => None,
         };
@@ -973,23 +978,19 @@ pub(crate) mod chord {
         first.wrapping_add(offset as i64)
     }
 
-    /// The residuals of `values` (empty in, empty out).
-    pub(crate) fn residuals(values: &[i64]) -> Vec<i64> {
-        let (Some(&first), Some(&last)) = (values.first(), values.last()) else {
-            return Vec::new();
+    /// The residuals of the `n` values `value(0..n)`, in stored order.
+    pub(crate) fn residuals(n: usize, value: impl Fn(usize) -> i64) -> impl Iterator<Item = i64> {
+        let (first, last) = if n == 0 {
+            (0, 0)
+        } else {
+            (value(0), value(n - 1))
         };
-        let n = values.len();
-        if n == 1 {
-            return vec![first];
-        }
         let span = last.wrapping_sub(first);
-        let mut out = Vec::with_capacity(n);
-        out.push(first);
-        for (i, &v) in values.iter().enumerate().take(n - 1).skip(1) {
-            out.push(v.wrapping_sub(line(first, span, i, n)));
-        }
-        out.push(span);
-        out
+        (0..n).map(move |i| match i {
+            0 => first,
+            i if i + 1 == n => span,
+            i => value(i).wrapping_sub(line(first, span, i, n)),
+        })
     }
 
     /// Turns residuals back into values, in place. Any input is accepted.
@@ -1142,7 +1143,7 @@ mod tests {
     proptest! {
         #[test]
         fn chord_residuals_restore_any_series(values in prop::collection::vec(any::<i64>(), 0..50)) {
-            let mut r = chord::residuals(&values);
+            let mut r: Vec<i64> = chord::residuals(values.len(), |i| values[i]).collect();
             chord::restore(&mut r);
             prop_assert_eq!(r, values);
         }
