@@ -54,15 +54,22 @@ pub(crate) fn push_merged(out: &mut Vec<Aggregate>, agg: Aggregate) {
 /// Aggregates time-sorted points into buckets of `bucket_ms` aligned to the
 /// epoch, appending to `out`. Each bucket's run of points is folded in its
 /// native type (hourly rollups of blocks are computed here on every read).
+/// The points must be sorted by time.
 pub(crate) fn aggregate(
     kind: ValueKind,
     points: &[(i64, u64)],
     bucket_ms: i64,
     out: &mut Vec<Aggregate>,
 ) {
-    let bucket = |ts: i64| ts.div_euclid(bucket_ms);
-    for run in points.chunk_by(|a, b| bucket(a.0) == bucket(b.0)) {
-        let (Some(&(ts, first)), Some(&(_, last))) = (run.first(), run.last()) else {
+    let mut rest = points;
+    while let Some(&(ts, _)) = rest.first() {
+        // One division per bucket, not per point: the points are sorted, so
+        // the bucket's run ends at the first point past its end.
+        let start = ts.div_euclid(bucket_ms) * bucket_ms;
+        let end = start.saturating_add(bucket_ms);
+        let (run, tail) = rest.split_at(rest.partition_point(|p| p.0 < end).max(1));
+        rest = tail;
+        let (Some(&(_, first)), Some(&(_, last))) = (run.first(), run.last()) else {
             continue;
         };
         let v = |bits| Value::from_bits(kind, bits);
@@ -92,7 +99,7 @@ pub(crate) fn aggregate(
         push_merged(
             out,
             Aggregate {
-                start_ms: bucket(ts) * bucket_ms,
+                start_ms: start,
                 count: run.len() as u64,
                 min,
                 max,
@@ -234,6 +241,42 @@ pub(crate) fn hourly(kind: ValueKind, points: &[(i64, u64)]) -> Vec<Option<Aggre
 mod tests {
     use super::*;
     use crate::types::HOUR_MS;
+
+    #[test]
+    fn buckets_match_a_point_by_point_fold_at_the_edges() {
+        let points: Vec<(i64, u64)> = [
+            (-HOUR_MS - 1, -7i64),
+            (-1, i64::MAX),
+            (0, i64::MAX),
+            (HOUR_MS - 1, 2),
+            (HOUR_MS, -2),
+            (i64::MAX - 1, 5),
+            (i64::MAX, 6),
+        ]
+        .iter()
+        .map(|&(t, v)| (t, v as u64))
+        .collect();
+        let mut got = Vec::new();
+        aggregate(ValueKind::Int, &points, HOUR_MS, &mut got);
+        let mut want = Vec::new();
+        for &(ts, bits) in &points {
+            let v = Value::from_bits(ValueKind::Int, bits);
+            push_merged(
+                &mut want,
+                Aggregate {
+                    start_ms: ts.div_euclid(HOUR_MS) * HOUR_MS,
+                    count: 1,
+                    min: v,
+                    max: v,
+                    sum: v,
+                    first: v,
+                    last: v,
+                },
+            );
+        }
+        assert_eq!(got, want);
+        assert_eq!(got.len(), 5);
+    }
 
     #[test]
     fn int_rollups_round_trip_through_the_transform() {
