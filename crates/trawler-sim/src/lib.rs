@@ -34,6 +34,8 @@
 //! APIs) and a non-mutating inspection API (`GET /_sim/stats`,
 //! `GET /_sim/accounts/{pk}`, `GET /_sim/packages/{name}`) that tests use to
 //! check, for instance, that an account was read exactly once per interval.
+//! [`hosts`] generates node_exporter-shaped host metrics for the store
+//! benchmark (no server involved).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,6 +49,7 @@
 
 pub mod comments;
 pub mod expo;
+pub mod hosts;
 pub mod model;
 pub mod packages;
 pub mod rng;

@@ -1,7 +1,9 @@
 //! Bucket aggregates: computing them from points, merging adjacent ones, and
 //! the transform that makes stored hourly rollups cheap.
 //!
-//! Stored integer rollups are not written as raw min/max/sum/first/last:
+//! Format version 1 stored hourly rollups in every block (version 2
+//! computes them from the values when read); their decoders stay here.
+//! Stored integer rollups were not written as raw min/max/sum/first/last:
 //! each field is rewritten as a small difference that pco codes in few bits
 //! (first − previous last is one step of the series, last − first one hour of
 //! steps, max − max(first, last) and min(first, last) − min are ≥ 0 and
@@ -50,26 +52,60 @@ pub(crate) fn push_merged(out: &mut Vec<Aggregate>, agg: Aggregate) {
 }
 
 /// Aggregates time-sorted points into buckets of `bucket_ms` aligned to the
-/// epoch, appending to `out`.
+/// epoch, appending to `out`. Each bucket's run of points is folded in its
+/// native type (hourly rollups of blocks are computed here on every read).
+/// The points must be sorted by time.
 pub(crate) fn aggregate(
     kind: ValueKind,
     points: &[(i64, u64)],
     bucket_ms: i64,
     out: &mut Vec<Aggregate>,
 ) {
-    for &(ts, bits) in points {
-        let v = Value::from_bits(kind, bits);
+    let mut rest = points;
+    while let Some(&(ts, _)) = rest.first() {
+        // One division per bucket, not per point: the points are sorted, so
+        // the bucket's run ends at the first point past its end.
         let start = ts.div_euclid(bucket_ms) * bucket_ms;
+        let end = start.saturating_add(bucket_ms);
+        let (run, tail) = rest.split_at(rest.partition_point(|p| p.0 < end).max(1));
+        rest = tail;
+        let (Some(&(_, first)), Some(&(_, last))) = (run.first(), run.last()) else {
+            continue;
+        };
+        let v = |bits| Value::from_bits(kind, bits);
+        let (min, max, sum) = match kind {
+            ValueKind::Int => {
+                let (mut min, mut max, mut sum) = (i64::MAX, i64::MIN, 0i64);
+                for &(_, b) in run {
+                    let x = b as i64;
+                    min = min.min(x);
+                    max = max.max(x);
+                    sum = sum.wrapping_add(x);
+                }
+                (Value::Int(min), Value::Int(max), Value::Int(sum))
+            }
+            ValueKind::Float => {
+                let mut it = run.iter().map(|&(_, b)| f64::from_bits(b));
+                let x0 = it.next().unwrap_or_default();
+                let (mut min, mut max, mut sum) = (x0, x0, x0);
+                for x in it {
+                    min = min.min(x);
+                    max = max.max(x);
+                    sum += x;
+                }
+                (Value::Float(min), Value::Float(max), Value::Float(sum))
+            }
+        };
         push_merged(
             out,
             Aggregate {
                 start_ms: start,
-                count: 1,
-                min: v,
-                max: v,
-                sum: v,
-                first: v,
-                last: v,
+                count: run.len() as u64,
+                min,
+                max,
+                sum,
+                first: v(first),
+                last: v(last),
             },
         );
     }
@@ -78,6 +114,7 @@ pub(crate) fn aggregate(
 /// Rewrites hourly aggregates (one per hour from the series' first hour in
 /// the block, empty hours with count 0) as pco input: the counts, and the
 /// five fields laid out field-major.
+#[cfg(test)] // written by format version 1 only; the tests' encoder
 pub(crate) fn encode_int_rollups(
     hours: &[Option<Aggregate>],
     fields: &mut Vec<i64>,
@@ -153,31 +190,7 @@ pub(crate) fn decode_int_rollups(
     Some(())
 }
 
-/// Float rollups: the five fields as they are, field-major.
-pub(crate) fn encode_float_rollups(
-    hours: &[Option<Aggregate>],
-    fields: &mut Vec<f64>,
-    counts: &mut Vec<i64>,
-) {
-    let n = hours.len();
-    let base = fields.len();
-    fields.resize(base + 5 * n, 0.0);
-    for (h, agg) in hours.iter().enumerate() {
-        let Some(a) = agg else {
-            counts.push(0);
-            continue;
-        };
-        counts.push(a.count as i64);
-        for (i, v) in [a.first, a.last, a.min, a.max, a.sum]
-            .into_iter()
-            .enumerate()
-        {
-            fields[base + i * n + h] = v.as_f64();
-        }
-    }
-}
-
-/// Inverse of [`encode_float_rollups`].
+/// Float rollups (version 1): the five fields as they were, field-major.
 pub(crate) fn decode_float_rollups(
     first_hour_ms: i64,
     fields: &[f64],
@@ -208,6 +221,7 @@ pub(crate) fn decode_float_rollups(
 
 /// Hourly aggregates of time-sorted points as a dense run of hours from the
 /// first point's hour to the last's.
+#[cfg(test)] // written by format version 1 only; the tests' encoder
 pub(crate) fn hourly(kind: ValueKind, points: &[(i64, u64)]) -> Vec<Option<Aggregate>> {
     let mut aggs = Vec::new();
     aggregate(kind, points, crate::types::HOUR_MS, &mut aggs);
@@ -227,6 +241,42 @@ pub(crate) fn hourly(kind: ValueKind, points: &[(i64, u64)]) -> Vec<Option<Aggre
 mod tests {
     use super::*;
     use crate::types::HOUR_MS;
+
+    #[test]
+    fn buckets_match_a_point_by_point_fold_at_the_edges() {
+        let points: Vec<(i64, u64)> = [
+            (-HOUR_MS - 1, -7i64),
+            (-1, i64::MAX),
+            (0, i64::MAX),
+            (HOUR_MS - 1, 2),
+            (HOUR_MS, -2),
+            (i64::MAX - 1, 5),
+            (i64::MAX, 6),
+        ]
+        .iter()
+        .map(|&(t, v)| (t, v as u64))
+        .collect();
+        let mut got = Vec::new();
+        aggregate(ValueKind::Int, &points, HOUR_MS, &mut got);
+        let mut want = Vec::new();
+        for &(ts, bits) in &points {
+            let v = Value::from_bits(ValueKind::Int, bits);
+            push_merged(
+                &mut want,
+                Aggregate {
+                    start_ms: ts.div_euclid(HOUR_MS) * HOUR_MS,
+                    count: 1,
+                    min: v,
+                    max: v,
+                    sum: v,
+                    first: v,
+                    last: v,
+                },
+            );
+        }
+        assert_eq!(got, want);
+        assert_eq!(got.len(), 5);
+    }
 
     #[test]
     fn int_rollups_round_trip_through_the_transform() {

@@ -79,12 +79,14 @@ fn kind_byte(kind: ValueKind) -> u8 {
 
 impl Catalog {
     #[deny(clippy::unwrap_used, clippy::indexing_slicing)]
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Opens (or, unless `read_only`, creates) the catalog. Read-only, a
+    /// torn tail is skipped in memory instead of truncated.
+    pub fn open(dir: &Path, read_only: bool) -> Result<Self> {
         let path = dir.join("series.log");
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
-            .create(true)
+            .append(!read_only)
+            .create(!read_only)
             .open(&path)
             .io("opening", &path)?;
         let bytes = std::fs::read(&path).io("reading", &path)?;
@@ -99,6 +101,9 @@ impl Catalog {
             series: Vec::new(),
             dirty: false,
         };
+        if bytes.is_empty() && read_only {
+            return Ok(cat);
+        }
         if bytes.is_empty() {
             file.write_all(&codec::header(MAGIC)).io("writing", &path)?;
             file.sync_all().io("fsync", &path)?;
@@ -116,7 +121,14 @@ impl Catalog {
                 break;
             }
         }
-        if end != RecordsEnd::Clean || 12 + valid < bytes.len() {
+        if (end != RecordsEnd::Clean || 12 + valid < bytes.len()) && read_only {
+            tracing::warn!(
+                file = %path.display(),
+                kept_series = cat.series.len(),
+                skipped_bytes = bytes.len() - 12 - valid,
+                "a torn tail of the series catalog is skipped (read-only: the file is left as it is)"
+            );
+        } else if end != RecordsEnd::Clean || 12 + valid < bytes.len() {
             let keep = 12 + valid as u64;
             tracing::warn!(
                 file = %path.display(),
@@ -233,6 +245,20 @@ impl Catalog {
             entity: m.entity,
             metric: self.metrics[m.metric as usize].clone(),
             kind: m.kind,
+        }
+    }
+
+    /// `job/entity/metric` of a series, for messages; `id N (not in the
+    /// catalog)` for an id it does not hold.
+    pub fn name(&self, id: u64) -> String {
+        match self.series.get(id as usize) {
+            Some(m) => format!(
+                "{}/{}/{}",
+                self.job_name(m.job),
+                m.entity,
+                self.metric_name(m.metric)
+            ),
+            None => format!("id {id} (not in the catalog)"),
         }
     }
 

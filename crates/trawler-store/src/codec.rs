@@ -168,12 +168,13 @@ pub(crate) fn after_header(buf: &[u8]) -> &[u8] {
     buf.get(12..).unwrap_or_default()
 }
 
-/// Checks a file's fixed header; unknown versions are refused by name.
+/// Checks a file's fixed header and returns its version; versions this
+/// build does not read are refused by name.
 pub(crate) fn check_header(
     buf: &[u8],
     magic: &[u8; 8],
     path: &std::path::Path,
-) -> crate::Result<()> {
+) -> crate::Result<u32> {
     let (Some(found), Some(true)) = (
         buf.get(8..12).and_then(|v| v.first_chunk::<4>()),
         buf.get(..8).map(|m| m == magic),
@@ -183,14 +184,14 @@ pub(crate) fn check_header(
         });
     };
     let found = u32::from_le_bytes(*found);
-    if found != crate::FORMAT_VERSION {
+    if !(crate::OLDEST_FORMAT_VERSION..=crate::FORMAT_VERSION).contains(&found) {
         return Err(crate::Error::UnsupportedVersion {
             path: path.to_path_buf(),
             found,
             supported: crate::FORMAT_VERSION,
         });
     }
-    Ok(())
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -52,6 +52,13 @@ pub struct StoreConfig {
     /// Run the background threads that fsync, flush and compact (default
     /// true). Tests turn it off to control every step.
     pub background: bool,
+    /// Open for inspection only (`trawler store stats|verify`): nothing in
+    /// the folder is created, changed, renamed or removed. The WAL is
+    /// replayed into memory and left as it is (a torn tail is skipped, not
+    /// truncated), no background thread runs, a shared lock keeps a writer
+    /// out meanwhile, and every call that would write (new series, appends,
+    /// flush, compaction) fails with [`Error::ReadOnly`](crate::Error::ReadOnly).
+    pub read_only: bool,
     /// Points where a test can hold or fail the store's work.
     #[doc(hidden)]
     pub hooks: TestHooks,
@@ -88,6 +95,7 @@ impl StoreConfig {
             head_max_bytes: 512 << 20,
             compaction_fanin: 4,
             background: true,
+            read_only: false,
             hooks: TestHooks::default(),
         }
     }

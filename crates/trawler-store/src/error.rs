@@ -20,7 +20,7 @@ pub enum Error {
     },
     /// A file was written by a format version this build does not read.
     #[error(
-        "{path}: on-disk format version {found} is not supported (this build reads version {supported}); \
+        "{path}: on-disk format version {found} is not supported (this build reads versions 1 to {supported}); \
          open the data folder with the trawler version that wrote it"
     )]
     UnsupportedVersion {
@@ -28,7 +28,7 @@ pub enum Error {
         path: PathBuf,
         /// The version found in the file.
         found: u32,
-        /// The version this build reads and writes.
+        /// The version this build writes (it reads every version from 1).
         supported: u32,
     },
     /// A file does not look like a trawler store file at all.
@@ -83,6 +83,12 @@ pub enum Error {
         "{path} is in use by another process (is a trawler already running on this data folder?)"
     )]
     Locked {
+        /// The store folder.
+        path: PathBuf,
+    },
+    /// A write was asked of a store opened read-only for inspection.
+    #[error("{path} was opened read-only (for inspection); nothing was written. Open it without `read_only` to change it")]
+    ReadOnly {
         /// The store folder.
         path: PathBuf,
     },

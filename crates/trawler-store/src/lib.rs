@@ -59,7 +59,13 @@
 //! stamps samples with their slot time, so only a retry arriving after a
 //! flush is ever stale, and that retry is a duplicate.
 //!
-//! # On-disk format, version 1
+//! # On-disk format, version 2
+//!
+//! Version 2 changed only blocks (no stored rollups: see the `block`
+//! module); the catalog, WAL and manifest are the same in versions 1 and 2.
+//! Every file of either version is read, new files are written as version
+//! 2, and compaction rewrites version-1 blocks as version 2 (`trawler store
+//! compact` rewrites them all at once).
 //!
 //! ```text
 //! <dir>/series.log       the series catalog (see `catalog`)
@@ -70,7 +76,8 @@
 //! ```
 //!
 //! Every file but `LOCK` starts with 8 magic bytes and the format version (`u32` LE,
-//! [`FORMAT_VERSION`]); a file with another version is refused with
+//! [`FORMAT_VERSION`] when written); a file of a version outside
+//! [`OLDEST_FORMAT_VERSION`]`..=`[`FORMAT_VERSION`] is refused with
 //! [`Error::UnsupportedVersion`], naming the file. Integers are
 //! little-endian; varints are LEB128, signed ones zigzag-encoded.
 //!
@@ -90,9 +97,9 @@
 //! * **Manifest**: one record `uvar wal_through | uvar next_block_id | uvar n
 //!   | n × uvar block_id`, replaced atomically (tmp, fsync, rename, fsync dir).
 //! * **Block**: see the `block` module: groups of series of one
-//!   (job, metric, kind) sharing pco chunk metadata, per-series pages (hourly
-//!   rollup fields, rollup counts, values, and timestamps only when
-//!   irregular), an index in checksummed pages of 64 entries sorted by
+//!   (job, metric, kind) sharing pco chunk metadata, per-series pages (values,
+//!   and timestamps only when irregular; hourly rollups are computed from
+//!   the values when read), an index in checksummed pages of 64 entries sorted by
 //!   series id, and a checksummed footer with the group and fence tables.
 //!   Each series' pages carry their own crc32 in the index, so a corrupt
 //!   byte costs one series in one block: reads log the file name, count it
@@ -143,8 +150,11 @@ pub use types::{
     ValueKind,
 };
 
-/// The on-disk format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this build writes (see "On-disk format").
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest on-disk format version this build still reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Decoders of untrusted bytes, exposed for the fuzz targets and the
 /// random-bytes property tests. Not part of the stable API.

@@ -130,7 +130,7 @@ impl Aggregate {
     }
 }
 
-/// The bucket size of stored rollups.
+/// The bucket size of rollups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
     /// One aggregate per UTC hour.

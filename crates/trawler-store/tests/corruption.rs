@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use trawler_store::{Error, Sample, SeriesId, SeriesKey, Store, StoreConfig, Value, ValueKind};
+use trawler_store::{
+    Error, Sample, SeriesId, SeriesKey, Store, StoreConfig, Value, ValueKind, FORMAT_VERSION,
+};
 
 const MINUTE: i64 = 60_000;
 
@@ -144,14 +146,28 @@ fn a_flipped_byte_in_a_block_costs_one_series_of_one_block() {
     let dir = tempfile::tempdir().unwrap();
     let store = config(dir.path()).open().unwrap();
     let ids = ids(&store, 20);
-    append_steps(&store, &ids, 0..100);
+    // Noisy values, so that series pages are most of a block's bytes.
+    let noisy = |steps: std::ops::Range<i64>| {
+        for step in steps {
+            let batch: Vec<Sample> = ids
+                .iter()
+                .map(|&id| Sample {
+                    series: id,
+                    ts_ms: step * MINUTE,
+                    value: Value::Int((id.0 as i64 * 7_919 + step * step * 104_729) % 65_521),
+                })
+                .collect();
+            store.append(&batch).unwrap();
+        }
+    };
+    noisy(0..100);
     store.flush().unwrap();
-    append_steps(&store, &ids, 100..200);
+    noisy(100..200);
     store.flush().unwrap();
     drop(store);
     let blocks = files(dir.path(), "blocks", "blk");
     assert_eq!(blocks.len(), 2);
-    // Early bytes of the first block: series data of the first group.
+    // The middle of the first block: series data.
     let len = std::fs::metadata(&blocks[0]).unwrap().len() as usize;
     flip(&blocks[0], len / 2);
     let store = config(dir.path()).open().unwrap();
@@ -223,23 +239,24 @@ fn unknown_format_versions_are_refused_by_file_name() {
     for file in [block, wal, catalog] {
         let pristine = std::fs::read(&file).unwrap();
         let mut bytes = pristine.clone();
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         std::fs::write(&file, &bytes).unwrap();
         let err = config(dir.path()).open().unwrap_err();
         assert!(
             matches!(
                 err,
                 Error::UnsupportedVersion {
-                    found: 2,
-                    supported: 1,
+                    found,
+                    supported: FORMAT_VERSION,
                     ..
-                }
+                } if found == FORMAT_VERSION + 1
             ),
             "{err}"
         );
         let msg = err.to_string();
         assert!(
-            msg.contains(file.to_str().unwrap()) && msg.contains("version 2"),
+            msg.contains(file.to_str().unwrap())
+                && msg.contains(&format!("version {}", FORMAT_VERSION + 1)),
             "{msg}"
         );
         std::fs::write(&file, &pristine).unwrap();

@@ -1,22 +1,35 @@
-//! Old-format fixture: `tests/fixtures/v1` is a small store written by
-//! format version 1 (blocks of two days, a compacted block, and unflushed
-//! samples in the WAL). Every later build must read it back exactly; if
-//! this test fails, the format changed without a version bump.
+//! Old-format fixtures: each folder of `tests/fixtures` is a small store
+//! written by one build (blocks of two days, a compacted block, and
+//! unflushed samples in the WAL), named by its format version:
 //!
-//! Regenerate only when deliberately creating a new format version's
-//! fixture: `TRAWLER_WRITE_FIXTURE=1 cargo test -p trawler-store --test fixture`.
+//! * `v1`: written by the first version-1 build;
+//! * `v1-last`: written by the last version-1 build (blocks grouped by
+//!   volatility), just before format version 2;
+//! * `v2`: written by version 2 (no stored rollups; chord-coded series).
+//!
+//! Every later build must read each back exactly, and rewrite it in the
+//! current format when compacting; if this test fails, the format changed
+//! without a version bump or an old version stopped being read.
+//!
+//! Write a fixture only when deliberately creating one for a new format
+//! version: `TRAWLER_WRITE_FIXTURE=v3 cargo test -p trawler-store --test
+//! fixture` writes `tests/fixtures/v3` with this build.
 
 use std::path::{Path, PathBuf};
 
-use trawler_store::{Point, Resolution, Sample, SeriesKey, Store, StoreConfig, Value, ValueKind};
+use trawler_store::{
+    Point, Resolution, Sample, SeriesKey, Store, StoreConfig, Value, ValueKind, FORMAT_VERSION,
+};
 
 const MINUTE: i64 = 60_000;
 const DAY: i64 = 86_400_000;
 /// 2024-01-01T00:00:00Z.
 const EPOCH: i64 = 1_704_067_200_000;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn keys() -> Vec<(SeriesKey<'static>, ValueKind)> {
@@ -136,21 +149,51 @@ fn check(store: &Store) {
     assert_eq!(store.list_series("fixture").len(), 3);
 }
 
-#[test]
-fn version_1_fixture_reads_back_exactly() {
-    if std::env::var("TRAWLER_WRITE_FIXTURE").is_ok() {
-        let _ = std::fs::remove_dir_all(fixture());
-        write(&fixture());
+/// The format version in a file's header.
+fn version(path: &Path) -> u32 {
+    let bytes = std::fs::read(path).unwrap();
+    u32::from_le_bytes(bytes[8..12].try_into().unwrap())
+}
+
+/// Reads fixture `name` back, compacts it, and reads it again.
+fn reads_back_exactly(name: &str) {
+    if std::env::var("TRAWLER_WRITE_FIXTURE").is_ok_and(|f| f == name) {
+        let _ = std::fs::remove_dir_all(fixture(name));
+        write(&fixture(name));
     }
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&fixture(), tmp.path());
+    copy_dir(&fixture(name), tmp.path());
     let mut c = StoreConfig::new(tmp.path());
     c.background = false;
     let store = c.open().unwrap();
     check(&store);
-    // It also survives being rewritten by this build.
+    // It also survives being rewritten by this build, in this build's format.
     store.flush().unwrap();
     store.compact().unwrap();
     check(&store);
     assert!(store.stats().blocks >= 2);
+    for e in std::fs::read_dir(tmp.path().join("blocks")).unwrap() {
+        let path = e.unwrap().path();
+        assert_eq!(
+            version(&path),
+            FORMAT_VERSION,
+            "{} not rewritten",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn version_1_fixture_reads_back_exactly() {
+    reads_back_exactly("v1");
+}
+
+#[test]
+fn last_version_1_fixture_reads_back_exactly() {
+    reads_back_exactly("v1-last");
+}
+
+#[test]
+fn version_2_fixture_reads_back_exactly() {
+    reads_back_exactly("v2");
 }

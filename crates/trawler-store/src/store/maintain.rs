@@ -110,6 +110,7 @@ impl Store {
     /// retention (finished days are merged anyway; this also merges the
     /// current day, e.g. before measuring bytes on disk).
     pub fn compact(&self) -> Result<()> {
+        self.inner.check_writable()?;
         self.inner.maintain(true)
     }
 
@@ -151,25 +152,30 @@ impl Store {
     }
 
     /// Reads every block completely and returns the corruptions found
-    /// (each names its file), for an operator's `verify` command.
+    /// (each names its file, and the series when one series' data is bad),
+    /// for an operator's `verify` command.
     pub fn verify(&self) -> Vec<Error> {
         let blocks = read(&self.inner.mem).blocks.clone();
-        let kinds: Vec<ValueKind> = read(&self.inner.catalog)
-            .series
-            .iter()
-            .map(|m| m.kind)
-            .collect();
+        let cat = read(&self.inner.catalog);
         let mut errors = Vec::new();
         for b in blocks.iter() {
             let res = (|| {
                 for page in 0..b.index_pages() {
                     for e in b.index_page(page)? {
-                        let kind = kinds
+                        let kind = cat
+                            .series
                             .get(e.series as usize)
-                            .copied()
-                            .unwrap_or(ValueKind::Int);
-                        b.read_points(&e, kind, i64::MIN, i64::MAX, &mut Vec::new())?;
-                        b.read_rollups(&e, kind, &mut Vec::new())?;
+                            .map_or(ValueKind::Int, |m| m.kind);
+                        let name = |err: Error| match err {
+                            Error::Corrupt { path, detail } => Error::Corrupt {
+                                path,
+                                detail: format!("series {}: {detail}", cat.name(e.series)),
+                            },
+                            other => other,
+                        };
+                        b.read_points(&e, kind, i64::MIN, i64::MAX, &mut Vec::new())
+                            .map_err(name)?;
+                        b.read_rollups(&e, kind, &mut Vec::new()).map_err(name)?;
                     }
                 }
                 Ok(())
@@ -195,7 +201,9 @@ impl Inner {
         if lock(&self.poisoned).is_some() {
             return;
         }
-        let lsn = lock(&self.wal).lsn;
+        let Some(lsn) = lock(&self.wal).as_ref().map(|w| w.lsn) else {
+            return;
+        };
         if lsn > lock(&self.sync).synced_lsn {
             // A failure is logged and poisons the store inside `sync_to`.
             let _ = self.sync_to(lsn);
@@ -256,7 +264,10 @@ impl Inner {
             for (&day, bs) in &days {
                 let finished = all
                     || (day + 1) * DAY_MS + self.config.flush_interval.as_millis() as i64 <= newest;
-                if finished && bs.len() > 1 {
+                // A finished day becomes one block, and a block of an older
+                // format version is rewritten in the current one.
+                let old_format = bs.iter().any(|b| b.version < crate::FORMAT_VERSION);
+                if finished && (bs.len() > 1 || old_format) {
                     job = Some((day, FINAL_LEVEL, bs.clone()));
                     break;
                 }

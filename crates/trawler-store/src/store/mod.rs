@@ -53,7 +53,8 @@ struct Inner {
     config: StoreConfig,
     catalog: RwLock<Catalog>,
     /// Serialises appends: the WAL order is the order samples reach the head.
-    wal: Mutex<WalWriter>,
+    /// `None` when the store was opened read-only.
+    wal: Mutex<Option<WalWriter>>,
     mem: RwLock<Mem>,
     sync: Mutex<SyncState>,
     synced: Condvar,
@@ -82,8 +83,9 @@ struct Inner {
     stale: AtomicU64,
     /// Held (an exclusive `flock`) for as long as the store is open, so a
     /// second process cannot write the same folder; the kernel releases it
-    /// when the process dies, even by `kill -9`.
-    _lock: std::fs::File,
+    /// when the process dies, even by `kill -9`. Read-only, a shared lock
+    /// (see `recover`).
+    _lock: Option<std::fs::File>,
 }
 
 #[derive(Debug, Default)]
@@ -161,7 +163,7 @@ fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 impl Store {
     pub(crate) fn open(config: StoreConfig) -> Result<Self> {
         let dir = config.dir.clone();
-        let recovered = recover::recover(&dir)?;
+        let recovered = recover::recover(&dir, config.read_only)?;
         let inner = Arc::new(Inner {
             config,
             catalog: RwLock::new(recovered.catalog),
@@ -183,7 +185,7 @@ impl Store {
             stale: AtomicU64::new(0),
             _lock: recovered.lock,
         });
-        let background = if inner.config.background {
+        let background = if inner.config.background && !inner.config.read_only {
             Workers::spawn(&inner, &dir)?
         } else {
             Vec::new()
@@ -200,10 +202,14 @@ impl Store {
     }
 
     /// Flushes the head, fsyncs, and stops the background thread. Appends
-    /// after `close` fail with [`Error::Closed`].
+    /// after `close` fail with [`Error::Closed`]. A read-only store just
+    /// closes: its head stays in the WAL it came from.
     pub fn close(self) -> Result<()> {
         self.stop_background();
         self.inner.closed.store(true, Ordering::Release);
+        if self.inner.config.read_only {
+            return Ok(());
+        }
         self.flush()?;
         self.sync()
     }
@@ -253,6 +259,26 @@ impl Inner {
     /// written before the appender has to wait.
     fn flush_threshold(&self) -> u64 {
         self.config.head_max_bytes as u64 / 2
+    }
+
+    /// Fails when the store was opened read-only.
+    fn check_writable(&self) -> Result<()> {
+        if self.config.read_only {
+            return Err(Error::ReadOnly {
+                path: self.config.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The WAL's writer, or [`Error::ReadOnly`].
+    fn wal_writer<'a>(
+        &self,
+        wal: &'a mut MutexGuard<'_, Option<WalWriter>>,
+    ) -> Result<&'a mut WalWriter> {
+        wal.as_mut().ok_or_else(|| Error::ReadOnly {
+            path: self.config.dir.clone(),
+        })
     }
 
     /// Fails once an fsync has failed.

@@ -1,4 +1,4 @@
-//! Reading: raw ranges, downsampled buckets, stored rollups and latest
+//! Reading: raw ranges, downsampled buckets, hourly rollups and latest
 //! points of one series, and listings of a job's series.
 //!
 //! A series' data lives in up to three kinds of places at once: blocks on
@@ -101,9 +101,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Stored rollups of the buckets starting in `[from_ms, to_ms)` (`from_ms`
-    /// rounded down to the bucket). Daily rollups are merged from hourly
-    /// ones: 24 small records per day, never raw points.
+    /// Rollups of the buckets starting in `[from_ms, to_ms)` (`from_ms`
+    /// rounded down to the bucket). Hourly rollups of a block are computed
+    /// from its values (version 2; version-1 blocks stored them); daily ones
+    /// are merged from hourly ones.
     pub fn rollups(
         &self,
         id: SeriesId,
@@ -264,7 +265,7 @@ impl Inner {
     }
 
     /// Hourly rollups of the hours starting in `[from, to)`: the blocks'
-    /// stored ones, then the heads' computed from their points, an hour
+    /// (see `Block::read_rollups`), then the heads' computed from their points, an hour
     /// split across sources merged into one.
     fn hourly(&self, id: u64, kind: ValueKind, from: i64, to: i64) -> Result<Vec<Aggregate>> {
         let Sources { blocks, heads } =

@@ -10,6 +10,11 @@
 //! sample; then replay the WAL segments the manifest does not cover,
 //! sealing between segments exactly as the run that wrote them did, so
 //! that what was stale before the crash is stale after it.
+//!
+//! Opened read-only (an operator's inspection), the same steps run without
+//! touching the folder: a shared lock on an existing `LOCK`, nothing
+//! created, no stray removed, no WAL segment deleted or truncated, and no
+//! segment opened for appends; the WAL is replayed into memory only.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,27 +30,40 @@ use crate::{Error, Result};
 
 /// The state a store folder holds, ready to be shared as `Inner`.
 pub(super) struct Recovered {
-    /// The folder's `LOCK`, held for as long as the store is open.
-    pub lock: std::fs::File,
+    /// The folder's `LOCK`, held for as long as the store is open (`None`
+    /// read-only when the folder has no `LOCK`: no writer ever opened it).
+    pub lock: Option<std::fs::File>,
     pub catalog: Catalog,
     pub manifest: Manifest,
     /// Blocks, latest points, seals and the replayed head.
     pub mem: Mem,
     /// Blocks (or parts of them) found corrupt while opening.
     pub corrupt: u64,
-    /// The WAL segment appends go on in.
-    pub writer: WalWriter,
+    /// The WAL segment appends go on in (`None` read-only).
+    pub writer: Option<WalWriter>,
 }
 
-/// Opens `dir` (creating it when new) and recovers its state.
-pub(super) fn recover(dir: &Path) -> Result<Recovered> {
-    for d in [dir.to_path_buf(), dir.join("wal"), dir.join("blocks")] {
-        std::fs::create_dir_all(&d).io("creating", &d)?;
+/// Opens `dir` (creating it when new, unless `read_only`) and recovers its
+/// state.
+pub(super) fn recover(dir: &Path, read_only: bool) -> Result<Recovered> {
+    if read_only {
+        if !dir.join("MANIFEST").exists() {
+            return Err(Error::Corrupt {
+                path: Manifest::path(dir),
+                detail: "missing: no store to open read-only here".into(),
+            });
+        }
+    } else {
+        for d in [dir.to_path_buf(), dir.join("wal"), dir.join("blocks")] {
+            std::fs::create_dir_all(&d).io("creating", &d)?;
+        }
     }
-    let lock = lock_dir(dir)?;
-    let catalog = Catalog::open(dir)?;
-    let manifest = load_manifest(dir)?;
-    remove_strays(dir, &manifest)?;
+    let lock = lock_dir(dir, read_only)?;
+    let catalog = Catalog::open(dir, read_only)?;
+    let manifest = load_manifest(dir, read_only)?;
+    if !read_only {
+        remove_strays(dir, &manifest)?;
+    }
 
     let mut mem = Mem {
         newest: i64::MIN,
@@ -53,7 +71,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered> {
     };
     mem.grow(catalog.series.len());
     let corrupt = open_blocks(dir, &manifest, &mut mem)?;
-    let writer = replay_wal(dir, &manifest, &catalog, &mut mem)?;
+    let writer = replay_wal(dir, &manifest, &catalog, &mut mem, read_only)?;
     Ok(Recovered {
         lock,
         catalog,
@@ -64,17 +82,28 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered> {
     })
 }
 
-/// Takes the folder's lock file, or says which folder is in use.
-fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+/// Takes the folder's lock file, or says which folder is in use. Read-only,
+/// the lock is shared (inspections may run side by side, never beside a
+/// writer) and a missing `LOCK` is not created.
+fn lock_dir(dir: &Path, read_only: bool) -> Result<Option<std::fs::File>> {
     let path = dir.join("LOCK");
+    if read_only && !path.exists() {
+        return Ok(None);
+    }
     let file = std::fs::OpenOptions::new()
-        .create(true)
+        .create(!read_only)
         .truncate(false)
-        .write(true)
+        .read(read_only)
+        .write(!read_only)
         .open(&path)
         .io("opening", &path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
+    let locked = if read_only {
+        file.try_lock_shared()
+    } else {
+        file.try_lock()
+    };
+    match locked {
+        Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path: dir.into() }),
         Err(std::fs::TryLockError::Error(e)) => Err(e).io("locking", &path),
     }
@@ -82,7 +111,8 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
 
 /// The manifest, or an empty one for a new store. A missing manifest
 /// beside block files is refused: starting empty would delete them.
-fn load_manifest(dir: &Path) -> Result<Manifest> {
+/// Read-only, an empty manifest is not saved.
+fn load_manifest(dir: &Path, read_only: bool) -> Result<Manifest> {
     Ok(match Manifest::load(dir)? {
         Some(m) => m,
         None => {
@@ -101,7 +131,9 @@ fn load_manifest(dir: &Path) -> Result<Manifest> {
                 next_block: 1,
                 blocks: Vec::new(),
             };
-            m.save(dir)?;
+            if !read_only {
+                m.save(dir)?;
+            }
             m
         }
     })
@@ -174,21 +206,25 @@ fn open_blocks(dir: &Path, manifest: &Manifest, mem: &mut Mem) -> Result<u64> {
 }
 
 /// Replays the WAL segments not yet in blocks into `mem` and returns the
-/// writer appends continue with. Each segment boundary was a freeze, so
-/// seal between segments exactly as the run did.
+/// writer appends continue with (none read-only). Each segment boundary was
+/// a freeze, so seal between segments exactly as the run did.
 fn replay_wal(
     dir: &Path,
     manifest: &Manifest,
     catalog: &Catalog,
     mem: &mut Mem,
-) -> Result<WalWriter> {
+    read_only: bool,
+) -> Result<Option<WalWriter>> {
     let segments = wal::list_segments(dir)?;
     let live: Vec<u64> = segments
         .iter()
         .copied()
         .filter(|&s| s > manifest.wal_through)
         .collect();
-    for &seq in segments.iter().filter(|&&s| s <= manifest.wal_through) {
+    for &seq in segments
+        .iter()
+        .filter(|&&s| s <= manifest.wal_through && !read_only)
+    {
         let p = wal::segment_path(dir, seq);
         std::fs::remove_file(&p).io("removing", &p)?;
     }
@@ -198,7 +234,14 @@ fn replay_wal(
         let bytes = std::fs::read(&path).io("reading", &path)?;
         let decoded = wal::decode_segment(&bytes, &path)?;
         if !decoded.clean {
-            if k + 1 == live.len() {
+            if read_only {
+                tracing::warn!(
+                    file = %path.display(),
+                    kept_bytes = decoded.valid_len,
+                    skipped_bytes = bytes.len() - decoded.valid_len,
+                    "a torn or corrupt WAL tail is skipped (read-only: the file is left as it is)"
+                );
+            } else if k + 1 == live.len() {
                 tracing::warn!(
                     file = %path.display(),
                     kept_bytes = decoded.valid_len,
@@ -240,6 +283,9 @@ fn replay_wal(
     if mem.active.samples > 0 {
         mem.started = Some(Instant::now());
     }
+    if read_only {
+        return Ok(None);
+    }
     let writer = match live.last() {
         Some(&seq) => WalWriter::reopen(dir, seq)?,
         None => WalWriter::create(
@@ -253,5 +299,5 @@ fn replay_wal(
         )?,
     };
     sync_dir(&dir.join("wal"))?;
-    Ok(writer)
+    Ok(Some(writer))
 }

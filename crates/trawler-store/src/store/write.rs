@@ -40,6 +40,7 @@ impl Store {
     /// Gets or creates many series with one catalog write (what a job does
     /// at start-up for its million entities).
     pub fn series_batch(&self, keys: &[(SeriesKey<'_>, ValueKind)]) -> Result<Vec<SeriesId>> {
+        self.inner.check_writable()?;
         self.inner.check_poisoned()?;
         let ids = write(&self.inner.catalog).get_or_create(keys)?;
         let n = read(&self.inner.catalog).series.len();
@@ -57,6 +58,7 @@ impl Store {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        inner.check_writable()?;
         inner.check_poisoned()?;
         {
             let cat = read(&inner.catalog);
@@ -80,7 +82,8 @@ impl Store {
         let lsn;
         let mut accepted = 0;
         {
-            let mut wal = lock(&inner.wal);
+            let mut guard = lock(&inner.wal);
+            let wal = inner.wal_writer(&mut guard)?;
             let mut mem = write(&inner.mem);
             let max_id = samples
                 .iter()
@@ -141,15 +144,18 @@ impl Store {
         Ok(Appended { accepted, stale })
     }
 
-    /// Fsyncs the WAL (and catalog) now.
+    /// Fsyncs the WAL (and catalog) now; nothing to do read-only.
     pub fn sync(&self) -> Result<()> {
-        let lsn = lock(&self.inner.wal).lsn;
+        let Some(lsn) = lock(&self.inner.wal).as_ref().map(|w| w.lsn) else {
+            return Ok(());
+        };
         self.inner.sync_to(lsn)
     }
 
     /// Writes the head to blocks now, then runs the compactions that are
     /// due and retention: what the background thread does on its schedule.
     pub fn flush(&self) -> Result<()> {
+        self.inner.check_writable()?;
         {
             let flushing = lock(&self.inner.flushing);
             self.inner.flush_head(&flushing)?;
@@ -194,7 +200,8 @@ impl Inner {
     /// Fsyncs the catalog, then the WAL; returns the lsn now durable.
     fn fsync_now(&self) -> Result<u64> {
         let (wal_file, wal_path, lsn) = {
-            let w = lock(&self.wal);
+            let mut guard = lock(&self.wal);
+            let w = self.wal_writer(&mut guard)?;
             (w.file.clone(), w.path().to_path_buf(), w.lsn)
         };
         let catalog = {
@@ -224,7 +231,8 @@ impl Inner {
             self.write_frozen(&head, through)?;
         }
         let frozen = {
-            let mut wal = lock(&self.wal);
+            let mut guard = lock(&self.wal);
+            let wal = self.wal_writer(&mut guard)?;
             let mut mem = write(&self.mem);
             if mem.active.samples == 0 {
                 None

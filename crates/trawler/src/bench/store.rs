@@ -1,10 +1,19 @@
 //! `trawler bench store`: bytes per sample, ingest rate and read latency of
 //! trawler's store, side by side with VictoriaMetrics on the same data.
 //!
-//! The flagship data (followerCount and followingCount of N accounts, one
-//! point per account per minute at a fixed phase per account, stamped with
-//! the slot time) is generated with the simulator's own generators, for each
-//! dynamics. It is written to a fresh store (appends of 10,000 samples from
+//! Three data sets, each of N entities × two series, one point per series
+//! per minute:
+//!
+//! * `mockstagram` and `realistic`: the flagship data (followerCount and
+//!   followingCount of N accounts, at a fixed phase per account, stamped
+//!   with the slot time), from the simulator's own generators for each
+//!   dynamics;
+//! * `node`: host metrics shaped like node_exporter's (N/8 hosts × 8 pairs
+//!   of counters and gauges, timestamps with scrape jitter), from the
+//!   documented model in `trawler_sim::hosts`, which nobody tuned the store
+//!   for.
+//!
+//! Each is written to a fresh store (appends of 10,000 samples from
 //! one writer thread, background flushes and compactions on), compacted,
 //! and measured on disk. The same series are imported into a
 //! VictoriaMetrics started here on a loopback port (`/api/v1/import`, then
@@ -12,10 +21,16 @@
 //! measured once its merges are done.
 //!
 //! * The entropy bound is the empirical entropy of the first differences of
-//!   each metric (one histogram per metric over all accounts). For
-//!   mockstagram dynamics the series are random walks, so this is their true
-//!   entropy rate (σ = 10,000 → 15.3 bits, σ = 100 → 8.7 bits). For realistic
-//!   dynamics it bounds coders that see one value at a time.
+//!   each metric (one histogram per metric over all entities), averaged over
+//!   the metrics, plus that of the timestamps' first differences (zero for
+//!   the regular simulator data). For mockstagram dynamics the series are
+//!   random walks, so this is their true entropy rate (σ = 10,000 → 15.3
+//!   bits, σ = 100 → 8.7 bits). For realistic dynamics and host metrics it
+//!   bounds coders that see one step at a time, and a coder that models the
+//!   trend (chord residuals) can go below it. For wide counters (network
+//!   bytes, context switches) the histogram's estimate is biased low (it
+//!   cannot exceed log2 of the samples of one metric), so there the bound
+//!   is optimistic.
 //! * Ingest is measured in CPU time, not wall time: the process's CPU time
 //!   minus the generator thread's, so it covers appends, WAL writes, head
 //!   flushes and compactions, on however many cores they ran.
@@ -32,20 +47,22 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use trawler_sim::model::{mockstagram_initial, mockstagram_step, Counts, Dynamics, Realistic};
+use trawler_sim::hosts::{Hosts, SERIES};
+use trawler_sim::model::{mockstagram_initial, mockstagram_step, Dynamics, Realistic};
 use trawler_store::{Resolution, Sample, SeriesId, SeriesKey, StoreConfig, Value, ValueKind};
 
 /// Options of the store benchmark.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Accounts (two series each).
+    /// Accounts, or host series pairs of the node data set (two series each).
     #[arg(long, default_value_t = 100_000)]
     pub accounts: u64,
     /// Hours of one-minute data.
     #[arg(long, default_value_t = 24)]
     pub hours: u64,
-    /// Which dynamics: mockstagram, realistic or both.
-    #[arg(long, default_value = "both")]
+    /// Which data sets: mockstagram, realistic, node, both (the two
+    /// simulator dynamics) or all.
+    #[arg(long, default_value = "all")]
     pub dynamics: String,
     /// Accounts in the 30-day read store.
     #[arg(long, default_value_t = 4)]
@@ -64,8 +81,103 @@ pub struct Args {
 const FIRST_PK: u64 = 1_000_000;
 const MINUTE_MS: i64 = 60_000;
 const BATCH: usize = 10_000;
-const JOB: &str = "influencers";
 const METRICS: [&str; 2] = ["followerCount", "followingCount"];
+
+/// One data set of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataSet {
+    /// Mockstagram accounts under one of the simulator's dynamics.
+    Accounts(Dynamics),
+    /// node_exporter-shaped host metrics (`trawler_sim::hosts`).
+    Node,
+}
+
+impl std::fmt::Display for DataSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Accounts(d) => d.fmt(f),
+            Self::Node => f.write_str("node"),
+        }
+    }
+}
+
+impl DataSet {
+    fn parse(s: &str) -> anyhow::Result<Vec<Self>> {
+        let sim = [Dynamics::Mockstagram, Dynamics::Realistic].map(Self::Accounts);
+        Ok(match s {
+            "all" => vec![sim[0], sim[1], Self::Node],
+            "both" => sim.to_vec(),
+            "node" => vec![Self::Node],
+            d => vec![Self::Accounts(
+                d.parse()
+                    .map_err(|e| anyhow::anyhow!("{e}, node, both or all"))?,
+            )],
+        })
+    }
+
+    fn job(self) -> &'static str {
+        match self {
+            Self::Accounts(_) => "influencers",
+            Self::Node => "node",
+        }
+    }
+
+    /// Kinds of series (one entropy histogram each).
+    fn kinds(self) -> usize {
+        match self {
+            Self::Accounts(_) => 2,
+            Self::Node => 2 * SERIES.len(),
+        }
+    }
+
+    /// The name of series kind `k`.
+    fn metric(self, k: usize) -> &'static str {
+        match self {
+            Self::Accounts(_) => METRICS[k],
+            Self::Node => SERIES[k / 2][k % 2],
+        }
+    }
+
+    /// The kinds of the two series of entity slot `i`.
+    fn kinds_of(self, i: u64) -> [usize; 2] {
+        match self {
+            Self::Accounts(_) => [0, 1],
+            Self::Node => {
+                let pair = (i % SERIES.len() as u64) as usize;
+                [2 * pair, 2 * pair + 1]
+            }
+        }
+    }
+
+    /// The store's entity and the VictoriaMetrics label of slot `i`.
+    fn entity(self, i: u64) -> (u64, String) {
+        match self {
+            Self::Accounts(_) => (FIRST_PK + i, format!("\"pk\":\"{}\"", FIRST_PK + i)),
+            Self::Node => {
+                let host = i / SERIES.len() as u64;
+                (host, format!("\"instance\":\"host-{host}:9100\""))
+            }
+        }
+    }
+}
+
+/// The two series keys of every entity slot, in slot order.
+fn keys(data: DataSet, slots: u64) -> Vec<(SeriesKey<'static>, ValueKind)> {
+    (0..slots)
+        .flat_map(|i| {
+            data.kinds_of(i).map(|k| {
+                (
+                    SeriesKey {
+                        job: data.job(),
+                        entity: data.entity(i).0,
+                        metric: data.metric(k),
+                    },
+                    ValueKind::Int,
+                )
+            })
+        })
+        .collect()
+}
 
 /// Figures of one dynamics.
 #[derive(Debug, Default)]
@@ -76,7 +188,11 @@ struct Figures {
     blocks: u64,
     vm_bytes: u64,
     vm_rows: u64,
-    entropy_bits: [f64; 2],
+    /// Entropy of the first differences of each kind of series, then of
+    /// the timestamps.
+    entropy_bits: Vec<f64>,
+    /// Names of the kinds.
+    kinds: Vec<&'static str>,
     store_cpu_s: f64,
     compact_cpu_s: f64,
     wall_s: f64,
@@ -89,10 +205,7 @@ struct Figures {
 
 /// Runs the benchmark and prints its figures.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let dynamics = match args.dynamics.as_str() {
-        "both" => vec![Dynamics::Mockstagram, Dynamics::Realistic],
-        d => vec![d.parse().map_err(anyhow::Error::msg)?],
-    };
+    let dynamics = DataSet::parse(&args.dynamics)?;
     if !args.no_vm {
         let _ = Command::new("scripts/deps")
             .arg("victoria-metrics")
@@ -105,7 +218,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let minutes = args.hours * 60;
     println!(
-        "store benchmark: {} accounts × {} h × 2 metrics = {} samples per dynamics, {} cores",
+        "store benchmark: {} accounts (or host series pairs) × {} h × 2 metrics = {} samples per data set, {} cores",
         args.accounts,
         args.hours,
         args.accounts * minutes * 2,
@@ -122,7 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for d in dynamics {
         println!("\ndynamics={d}");
         let gen = Generator {
-            dynamics: d,
+            data: d,
             seed: args.seed,
             epoch,
             accounts: args.accounts,
@@ -153,8 +266,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bytes per sample: the mean over the kinds of series (each holds as many
+/// samples) of their values' entropy, plus the timestamps'.
 fn entropy_bytes(f: &Figures) -> f64 {
-    (f.entropy_bits[0] + f.entropy_bits[1]) / 2.0 / 8.0
+    let Some((ts, kinds)) = f.entropy_bits.split_last() else {
+        return 0.0;
+    };
+    (kinds.iter().sum::<f64>() / kinds.len() as f64 + ts) / 8.0
 }
 
 fn print_figures(f: &Figures, accounts: u64) {
@@ -174,11 +292,17 @@ fn print_figures(f: &Figures, accounts: u64) {
             bps / vm
         );
     }
+    let parts: Vec<String> = f
+        .kinds
+        .iter()
+        .chain(&["timestamps"])
+        .zip(&f.entropy_bits)
+        .map(|(k, b)| format!("{k} {b:.2} bits"))
+        .collect();
     println!(
-        "  entropy bound:    {:.3} B/sample (first differences: followerCount {:.2} bits, followingCount {:.2} bits) → trawler/bound = {:.2}×",
+        "  entropy bound:    {:.3} B/sample (first differences: {}) → trawler/bound = {:.2}×",
         entropy_bytes(f),
-        f.entropy_bits[0],
-        f.entropy_bits[1],
+        parts.join(", "),
         bps / entropy_bytes(f)
     );
     println!(
@@ -200,9 +324,10 @@ fn print_figures(f: &Figures, accounts: u64) {
     );
 }
 
-/// The flagship data of one dynamics, regenerated identically on demand.
+/// The data of one data set, regenerated identically on demand. Entity
+/// slot `i` (0-based) is an account, or a pair of series of a host.
 struct Generator {
-    dynamics: Dynamics,
+    data: DataSet,
     seed: u64,
     epoch: i64,
     accounts: u64,
@@ -210,20 +335,42 @@ struct Generator {
 }
 
 impl Generator {
-    /// Each account is polled at a fixed phase within the minute.
-    fn ts(&self, pk: u64, minute: u64) -> i64 {
-        self.epoch + minute as i64 * MINUTE_MS + (pk.wrapping_mul(7_919) % 60_000) as i64
+    /// Each account is polled at a fixed phase within the minute; a host is
+    /// scraped at its phase plus timer jitter.
+    fn ts(&self, i: u64, minute: u64) -> i64 {
+        let base = self.epoch + minute as i64 * MINUTE_MS;
+        match self.data {
+            DataSet::Accounts(_) => {
+                let pk = FIRST_PK + i;
+                base + (pk.wrapping_mul(7_919) % 60_000) as i64
+            }
+            DataSet::Node => {
+                base + Hosts::new(self.seed).offset_ms(i / SERIES.len() as u64, minute)
+            }
+        }
     }
 
-    /// The account's values at minute `m`, given its values at `m - 1`.
-    fn next(&self, pk: u64, minute: u64, prev: Option<Counts>) -> Counts {
-        match self.dynamics {
-            Dynamics::Mockstagram => {
-                let prev = prev.unwrap_or_else(|| mockstagram_initial(self.seed, pk));
-                mockstagram_step(self.seed, pk, minute, prev)
+    /// Slot `i`'s two values at minute `m`, given its values at `m - 1`.
+    fn next(&self, i: u64, minute: u64, prev: Option<[u64; 2]>) -> [u64; 2] {
+        let pk = FIRST_PK + i;
+        let pair = |c: trawler_sim::Counts| [c.followers, c.following];
+        match self.data {
+            DataSet::Accounts(Dynamics::Mockstagram) => {
+                let prev = prev.map_or_else(
+                    || mockstagram_initial(self.seed, pk),
+                    |[followers, following]| trawler_sim::Counts {
+                        followers,
+                        following,
+                    },
+                );
+                pair(mockstagram_step(self.seed, pk, minute, prev))
             }
-            Dynamics::Realistic => {
-                Realistic::new(self.seed, self.epoch).at(pk, self.ts(pk, minute))
+            DataSet::Accounts(Dynamics::Realistic) => {
+                pair(Realistic::new(self.seed, self.epoch).at(pk, self.ts(i, minute)))
+            }
+            DataSet::Node => {
+                let n = SERIES.len() as u64;
+                Hosts::new(self.seed).next(i / n, (i % n) as usize, minute, prev)
             }
         }
     }
@@ -282,50 +429,38 @@ fn ingest(gen: &Generator, dir: &Path) -> anyhow::Result<Figures> {
     // than in real time.
     config.flush_interval = Duration::from_secs(3_600);
     let store = config.open()?;
-    let keys: Vec<(SeriesKey<'_>, ValueKind)> = (0..gen.accounts)
-        .flat_map(|i| {
-            METRICS.map(|metric| {
-                (
-                    SeriesKey {
-                        job: JOB,
-                        entity: FIRST_PK + i,
-                        metric,
-                    },
-                    ValueKind::Int,
-                )
-            })
-        })
-        .collect();
-    let ids = store.series_batch(&keys)?;
+    let ids = store.series_batch(&keys(gen.data, gen.accounts))?;
 
     let (tx, rx) = mpsc::sync_channel::<Vec<Sample>>(8);
     let cpu_before = cpu_seconds("/proc/self/stat")?;
     let wall = Instant::now();
-    let generator = std::thread::scope(|scope| -> anyhow::Result<(f64, [f64; 2])> {
-        let producer = scope.spawn(|| -> anyhow::Result<(f64, [f64; 2])> {
-            let mut hist = [Histogram::new(), Histogram::new()];
-            let mut state: Vec<Option<Counts>> = vec![None; gen.accounts as usize];
+    let generator = std::thread::scope(|scope| -> anyhow::Result<(f64, Vec<f64>)> {
+        let producer = scope.spawn(|| -> anyhow::Result<(f64, Vec<f64>)> {
+            // One histogram per kind of series, then one of the timestamps.
+            let mut hist: Vec<Histogram> =
+                (0..=gen.data.kinds()).map(|_| Histogram::new()).collect();
+            let mut state: Vec<Option<([u64; 2], i64)>> = vec![None; gen.accounts as usize];
             let mut batch = Vec::with_capacity(BATCH);
             for minute in 0..gen.minutes {
                 for (i, slot) in state.iter_mut().enumerate() {
-                    let pk = FIRST_PK + i as u64;
-                    let c = gen.next(pk, minute, *slot);
-                    if let Some(p) = *slot {
-                        hist[0].add(c.followers as i64 - p.followers as i64);
-                        hist[1].add(c.following as i64 - p.following as i64);
+                    let c = gen.next(i as u64, minute, slot.map(|s| s.0));
+                    let ts_ms = gen.ts(i as u64, minute);
+                    if let Some((p, pts)) = *slot {
+                        for (m, k) in gen.data.kinds_of(i as u64).into_iter().enumerate() {
+                            hist[k].add(c[m] as i64 - p[m] as i64);
+                        }
+                        // Both series of a slot carry the timestamp.
+                        hist[gen.data.kinds()].add(ts_ms - pts);
+                        hist[gen.data.kinds()].add(ts_ms - pts);
                     }
-                    *slot = Some(c);
-                    let ts_ms = gen.ts(pk, minute);
-                    batch.push(Sample {
-                        series: ids[2 * i],
-                        ts_ms,
-                        value: Value::Int(c.followers as i64),
-                    });
-                    batch.push(Sample {
-                        series: ids[2 * i + 1],
-                        ts_ms,
-                        value: Value::Int(c.following as i64),
-                    });
+                    *slot = Some((c, ts_ms));
+                    for (m, &v) in c.iter().enumerate() {
+                        batch.push(Sample {
+                            series: ids[2 * i + m],
+                            ts_ms,
+                            value: Value::Int(v as i64),
+                        });
+                    }
                     if batch.len() >= BATCH
                         && tx
                             .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
@@ -341,7 +476,7 @@ fn ingest(gen: &Generator, dir: &Path) -> anyhow::Result<Figures> {
             drop(tx);
             Ok((
                 cpu_seconds("/proc/thread-self/stat")?,
-                [hist[0].entropy_bits(), hist[1].entropy_bits()],
+                hist.iter().map(Histogram::entropy_bits).collect(),
             ))
         });
         let mut peak = 0u64;
@@ -378,6 +513,7 @@ fn ingest(gen: &Generator, dir: &Path) -> anyhow::Result<Figures> {
         block_bytes: stats.block_bytes,
         blocks: stats.blocks,
         entropy_bits,
+        kinds: (0..gen.data.kinds()).map(|k| gen.data.metric(k)).collect(),
         store_cpu_s,
         compact_cpu_s,
         wall_s,
@@ -403,12 +539,7 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
-fn read_latency(
-    args: &Args,
-    dynamics: Dynamics,
-    dir: &Path,
-    f: &mut Figures,
-) -> anyhow::Result<()> {
+fn read_latency(args: &Args, data: DataSet, dir: &Path, f: &mut Figures) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     let days = 30;
     let minutes = days * 1_440;
@@ -417,7 +548,7 @@ fn read_latency(
         .as_millis() as i64;
     let epoch = (now - minutes as i64 * MINUTE_MS).div_euclid(86_400_000) * 86_400_000;
     let gen = Generator {
-        dynamics,
+        data,
         seed: args.seed,
         epoch,
         accounts: args.read_accounts,
@@ -426,40 +557,22 @@ fn read_latency(
     let mut config = StoreConfig::new(dir);
     config.background = false;
     let store = config.open()?;
-    let keys: Vec<(SeriesKey<'_>, ValueKind)> = (0..gen.accounts)
-        .flat_map(|i| {
-            METRICS.map(|metric| {
-                (
-                    SeriesKey {
-                        job: JOB,
-                        entity: FIRST_PK + i,
-                        metric,
-                    },
-                    ValueKind::Int,
-                )
-            })
-        })
-        .collect();
-    let ids = store.series_batch(&keys)?;
+    let ids = store.series_batch(&keys(gen.data, gen.accounts))?;
     let mut state = vec![None; gen.accounts as usize];
     for day in 0..days {
         let mut batch = Vec::new();
         for minute in day * 1_440..(day + 1) * 1_440 {
             for (i, slot) in state.iter_mut().enumerate() {
-                let pk = FIRST_PK + i as u64;
-                let c = gen.next(pk, minute, *slot);
+                let c = gen.next(i as u64, minute, *slot);
                 *slot = Some(c);
-                let ts_ms = gen.ts(pk, minute);
-                batch.push(Sample {
-                    series: ids[2 * i],
-                    ts_ms,
-                    value: Value::Int(c.followers as i64),
-                });
-                batch.push(Sample {
-                    series: ids[2 * i + 1],
-                    ts_ms,
-                    value: Value::Int(c.following as i64),
-                });
+                let ts_ms = gen.ts(i as u64, minute);
+                for (m, &v) in c.iter().enumerate() {
+                    batch.push(Sample {
+                        series: ids[2 * i + m],
+                        ts_ms,
+                        value: Value::Int(v as i64),
+                    });
+                }
             }
         }
         store.append(&batch)?;
@@ -588,21 +701,26 @@ fn victoria_metrics(gen: &Generator, dir: &Path) -> anyhow::Result<(u64, u64)> {
     };
     let mut values = [Vec::new(), Vec::new()];
     let mut stamps = Vec::new();
+    let job = gen.data.job();
     for i in 0..gen.accounts {
-        let pk = FIRST_PK + i;
         let mut prev = None;
         values[0].clear();
         values[1].clear();
         stamps.clear();
         for minute in 0..gen.minutes {
-            let c = gen.next(pk, minute, prev);
+            let c = gen.next(i, minute, prev);
             prev = Some(c);
-            values[0].push(c.followers);
-            values[1].push(c.following);
-            stamps.push(gen.ts(pk, minute));
+            values[0].push(c[0]);
+            values[1].push(c[1]);
+            stamps.push(gen.ts(i, minute));
         }
-        for (m, metric) in METRICS.iter().enumerate() {
-            write!(body, "{{\"metric\":{{\"__name__\":\"{metric}\",\"job\":\"{JOB}\",\"pk\":\"{pk}\"}},\"values\":[")?;
+        let label = gen.data.entity(i).1;
+        for (m, k) in gen.data.kinds_of(i).into_iter().enumerate() {
+            let metric = gen.data.metric(k);
+            write!(
+                body,
+                "{{\"metric\":{{\"__name__\":\"{metric}\",\"job\":\"{job}\",{label}}},\"values\":["
+            )?;
             for (k, v) in values[m].iter().enumerate() {
                 write!(body, "{}{v}", if k > 0 { "," } else { "" })?;
             }

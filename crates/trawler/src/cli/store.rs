@@ -1,6 +1,13 @@
 //! `trawler store`: an operator's tools for a data folder that no trawler is
 //! running on (the store's lock refuses a folder in use): figures, an
 //! on-demand compaction, and a full checksum verification.
+//!
+//! `stats` and `verify` only look: they open the store read-only (the WAL
+//! replayed in memory, nothing in the folder created, changed or removed),
+//! so inspecting a stopped run's data never alters it. `stats` reads no
+//! block's data, so it does not claim a number of corrupt blocks: it prints
+//! `verified=false` (and `corrupt_blocks=N` only when opening already found
+//! N); `verify` is the command that checks every checksum.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,13 +20,14 @@ use crate::cli::mockstagram::parse_duration;
 /// Inspect, compact or verify the store of a data folder.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Print the store's figures: samples, series, blocks, bytes.
+    /// Print the store's figures: samples, series, blocks, bytes. Read-only;
+    /// checksums are not verified (`verified=false`): use `verify`.
     Stats(Target),
     /// Write the head to blocks and merge every day's blocks into one (what
     /// the background thread does for finished days), then apply retention.
     Compact(Target),
     /// Read every block completely and check every checksum; exits 1 when a
-    /// block is corrupt, naming its file.
+    /// block is corrupt, naming its file and series. Read-only.
     Verify(Target),
 }
 
@@ -49,6 +57,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     let mut config = StoreConfig::new(&dir);
     config.background = false;
     config.retention = target.retention;
+    config.read_only = !matches!(command, Command::Compact(_));
     let store = config
         .open()
         .with_context(|| format!("opening {}", dir.display()))?;
@@ -56,7 +65,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Stats(_) => {
             progress.finish_and_clear();
-            print_stats("store", &before);
+            print_stats("store", &before, false);
         }
         Command::Compact(_) => {
             progress.set_message("compacting");
@@ -65,8 +74,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             store.compact().context("compacting")?;
             let after = store.stats();
             progress.finish_and_clear();
-            print_stats("before", &before);
-            print_stats("after", &after);
+            print_stats("before", &before, false);
+            print_stats("after", &after, false);
             println!(
                 "compacted in {:.1} s: {} → {} bytes on disk, {} → {} blocks",
                 started.elapsed().as_secs_f64(),
@@ -84,7 +93,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             progress.finish_and_clear();
             // Blocks found corrupt when the store opened were reported then
             // (a log line each) and count here too.
-            let corrupt = store.stats().corrupt_blocks;
+            let after = store.stats();
+            print_stats("store", &after, true);
+            let corrupt = after.corrupt_blocks;
             if corrupt > 0 {
                 bail!("{corrupt} block(s) failed verification; the others stay readable");
             }
@@ -98,14 +109,22 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_stats(label: &str, s: &Stats) {
+/// One line of figures. Unless every block was `verified`, a count of zero
+/// corrupt blocks would be a claim nobody checked: the line then says
+/// `verified=false`, with the corrupt blocks found so far only when some were.
+fn print_stats(label: &str, s: &Stats, verified: bool) {
     let per_sample = if s.samples > 0 {
         s.bytes_on_disk as f64 / s.samples as f64
     } else {
         0.0
     };
+    let checked = match (verified, s.corrupt_blocks) {
+        (true, n) => format!("verified=true corrupt_blocks={n}"),
+        (false, 0) => "verified=false".to_owned(),
+        (false, n) => format!("verified=false corrupt_blocks={n}"),
+    };
     println!(
-        "{label}: samples={} series={} blocks={} bytes_on_disk={} block_bytes={} wal_bytes={} bytes_per_sample={per_sample:.3} corrupt_blocks={}",
-        s.samples, s.series, s.blocks, s.bytes_on_disk, s.block_bytes, s.wal_bytes, s.corrupt_blocks
+        "{label}: samples={} series={} blocks={} bytes_on_disk={} block_bytes={} wal_bytes={} bytes_per_sample={per_sample:.3} {checked}",
+        s.samples, s.series, s.blocks, s.bytes_on_disk, s.block_bytes, s.wal_bytes
     );
 }
