@@ -1,4 +1,5 @@
-//! `trawler gen`: workload generators for the stream jobs.
+//! `trawler gen`: workload generators for the stream jobs, and URL lists
+//! for batch jobs (`trawler gen urls`, in [`urls`]).
 //!
 //! `trawler gen expo` writes the events of the A/B-test workload
 //! (`trawler_sim::expo`, format in `docs/STREAMS.md`) to stdout, a file
@@ -15,6 +16,7 @@
 mod http;
 mod nats;
 mod sink;
+pub mod urls;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +31,8 @@ use crate::cli::mockstagram::parse_duration;
 pub enum Gen {
     /// Events of users in A/B tests (the `expo` stream job's input), as NDJSON.
     Expo(ExpoArgs),
+    /// A list of image URLs for a batch job (`trawler crawl`), served by `trawler sim images`.
+    Urls(urls::UrlsArgs),
 }
 
 /// Generate the events of the `expo` workload: users in A/B tests viewing,
@@ -119,6 +123,7 @@ pub struct ExpoArgs {
 pub fn run(gen: Gen) -> anyhow::Result<()> {
     match gen {
         Gen::Expo(args) => expo(args),
+        Gen::Urls(args) => urls::run(args),
     }
 }
 
