@@ -677,6 +677,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_job_file_builds() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../jobs/images.toml");
+        let job = BatchJobConfig::load(&path).unwrap().build().unwrap();
+        assert_eq!(job.name, "images");
+        assert!(job.inputs[0].ends_with("urls.txt.gz"));
+        assert_eq!(job.detector.unwrap().batch, 64);
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("4MiB"), Ok(4 << 20));
         assert_eq!(parse_size("65536"), Ok(65_536));

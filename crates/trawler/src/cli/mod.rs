@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a job: poll, store, keep live views, serve the API (the main job).
     Run(Box<crate::run::Args>),
+    /// Crawl a huge list of image URLs, each exactly once (a batch job).
+    Crawl(Box<crate::crawl::Args>),
     /// Serve the built-in Mockstagram simulator (the API trawler is measured against).
     Mockstagram(mockstagram::Args),
     /// Serve a simulator of another job kind's target (`sim images`: image hosts and a detector).
