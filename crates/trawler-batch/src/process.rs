@@ -87,15 +87,56 @@ fn thumbnail_of(image: &DynamicImage, side: u32) -> image::RgbImage {
         )
     };
     match image {
-        DynamicImage::ImageRgb8(rgb) => image::imageops::thumbnail(rgb, tw, th),
-        other => image::imageops::thumbnail(&other.to_rgb8(), tw, th),
+        DynamicImage::ImageRgb8(rgb) => box_resize(rgb, tw, th),
+        other => box_resize(&other.to_rgb8(), tw, th),
     }
+}
+
+/// Downscales by averaging each output pixel's block of source pixels, in
+/// integers. `image::imageops::thumbnail` does the same in floating point
+/// per channel and took 30 % of the crawl's CPU in a profile; this takes a
+/// few percent.
+pub fn box_resize<P>(
+    src: &image::ImageBuffer<P, Vec<u8>>,
+    tw: u32,
+    th: u32,
+) -> image::ImageBuffer<P, Vec<u8>>
+where
+    P: image::Pixel<Subpixel = u8>,
+{
+    let (w, h) = src.dimensions();
+    let c = usize::from(P::CHANNEL_COUNT);
+    let raw = src.as_raw();
+    let mut out = vec![0u8; tw as usize * th as usize * c];
+    let mut sums = vec![0u32; c];
+    for oy in 0..th {
+        let (y0, y1) = (oy * h / th, ((oy + 1) * h / th).max(oy * h / th + 1));
+        for ox in 0..tw {
+            let (x0, x1) = (ox * w / tw, ((ox + 1) * w / tw).max(ox * w / tw + 1));
+            sums.iter_mut().for_each(|s| *s = 0);
+            for y in y0..y1 {
+                let row = &raw[(y as usize * w as usize + x0 as usize) * c
+                    ..(y as usize * w as usize + x1 as usize) * c];
+                for px in row.chunks_exact(c) {
+                    for (s, v) in sums.iter_mut().zip(px) {
+                        *s += u32::from(*v);
+                    }
+                }
+            }
+            let n = (y1 - y0) * (x1 - x0);
+            let at = (oy as usize * tw as usize + ox as usize) * c;
+            for (o, s) in out[at..at + c].iter_mut().zip(&sums) {
+                *o = ((s + n / 2) / n) as u8;
+            }
+        }
+    }
+    image::ImageBuffer::from_raw(tw, th, out).expect("the buffer has the right size")
 }
 
 /// The 64-bit difference hash of an image.
 pub fn dhash(image: &image::RgbImage) -> u64 {
     let grey = image::imageops::grayscale(image);
-    let small = image::imageops::thumbnail(&grey, 9, 8);
+    let small = box_resize(&grey, 9, 8);
     let mut bits = 0u64;
     for y in 0..8 {
         for x in 0..8 {
@@ -188,6 +229,17 @@ mod tests {
         assert!(process(&encoded(ImageFormat::Png, 100, 100), 64, 9_999)
             .unwrap_err()
             .contains("max_pixels"));
+    }
+
+    #[test]
+    fn box_resize_averages_blocks() {
+        let img = image::RgbImage::from_fn(4, 2, |x, _| image::Rgb([(x * 10) as u8, 100, 255]));
+        let small = box_resize(&img, 2, 1);
+        assert_eq!(small.get_pixel(0, 0).0, [5, 100, 255]);
+        assert_eq!(small.get_pixel(1, 0).0, [25, 100, 255]);
+        // Upscaling repeats pixels; odd ratios cover every source pixel.
+        assert_eq!(box_resize(&img, 8, 4).dimensions(), (8, 4));
+        assert_eq!(box_resize(&img, 3, 1).dimensions(), (3, 1));
     }
 
     #[test]
