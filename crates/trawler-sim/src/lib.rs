@@ -8,6 +8,9 @@
 //! `POST /api/v1/influencers/is_suspicious` answers `{"pk","suspicious"}`
 //! after a delay of N(1 s, 1 s) clamped to [0, 10 s]. Unknown paths get 404.
 //!
+//! The image hosts and batch detector of batch jobs ([`images`], served by
+//! `trawler sim images`), and the URL lists pointing at them.
+//!
 //! The `expo` workload ([`expo`]) generates the events of A/B tests for
 //! the stream job (`docs/STREAMS.md`).
 //!
@@ -50,6 +53,7 @@
 pub mod comments;
 pub mod expo;
 pub mod hosts;
+pub mod images;
 pub mod model;
 pub mod packages;
 pub mod rng;

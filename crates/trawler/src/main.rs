@@ -6,6 +6,7 @@
 
 mod bench;
 mod cli;
+mod crawl;
 mod gen;
 mod logging;
 mod progress;
@@ -19,6 +20,8 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         cli::Command::Run(a) => run::run(*a),
         cli::Command::Mockstagram(a) => cli::mockstagram::run(a),
+        cli::Command::Crawl(a) => crawl::run(*a),
+        cli::Command::Sim(s) => cli::sim::run(s),
         cli::Command::Store(c) => cli::store::run(c),
         cli::Command::Bench(b) => bench::run(b),
         cli::Command::Gen(g) => gen::run(g),

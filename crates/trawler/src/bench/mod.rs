@@ -7,6 +7,7 @@
 pub mod api;
 mod child;
 pub mod crawl;
+pub mod crawl_batch;
 pub mod sim;
 pub mod soak;
 pub mod store;
@@ -22,6 +23,8 @@ pub enum Bench {
     Api(api::Args),
     /// The crawler at rising load against the in-process simulator, beside wrk's ceiling.
     Crawl(crawl::Args),
+    /// A URL list through `trawler crawl` against the image simulator end to end, beside Scrapy.
+    CrawlBatch(crawl_batch::Args),
     /// GET throughput and latency of the Mockstagram simulator, measured with wrk.
     Sim(sim::Args),
     /// The default job for hours across clock hours and midnight, minute by minute (simulator in its own process).
@@ -39,6 +42,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Api(args) => api::run(args),
         Bench::Crawl(args) => crawl::run(args),
+        Bench::CrawlBatch(args) => crawl_batch::run(args),
         Bench::Sim(args) => sim::run(args),
         Bench::Soak(args) => soak::run(args),
         Bench::Store(args) => store::run(args),

@@ -1,6 +1,7 @@
 //! The command line: one subcommand per job a user runs.
 
 pub mod mockstagram;
+pub mod sim;
 pub mod store;
 
 use clap::{Parser, Subcommand};
@@ -26,12 +27,17 @@ pub struct Cli {
 pub enum Command {
     /// Run a job: poll, store, keep live views, serve the API (the main job).
     Run(Box<crate::run::Args>),
+    /// Crawl a huge list of image URLs, each exactly once (a batch job).
+    Crawl(Box<crate::crawl::Args>),
     /// Serve the built-in Mockstagram simulator (the API trawler is measured against).
     Mockstagram(mockstagram::Args),
+    /// Serve a simulator of another job kind's target (`sim images`: image hosts and a detector).
+    #[command(subcommand)]
+    Sim(sim::Sim),
     /// Inspect, compact or verify the store of a data folder not in use.
     #[command(subcommand)]
     Store(store::Command),
-    /// Generate a workload for a stream job (events to stdout, a file, HTTP or NATS).
+    /// Generate a workload: events for a stream job, URL lists for a batch job.
     #[command(subcommand)]
     Gen(crate::gen::Gen),
     /// Run a benchmark and print its figures.

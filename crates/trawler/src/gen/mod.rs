@@ -1,4 +1,5 @@
-//! `trawler gen`: workload generators for the stream jobs.
+//! `trawler gen`: workload generators for the stream jobs, and URL lists
+//! for batch jobs (`trawler gen urls`, in [`urls`]).
 //!
 //! `trawler gen expo` writes the events of the A/B-test workload
 //! (`trawler_sim::expo`, format in `docs/STREAMS.md`), `trawler gen
@@ -18,6 +19,7 @@ mod http;
 mod nats;
 mod sink;
 pub mod subscribers;
+pub mod urls;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +39,8 @@ pub enum Gen {
     Comments(CommentsArgs),
     /// Readers of a top-N job: SSE subscriptions, delivery latency.
     Subscribers(subscribers::SubscribersArgs),
+    /// A list of image URLs for a batch job (`trawler crawl`), served by `trawler sim images`.
+    Urls(urls::UrlsArgs),
 }
 
 /// Generate the events of the `expo` workload: users in A/B tests viewing,
@@ -168,6 +172,7 @@ pub fn run(gen: Gen) -> anyhow::Result<()> {
         Gen::Expo(args) => expo(args),
         Gen::Comments(args) => comments(args),
         Gen::Subscribers(args) => subscribers::run(args),
+        Gen::Urls(args) => urls::run(args),
     }
 }
 
@@ -198,7 +203,7 @@ pub fn feed(generator: &str, rate: f64, url: &str, token: Option<String>) -> any
             args.output.token = token;
             comments(args)
         }
-        Gen::Subscribers(_) => bail!("{generator:?} generates no events"),
+        Gen::Subscribers(_) | Gen::Urls(_) => bail!("{generator:?} generates no events"),
     }
 }
 

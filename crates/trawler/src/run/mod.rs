@@ -170,6 +170,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "the clock is shifted (--clock-offset): samples carry the shifted time"
         );
     }
+    if let Some(path) = args.config.as_deref() {
+        let kind = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| toml::from_str::<toml::Value>(&t).ok())
+            .and_then(|v| v.get("job")?.get("kind")?.as_str().map(str::to_owned));
+        if kind.as_deref() == Some("batch") {
+            anyhow::bail!(
+                "{}: [job] kind = \"batch\": a batch job ends when its list is done; run it with `trawler crawl --config {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
     if let Some(job) = args
         .config
         .as_deref()

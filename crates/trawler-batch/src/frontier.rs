@@ -1,0 +1,338 @@
+//! The frontier: the input's lines in order, cut into numbered segments,
+//! with duplicates and URLs finished by an earlier run taken out.
+//!
+//! * **Segments**: line `n` is in segment `n / segment_urls`. A segment is
+//!   finished when every URL of it is committed or dead; the log then says
+//!   so, and a later run skips the segment whole (its URLs only enter the
+//!   duplicate set). Segments are the unit a cluster would lease.
+//! * **Duplicates**: the first line with a URL wins; later lines with the
+//!   same fingerprint ([`fingerprint`]) are counted and skipped. The set
+//!   ([`FpSet`]) holds the 16-byte fingerprint of every URL read, about
+//!   18–37 bytes a URL in memory depending on how full the table is; it is
+//!   rebuilt at each start by reading the input again from its first line
+//!   (about a second per few million lines), so it needs no file of its
+//!   own. For billions of URLs per node it would be sharded by the
+//!   fingerprint's top bits into sorted runs on disk; one node of the
+//!   benchmark holds millions.
+//! * **Earlier runs**: a URL whose fingerprint the log holds as committed
+//!   or dead is skipped; one with failed attempts resumes with their count.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::input::{check_url, fingerprint, InputError, Lines, Target};
+use crate::log::{DeadKind, Record};
+
+/// A hasher for fingerprints, which are already uniform: their low 64 bits.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FpHasher(u64);
+
+impl Hasher for FpHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+/// A set of fingerprints.
+pub type FpSet = HashSet<u128, BuildHasherDefault<FpHasher>>;
+
+/// Bytes a [`FpSet`] holds in memory (hashbrown: 16 bytes and one control
+/// byte a bucket, buckets a power of two above capacity · 8/7).
+pub fn fp_set_bytes(set: &FpSet) -> u64 {
+    let buckets = (set.capacity() * 8 / 7).next_power_of_two();
+    buckets as u64 * 17
+}
+
+/// What the log says about a URL from earlier runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prior {
+    /// Committed or dead: skip.
+    Finished,
+    /// Failed this many times.
+    Failed(u16),
+}
+
+/// The state earlier runs left, from the log's records.
+#[derive(Debug, Default)]
+pub struct Earlier {
+    /// Finished segments.
+    pub segments: HashSet<u32>,
+    /// URLs of unfinished segments with a state.
+    pub urls: HashMap<u128, Prior, BuildHasherDefault<FpHasher>>,
+}
+
+impl Earlier {
+    /// Replays records (after the checkpoint).
+    pub fn replay(records: &[Record]) -> Earlier {
+        let mut e = Earlier::default();
+        for r in records {
+            match r {
+                Record::Commit { urls, .. } => {
+                    for (_, fp) in urls {
+                        e.urls.insert(*fp, Prior::Finished);
+                    }
+                }
+                Record::Dead { fp, .. } => {
+                    e.urls.insert(*fp, Prior::Finished);
+                }
+                Record::Failed { fp, attempts, .. } => {
+                    let prior = e.urls.entry(*fp).or_insert(Prior::Failed(0));
+                    if let Prior::Failed(a) = prior {
+                        *a = (*a).max(*attempts);
+                    }
+                }
+                Record::SegmentDone { segment } => {
+                    e.segments.insert(*segment);
+                }
+            }
+        }
+        e
+    }
+}
+
+/// A URL to work on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// Its segment.
+    pub segment: u32,
+    /// Its fingerprint.
+    pub fp: u128,
+    /// As written.
+    pub url: String,
+    /// Attempts made by earlier runs.
+    pub attempts: u16,
+    /// The checked URL, or why it is a dead letter.
+    pub target: Result<Target, (DeadKind, String)>,
+}
+
+/// What the frontier hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// A URL.
+    Url(Item),
+    /// Every URL of the segment has been handed out.
+    SegmentRead(u32),
+}
+
+/// Counts of what was skipped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// Lines read.
+    pub lines: u64,
+    /// Lines repeating an earlier URL.
+    pub duplicates: u64,
+    /// URLs finished by an earlier run.
+    pub finished_earlier: u64,
+}
+
+/// The frontier over the input.
+pub struct Frontier {
+    lines: Lines,
+    earlier: Earlier,
+    segment_urls: u64,
+    seen: FpSet,
+    current: Option<u32>,
+    ended: bool,
+    /// An item read with the segment boundary before it.
+    pending: Option<Admit>,
+    /// What was skipped so far.
+    pub skipped: Skipped,
+}
+
+impl Frontier {
+    /// The frontier over `lines`, skipping what `earlier` finished.
+    pub fn new(lines: Lines, earlier: Earlier, segment_urls: u64) -> Frontier {
+        Frontier {
+            lines,
+            earlier,
+            segment_urls,
+            seen: FpSet::default(),
+            current: None,
+            ended: false,
+            pending: None,
+            skipped: Skipped::default(),
+        }
+    }
+
+    /// The duplicate set (for its size).
+    pub fn seen(&self) -> &FpSet {
+        &self.seen
+    }
+
+    /// The input's byte counter.
+    pub fn bytes_read(&self) -> &std::sync::Arc<std::sync::atomic::AtomicU64> {
+        &self.lines.bytes_read
+    }
+
+    /// The next thing to do; `None` at the end of the input.
+    pub fn next_admit(&mut self) -> Result<Option<Admit>, InputError> {
+        if let Some(p) = self.pending.take() {
+            return Ok(Some(p));
+        }
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            let Some(line) = self.lines.next_line()? else {
+                self.ended = true;
+                return Ok(self
+                    .current
+                    .filter(|s| !self.earlier.segments.contains(s))
+                    .map(Admit::SegmentRead));
+            };
+            self.skipped.lines += 1;
+            let segment = u32::try_from(line.number / self.segment_urls).unwrap_or(u32::MAX);
+            let fp = fingerprint(&line.url);
+            let first = self.seen.insert(fp);
+            let mut read = None;
+            if self.current != Some(segment) {
+                read = self
+                    .current
+                    .filter(|s| !self.earlier.segments.contains(s))
+                    .map(Admit::SegmentRead);
+                self.current = Some(segment);
+            }
+            let item = if !first {
+                self.skipped.duplicates += 1;
+                None
+            } else if self.earlier.segments.contains(&segment) {
+                self.skipped.finished_earlier += 1;
+                None
+            } else {
+                match self.earlier.urls.get(&fp) {
+                    Some(Prior::Finished) => {
+                        self.skipped.finished_earlier += 1;
+                        None
+                    }
+                    prior => {
+                        let attempts = match prior {
+                            Some(Prior::Failed(a)) => *a,
+                            _ => 0,
+                        };
+                        let target = match line.problem {
+                            Some(p) => Err((DeadKind::InvalidUrl, p)),
+                            None => check_url(&line.url),
+                        };
+                        Some(Admit::Url(Item {
+                            segment,
+                            fp,
+                            url: line.url,
+                            attempts,
+                            target,
+                        }))
+                    }
+                }
+            };
+            match (read, item) {
+                (Some(r), Some(i)) => {
+                    // The segment boundary first; the item waits one call.
+                    self.pending = Some(i);
+                    return Ok(Some(r));
+                }
+                (Some(r), None) => return Ok(Some(r)),
+                (None, Some(i)) => return Ok(Some(i)),
+                (None, None) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::InputFormat;
+    use proptest::prelude::*;
+
+    fn frontier(urls: &[String], earlier: Earlier, per: u64) -> (Vec<Admit>, Skipped) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.txt");
+        std::fs::write(&path, urls.join("\n")).unwrap();
+        let mut f = Frontier::new(
+            Lines::new(vec![path], InputFormat::Text, "url"),
+            earlier,
+            per,
+        );
+        let mut out = Vec::new();
+        while let Some(a) = f.next_admit().unwrap() {
+            out.push(a);
+        }
+        (out, f.skipped)
+    }
+
+    proptest! {
+        #[test]
+        fn every_distinct_url_once_in_first_order(
+            picks in proptest::collection::vec(0u32..50, 1..300),
+            per in 1u64..40,
+            finished in proptest::collection::hash_set(0u32..50, 0..10),
+        ) {
+            let urls: Vec<String> = picks.iter().map(|p| format!("http://h{}.test/{p}", p % 7)).collect();
+            let mut earlier = Earlier::default();
+            for f in &finished {
+                earlier.urls.insert(fingerprint(&format!("http://h{}.test/{f}", f % 7)), Prior::Finished);
+            }
+            let (admits, skipped) = frontier(&urls, earlier, per);
+            let mut expected = Vec::new();
+            let mut seen = HashSet::new();
+            for (i, p) in picks.iter().enumerate() {
+                if seen.insert(*p) && !finished.contains(p) {
+                    expected.push((i as u64 / per) as u32);
+                    expected.push(*p);
+                }
+            }
+            let mut got = Vec::new();
+            let mut read = HashSet::new();
+            for a in &admits {
+                match a {
+                    Admit::Url(item) => {
+                        prop_assert!(!read.contains(&item.segment), "an item after its segment was read");
+                        got.push(item.segment);
+                        got.push(item.url.rsplit('/').next().unwrap().parse().unwrap());
+                    }
+                    Admit::SegmentRead(s) => prop_assert!(read.insert(*s)),
+                }
+            }
+            prop_assert_eq!(got, expected);
+            // Every segment is announced as read, in order.
+            let last = ((picks.len() as u64 - 1) / per) as u32;
+            prop_assert_eq!(read.len() as u32, last + 1);
+            prop_assert_eq!(skipped.lines, picks.len() as u64);
+            prop_assert_eq!(skipped.duplicates, (picks.len() - seen.len()) as u64);
+        }
+    }
+
+    #[test]
+    fn finished_segments_are_skipped_whole_and_failures_resume() {
+        let urls: Vec<String> = (0..10).map(|i| format!("http://h.test/{i}")).collect();
+        let mut earlier = Earlier::default();
+        earlier.segments.insert(0);
+        earlier.urls.insert(fingerprint(&urls[7]), Prior::Failed(2));
+        let mut with_dup = urls.clone();
+        with_dup.push(urls[1].clone());
+        let (admits, skipped) = frontier(&with_dup, earlier, 5);
+        let items: Vec<_> = admits
+            .iter()
+            .filter_map(|a| match a {
+                Admit::Url(i) => Some((i.url.clone(), i.attempts)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(items.len(), 5);
+        assert_eq!(items[2], (urls[7].clone(), 2));
+        assert_eq!(skipped.finished_earlier, 5);
+        assert_eq!(
+            skipped.duplicates, 1,
+            "a duplicate of a finished segment's URL is still one"
+        );
+        assert!(!admits.contains(&Admit::SegmentRead(0)));
+        assert!(admits.contains(&Admit::SegmentRead(2)));
+    }
+}

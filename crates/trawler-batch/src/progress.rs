@@ -1,0 +1,362 @@
+//! The figures of a running batch: atomic counters updated by the
+//! pipeline, read as a [`Status`] (the progress line, the JSON API, the
+//! summary) or as Prometheus text (`/metrics`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::log::DeadKind;
+
+/// The counters (all since the process started, except `*_earlier`).
+#[derive(Debug)]
+pub struct Progress {
+    /// The job's name.
+    pub job: String,
+    started: Instant,
+    /// Input lines read.
+    pub lines: AtomicU64,
+    /// Lines whose URL was seen before in the input.
+    pub duplicates: AtomicU64,
+    /// URLs finished by an earlier run (skipped).
+    pub finished_earlier: AtomicU64,
+    /// URLs handed to the fetchers.
+    pub admitted: AtomicU64,
+    /// URLs whose result is committed.
+    pub done: AtomicU64,
+    /// Dead letters, by [`DeadKind`] order.
+    pub dead: [AtomicU64; 8],
+    /// Failed attempts that will be retried.
+    pub retries: AtomicU64,
+    /// Body bytes downloaded.
+    pub bytes: AtomicU64,
+    /// Downloads in flight.
+    pub downloading: AtomicU64,
+    /// Detector calls made, and images in them.
+    pub detector_calls: AtomicU64,
+    /// See `detector_calls`.
+    pub detector_images: AtomicU64,
+    /// Detector calls that failed (retried).
+    pub detector_errors: AtomicU64,
+    /// Results files published.
+    pub files: AtomicU64,
+    /// Segments finished (this run).
+    pub segments_done: AtomicU64,
+    /// Input bytes read and in all (for the ETA).
+    pub input_read: AtomicU64,
+    /// See `input_read`.
+    pub input_total: AtomicU64,
+    /// Distinct hosts.
+    pub hosts: AtomicU64,
+    /// Set when the input is read to its end.
+    pub input_complete: AtomicU64,
+    /// Bytes of the state log.
+    pub log_bytes: AtomicU64,
+    /// Fingerprints in the duplicate set, and its bytes.
+    pub seen: AtomicU64,
+    /// See `seen`.
+    pub seen_bytes: AtomicU64,
+    finished_at: Mutex<Option<f64>>,
+}
+
+/// A snapshot, as served at `/api/v1/batch/{job}`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Status {
+    /// The job.
+    pub job: String,
+    /// `running` or `finished`.
+    pub state: &'static str,
+    /// Seconds since the start.
+    pub elapsed_s: f64,
+    /// Input lines read.
+    pub lines: u64,
+    /// Duplicate lines skipped.
+    pub duplicates: u64,
+    /// URLs finished by an earlier run.
+    pub finished_earlier: u64,
+    /// URLs with a committed result.
+    pub done: u64,
+    /// Dead letters in all.
+    pub dead: u64,
+    /// Dead letters by kind.
+    pub dead_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Retried attempts.
+    pub retries: u64,
+    /// URLs admitted and not finished.
+    pub in_flight: u64,
+    /// Downloads in flight.
+    pub downloading: u64,
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// (done + dead) per second since the start.
+    pub urls_per_s: f64,
+    /// Estimated seconds left (`null` until it can be told).
+    pub eta_s: Option<f64>,
+    /// Share of the input read (0–1).
+    pub input_fraction: f64,
+    /// Distinct hosts.
+    pub hosts: u64,
+    /// Detector calls and images.
+    pub detector_calls: u64,
+    /// See `detector_calls`.
+    pub detector_images: u64,
+    /// Failed detector calls.
+    pub detector_errors: u64,
+    /// Results files published.
+    pub files: u64,
+    /// Segments finished this run.
+    pub segments_done: u64,
+    /// State bytes: the log on disk, and the duplicate set in memory.
+    pub log_bytes: u64,
+    /// See `log_bytes`.
+    pub seen_set_bytes: u64,
+}
+
+impl Progress {
+    /// Counters at zero.
+    pub fn new(job: &str) -> Self {
+        Self {
+            job: job.to_owned(),
+            started: Instant::now(),
+            lines: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            finished_earlier: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            dead: Default::default(),
+            retries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            downloading: AtomicU64::new(0),
+            detector_calls: AtomicU64::new(0),
+            detector_images: AtomicU64::new(0),
+            detector_errors: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            segments_done: AtomicU64::new(0),
+            input_read: AtomicU64::new(0),
+            input_total: AtomicU64::new(0),
+            hosts: AtomicU64::new(0),
+            input_complete: AtomicU64::new(0),
+            log_bytes: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            seen_bytes: AtomicU64::new(0),
+            finished_at: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn dead_one(&self, kind: DeadKind) {
+        let i = DeadKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.dead[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn finish(&self) {
+        *self.finished_at.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(self.started.elapsed().as_secs_f64());
+    }
+
+    /// The figures now.
+    pub fn status(&self) -> Status {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let finished = *self.finished_at.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = finished.unwrap_or_else(|| self.started.elapsed().as_secs_f64());
+        let dead_by_kind: std::collections::BTreeMap<_, _> = DeadKind::ALL
+            .iter()
+            .zip(&self.dead)
+            .map(|(k, n)| (k.name(), get(n)))
+            .collect();
+        let dead: u64 = dead_by_kind.values().sum();
+        let done = get(&self.done);
+        let admitted = get(&self.admitted);
+        let finished_now = done + dead;
+        let rate = if elapsed > 0.0 {
+            finished_now as f64 / elapsed
+        } else {
+            0.0
+        };
+        let (read, total) = (get(&self.input_read), get(&self.input_total));
+        let fraction = if get(&self.input_complete) == 1 || total == 0 {
+            1.0
+        } else {
+            (read as f64 / total as f64).min(1.0)
+        };
+        // URLs still to come: those admitted and not finished, plus the
+        // unread input's share of what the read part admitted.
+        let in_flight = admitted.saturating_sub(finished_now);
+        let eta = if finished.is_some() {
+            Some(0.0)
+        } else if rate > 0.0 && fraction > 0.0 {
+            let to_come = admitted as f64 * (1.0 - fraction) / fraction;
+            Some((in_flight as f64 + to_come) / rate)
+        } else {
+            None
+        };
+        Status {
+            job: self.job.clone(),
+            state: if finished.is_some() {
+                "finished"
+            } else {
+                "running"
+            },
+            elapsed_s: elapsed,
+            lines: get(&self.lines),
+            duplicates: get(&self.duplicates),
+            finished_earlier: get(&self.finished_earlier),
+            done,
+            dead,
+            dead_by_kind,
+            retries: get(&self.retries),
+            in_flight,
+            downloading: get(&self.downloading),
+            bytes: get(&self.bytes),
+            urls_per_s: rate,
+            eta_s: eta,
+            input_fraction: fraction,
+            hosts: get(&self.hosts),
+            detector_calls: get(&self.detector_calls),
+            detector_images: get(&self.detector_images),
+            detector_errors: get(&self.detector_errors),
+            files: get(&self.files),
+            segments_done: get(&self.segments_done),
+            log_bytes: get(&self.log_bytes),
+            seen_set_bytes: get(&self.seen_bytes),
+        }
+    }
+
+    /// The figures in Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        use trawler_common::prom::{family, Kind};
+        let s = self.status();
+        let job = [("job", s.job.as_str())];
+        let mut out = String::new();
+        let figures: [(&str, Kind, &str, f64); 15] = [
+            (
+                "trawler_batch_lines_total",
+                Kind::Counter,
+                "Input lines read.",
+                s.lines as f64,
+            ),
+            (
+                "trawler_batch_duplicates_total",
+                Kind::Counter,
+                "Input lines whose URL came earlier.",
+                s.duplicates as f64,
+            ),
+            (
+                "trawler_batch_done_total",
+                Kind::Counter,
+                "URLs with a committed result.",
+                s.done as f64,
+            ),
+            (
+                "trawler_batch_retries_total",
+                Kind::Counter,
+                "Failed attempts retried.",
+                s.retries as f64,
+            ),
+            (
+                "trawler_batch_bytes_total",
+                Kind::Counter,
+                "Body bytes downloaded.",
+                s.bytes as f64,
+            ),
+            (
+                "trawler_batch_in_flight",
+                Kind::Gauge,
+                "URLs admitted and not finished.",
+                s.in_flight as f64,
+            ),
+            (
+                "trawler_batch_downloading",
+                Kind::Gauge,
+                "Downloads in flight.",
+                s.downloading as f64,
+            ),
+            (
+                "trawler_batch_urls_per_second",
+                Kind::Gauge,
+                "URLs finished per second since the start.",
+                s.urls_per_s,
+            ),
+            (
+                "trawler_batch_eta_seconds",
+                Kind::Gauge,
+                "Estimated seconds left (-1: unknown).",
+                s.eta_s.unwrap_or(-1.0),
+            ),
+            (
+                "trawler_batch_hosts",
+                Kind::Gauge,
+                "Distinct hosts.",
+                s.hosts as f64,
+            ),
+            (
+                "trawler_batch_detector_calls_total",
+                Kind::Counter,
+                "Detector calls.",
+                s.detector_calls as f64,
+            ),
+            (
+                "trawler_batch_detector_errors_total",
+                Kind::Counter,
+                "Detector calls that failed.",
+                s.detector_errors as f64,
+            ),
+            (
+                "trawler_batch_files_total",
+                Kind::Counter,
+                "Results files published.",
+                s.files as f64,
+            ),
+            (
+                "trawler_batch_state_log_bytes",
+                Kind::Gauge,
+                "Bytes of the state log.",
+                s.log_bytes as f64,
+            ),
+            (
+                "trawler_batch_seen_set_bytes",
+                Kind::Gauge,
+                "Bytes of the duplicate set in memory.",
+                s.seen_set_bytes as f64,
+            ),
+        ];
+        for (name, kind, help, value) in figures {
+            family(&mut out, name, kind, help).sample(&job, value);
+        }
+        let mut dead = family(
+            &mut out,
+            "trawler_batch_dead_total",
+            Kind::Counter,
+            "Dead letters by kind.",
+        );
+        for (kind, n) in &s.dead_by_kind {
+            dead.sample(&[("job", s.job.as_str()), ("kind", kind)], *n);
+        }
+        out
+    }
+}
+
+impl Status {
+    /// The one-line progress figure: `done 12,345 dead 12 dup 600 · 3,400/s · ETA 1m12s`.
+    pub fn line(&self) -> String {
+        let eta = match self.eta_s {
+            Some(s) if s.is_finite() => {
+                let s = s.round() as u64;
+                format!("{}m{:02}s", s / 60, s % 60)
+            }
+            _ => "?".into(),
+        };
+        format!(
+            "done {} dead {} dup {} retries {} in flight {} · {:.0} URLs/s · {:.1} MB · input {:.0}% · ETA {eta}",
+            self.done,
+            self.dead,
+            self.duplicates,
+            self.retries,
+            self.in_flight,
+            self.urls_per_s,
+            self.bytes as f64 / 1e6,
+            self.input_fraction * 100.0,
+        )
+    }
+}

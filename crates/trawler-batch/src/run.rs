@@ -1,0 +1,897 @@
+//! The pipeline of a batch job, and its start-up and shutdown order.
+//!
+//! ```text
+//!  frontier thread ──Admit──► dispatcher ──spawn──► URL task (≤ max_in_flight)
+//!  (input, segments,          (admits, segment        host permit + rate token
+//!   duplicates)                accounting)            → download (retries, backoff)
+//!                                                     → processing pool (threads = cores)
+//!                                                     → detector batcher ──► calls (≤ in_flight)
+//!                                                                              │
+//!                                  state log ◄── commit ── writer thread ◄─────┘ rows
+//!                                                          (Parquet, rolled by size/age)
+//! ```
+//!
+//! Every channel is bounded, so a slow stage holds the ones before it
+//! instead of queueing without end; the URL tasks' semaphore bounds the
+//! URLs between admission and the detector. A URL's outcome is final when
+//! its results file's commit is in the log, or its dead letter is.
+//!
+//! Start: the data folder is locked and claimed for the job, the input
+//! checked against the one the folder was started with, the log replayed
+//! (and checkpointed), unfinished results files recovered — all before any
+//! request. End: when the input is read and every admitted URL has an
+//! outcome, the writer commits its last file, the log is synced, and
+//! `dead.ndjson` and `summary.json` are written. On shutdown the same
+//! happens after at most `grace` for the URLs in flight; those without a
+//! committed result are simply done again by the next run.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use trawler_common::shutdown::Shutdown;
+
+use crate::fetch::{FetchError, Fetcher, Hosts};
+use crate::frontier::{fp_set_bytes, Admit, Earlier, Frontier, Item};
+use crate::input::{self, InputError, Lines, Manifest};
+use crate::log::{DeadKind, LogError, Record, StateLog};
+use crate::output::{self, OutputError, ResultRow};
+use crate::process::Pool;
+use crate::progress::{Progress, Status};
+use crate::spec::{BatchJob, DetectorSettings};
+
+/// Why a batch could not start or go on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The input.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The state log.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The results files.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// The data folder is not usable for this job.
+    #[error("data folder {path}: {message}")]
+    Data {
+        /// The folder or file.
+        path: PathBuf,
+        /// Why, and what to do.
+        message: String,
+    },
+}
+
+/// What a finished (or interrupted) run leaves.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The last figures.
+    pub status: Status,
+    /// Whether it stopped before the end of the input.
+    pub interrupted: bool,
+    /// The results folder.
+    pub results: PathBuf,
+    /// The dead-letter export.
+    pub dead_letters: PathBuf,
+}
+
+/// The state an outcome changes, behind one lock.
+struct Tracker {
+    log: StateLog,
+    /// Per unfinished segment: URLs admitted and not finished, and whether
+    /// the frontier is past it.
+    segments: HashMap<u32, (u64, bool)>,
+    /// Dead letters (earlier runs' and this one's), for the export.
+    dead: HashMap<u128, Record>,
+}
+
+impl Tracker {
+    fn settle(&mut self, segment: u32, progress: &Progress) -> Result<(), LogError> {
+        if let Some(&(0, true)) = self.segments.get(&segment) {
+            self.segments.remove(&segment);
+            self.log.append(&Record::SegmentDone { segment })?;
+            progress.segments_done.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn finish_one(&mut self, segment: u32, progress: &Progress) -> Result<(), LogError> {
+        if let Some(s) = self.segments.get_mut(&segment) {
+            s.0 = s.0.saturating_sub(1);
+        }
+        self.settle(segment, progress)
+    }
+}
+
+/// What every task shares.
+struct Ctx {
+    job: BatchJob,
+    progress: Arc<Progress>,
+    tracker: Mutex<Tracker>,
+    hosts: Hosts,
+    fetcher: Fetcher,
+    pool: Pool,
+    /// The first fatal error; set once, then the run stops.
+    fatal: Mutex<Option<BatchError>>,
+    failed: Notify,
+}
+
+impl Ctx {
+    fn fail(&self, e: impl Into<BatchError>) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        if fatal.is_none() {
+            let e = e.into();
+            tracing::error!(error = %e, "batch: stopping");
+            *fatal = Some(e);
+        }
+        self.failed.notify_one();
+    }
+
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn dead(&self, item: &Item, attempts: u16, kind: DeadKind, message: String) {
+        tracing::debug!(url = %item.url, kind = kind.name(), %message, "dead letter");
+        let record = Record::Dead {
+            segment: item.segment,
+            fp: item.fp,
+            attempts,
+            kind,
+            url: item.url.clone(),
+            message,
+        };
+        let mut t = self.tracker();
+        let r = t
+            .log
+            .append(&record)
+            .and_then(|_| t.finish_one(item.segment, &self.progress));
+        t.dead.insert(item.fp, record);
+        self.progress
+            .log_bytes
+            .store(t.log.bytes(), Ordering::Relaxed);
+        drop(t);
+        self.progress.dead_one(kind);
+        if let Err(e) = r {
+            self.fail(e);
+        }
+    }
+
+    fn failed_attempt(&self, item: &Item, attempts: u16) {
+        self.progress.retries.fetch_add(1, Ordering::Relaxed);
+        let r = self.tracker().log.append(&Record::Failed {
+            segment: item.segment,
+            fp: item.fp,
+            attempts,
+        });
+        if let Err(e) = r {
+            self.fail(e);
+        }
+    }
+}
+
+/// An image waiting for the detector.
+struct Pending {
+    row: ResultRow,
+    image: Bytes,
+}
+
+enum ToWriter {
+    Row(ResultRow),
+    Tick,
+    Close(oneshot::Sender<()>),
+}
+
+/// Runs the job over the data folder until the input is done or
+/// `shutdown` fires (then in-flight URLs get `grace`).
+pub async fn run(
+    job: BatchJob,
+    data: &Path,
+    progress: Arc<Progress>,
+    mut shutdown: Shutdown,
+    grace: Duration,
+) -> Result<Summary, BatchError> {
+    // Everything checked and opened before the first request.
+    let files = input::files(&job.inputs)?;
+    let _lock = claim(data, &job, &files)?;
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    progress.input_total.store(total, Ordering::Relaxed);
+    let (log, records, committed) = StateLog::open(&data.join("batch.log"))?;
+    progress.log_bytes.store(log.bytes(), Ordering::Relaxed);
+    let results_dir = data.join("results");
+    let next_file = output::recover(&results_dir, &committed)?;
+    let earlier = Earlier::replay(&records);
+    let dead: HashMap<u128, Record> = records
+        .into_iter()
+        .filter_map(|r| match &r {
+            Record::Dead { fp, .. } => Some((*fp, r)),
+            _ => None,
+        })
+        .collect();
+    tracing::info!(
+        job = %job.name,
+        files = files.len(),
+        finished_segments = earlier.segments.len(),
+        known_urls = earlier.urls.len(),
+        "batch: starting"
+    );
+    let ctx = Arc::new(Ctx {
+        hosts: Hosts::new(job.http.per_host_in_flight, job.http.per_host_rate),
+        fetcher: Fetcher::new(&job.http),
+        pool: Pool::start(
+            job.process.workers,
+            job.process.thumbnail,
+            job.process.max_pixels,
+        ),
+        tracker: Mutex::new(Tracker {
+            log,
+            segments: HashMap::new(),
+            dead,
+        }),
+        progress: progress.clone(),
+        fatal: Mutex::new(None),
+        failed: Notify::new(),
+        job,
+    });
+
+    // The writer thread and its clock.
+    let (writer_tx, writer_rx) = mpsc::channel::<ToWriter>(4_096);
+    let writer = {
+        let ctx = ctx.clone();
+        let w = output::Writer::new(&results_dir, next_file);
+        std::thread::Builder::new()
+            .name("batch-writer".into())
+            .spawn(move || writer_thread(&ctx, w, writer_rx))
+            .expect("spawning the writer")
+    };
+    let ticker = {
+        let tx = writer_tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                if tx.send(ToWriter::Tick).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    // The detector's batcher.
+    let (detect_tx, batcher) = match ctx.job.detector.clone() {
+        Some(d) => {
+            let (tx, rx) = mpsc::channel::<Pending>(d.batch * d.in_flight * 2);
+            let handle = tokio::spawn(batcher(ctx.clone(), d, rx, writer_tx.clone()));
+            (Some(tx), Some(handle))
+        }
+        None => (None, None),
+    };
+
+    // The frontier thread.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (admit_tx, mut admit_rx) = mpsc::channel::<Admit>(4_096);
+    let frontier = {
+        let earlier_frontier = Frontier::new(
+            Lines::new(files, ctx.job.format, &ctx.job.field),
+            earlier,
+            ctx.job.segment_urls,
+        );
+        let stop = stop.clone();
+        let progress = progress.clone();
+        std::thread::Builder::new()
+            .name("batch-frontier".into())
+            .spawn(move || frontier_thread(earlier_frontier, admit_tx, &progress, &stop))
+            .expect("spawning the frontier")
+    };
+
+    // The dispatcher.
+    let max = ctx.job.http.max_in_flight;
+    let slots = Arc::new(Semaphore::new(max));
+    let mut interrupted = false;
+    loop {
+        let admit = tokio::select! {
+            biased;
+            _ = shutdown.wait() => { interrupted = true; break; }
+            _ = ctx.failed.notified() => break,
+            a = admit_rx.recv() => a,
+        };
+        match admit {
+            Some(Admit::Url(item)) => {
+                ctx.tracker().segments.entry(item.segment).or_default().0 += 1;
+                progress.admitted.fetch_add(1, Ordering::Relaxed);
+                let permit = tokio::select! {
+                    biased;
+                    _ = shutdown.wait() => { interrupted = true; break; }
+                    p = slots.clone().acquire_owned() => p.expect("never closed"),
+                };
+                let ctx = ctx.clone();
+                let (detect_tx, writer_tx) = (detect_tx.clone(), writer_tx.clone());
+                tokio::spawn(async move {
+                    url_task(&ctx, item, detect_tx, writer_tx).await;
+                    drop(permit);
+                });
+            }
+            Some(Admit::SegmentRead(segment)) => {
+                let mut t = ctx.tracker();
+                t.segments.entry(segment).or_default().1 = true;
+                if let Err(e) = t.settle(segment, &progress) {
+                    drop(t);
+                    ctx.fail(e);
+                }
+            }
+            None => break,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    drop(admit_rx);
+
+    // Every URL task ends: at once, or within the grace on shutdown.
+    let all = slots.acquire_many(max as u32);
+    if interrupted {
+        let _ = tokio::time::timeout(grace, all).await;
+    } else {
+        tokio::select! {
+            _ = all => {}
+            _ = shutdown.wait() => {
+                interrupted = true;
+                let _ = tokio::time::timeout(grace, slots.acquire_many(max as u32)).await;
+            }
+            _ = ctx.failed.notified() => {}
+        }
+    }
+    drop(detect_tx);
+    if let Some(b) = batcher {
+        if interrupted {
+            let _ = tokio::time::timeout(grace, b).await;
+        } else {
+            let _ = b.await;
+        }
+    }
+    let (closed_tx, closed) = oneshot::channel();
+    let _ = writer_tx.send(ToWriter::Close(closed_tx)).await;
+    let _ = closed.await;
+    ticker.abort();
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = writer.join();
+        let _ = frontier.join();
+    })
+    .await;
+    if let Some(e) = ctx.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(e);
+    }
+    let dead_letters = data.join("dead.ndjson");
+    {
+        let mut t = ctx.tracker();
+        t.log.sync()?;
+        progress.log_bytes.store(t.log.bytes(), Ordering::Relaxed);
+        export_dead(&dead_letters, &t.dead).map_err(|e| BatchError::Data {
+            path: dead_letters.clone(),
+            message: format!("writing the dead letters: {e}"),
+        })?;
+    }
+    if !interrupted && progress.input_complete.load(Ordering::Relaxed) == 0 {
+        interrupted = true;
+    }
+    progress.finish();
+    let status = progress.status();
+    let summary = Summary {
+        status,
+        interrupted,
+        results: results_dir,
+        dead_letters,
+    };
+    let json = serde_json::json!({
+        "interrupted": interrupted,
+        "status": summary.status,
+    });
+    let _ = std::fs::write(data.join("summary.json"), format!("{json:#}\n"));
+    Ok(summary)
+}
+
+/// Locks the data folder (released when the process dies) and checks that
+/// it belongs to this job and this input.
+fn claim(data: &Path, job: &BatchJob, files: &[PathBuf]) -> Result<File, BatchError> {
+    let bad = |path: PathBuf, message: String| BatchError::Data { path, message };
+    std::fs::create_dir_all(data).map_err(|e| bad(data.to_owned(), e.to_string()))?;
+    let lock_path = data.join("LOCK");
+    let lock = File::create(&lock_path).map_err(|e| bad(lock_path.clone(), e.to_string()))?;
+    if lock.try_lock().is_err() {
+        return Err(bad(
+            data.to_owned(),
+            "in use by another trawler process; stop it or choose another --data".into(),
+        ));
+    }
+    let job_path = data.join("job");
+    match std::fs::read_to_string(&job_path) {
+        Ok(name) if name.trim() != job.name => {
+            return Err(bad(
+                data.to_owned(),
+                format!(
+                    "holds the job {:?}, not {:?}; choose another --data",
+                    name.trim(),
+                    job.name
+                ),
+            ))
+        }
+        Ok(_) => {}
+        Err(_) => write_atomic(&job_path, format!("{}\n", job.name).as_bytes())
+            .map_err(|e| bad(job_path.clone(), e.to_string()))?,
+    }
+    let manifest = Manifest::of(files)?;
+    let input_path = data.join("input");
+    match std::fs::read_to_string(&input_path) {
+        Ok(saved) if saved != manifest.0 => {
+            return Err(bad(
+                data.to_owned(),
+                format!(
+                    "was started over another input (saved in {}); the segments would not match. \
+                     Use another --data for a new list, or the same list to resume",
+                    input_path.display()
+                ),
+            ))
+        }
+        Ok(_) => {}
+        Err(_) => write_atomic(&input_path, manifest.0.as_bytes())
+            .map_err(|e| bad(input_path.clone(), e.to_string()))?,
+    }
+    Ok(lock)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    crate::log::sync_dir(path)
+}
+
+fn export_dead(path: &Path, dead: &HashMap<u128, Record>) -> std::io::Result<()> {
+    let mut rows: Vec<_> = dead
+        .values()
+        .filter_map(|r| match r {
+            Record::Dead {
+                segment,
+                attempts,
+                kind,
+                url,
+                message,
+                ..
+            } => Some((
+                *segment,
+                url,
+                serde_json::json!({
+                    "url": url,
+                    "kind": kind.name(),
+                    "error": message,
+                    "attempts": attempts,
+                    "segment": segment,
+                }),
+            )),
+            _ => None,
+        })
+        .collect();
+    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut out = Vec::new();
+    for (_, _, v) in rows {
+        out.extend(v.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    write_atomic(path, &out)
+}
+
+fn frontier_thread(
+    mut frontier: Frontier,
+    tx: mpsc::Sender<Admit>,
+    progress: &Progress,
+    stop: &AtomicBool,
+) {
+    let mut n = 0u64;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let next = frontier.next_admit();
+        n += 1;
+        if n.is_multiple_of(1024) {
+            publish(&frontier, progress);
+        }
+        match next {
+            Ok(Some(admit)) => {
+                if tx.blocking_send(admit).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                publish(&frontier, progress);
+                progress.input_complete.store(1, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                // A file that fails mid-way (a corrupt gzip) stops the
+                // admissions; what was admitted finishes and is committed.
+                tracing::error!(error = %e, "batch: reading the input failed");
+                publish(&frontier, progress);
+                return;
+            }
+        }
+    }
+}
+
+fn publish(frontier: &Frontier, progress: &Progress) {
+    let s = frontier.skipped;
+    progress.lines.store(s.lines, Ordering::Relaxed);
+    progress.duplicates.store(s.duplicates, Ordering::Relaxed);
+    progress
+        .finished_earlier
+        .store(s.finished_earlier, Ordering::Relaxed);
+    progress.input_read.store(
+        frontier.bytes_read().load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
+    progress
+        .seen
+        .store(frontier.seen().len() as u64, Ordering::Relaxed);
+    progress
+        .seen_bytes
+        .store(fp_set_bytes(frontier.seen()), Ordering::Relaxed);
+}
+
+/// One URL: download (with retries), process, then to the detector or the
+/// writer.
+async fn url_task(
+    ctx: &Ctx,
+    item: Item,
+    detect_tx: Option<mpsc::Sender<Pending>>,
+    writer_tx: mpsc::Sender<ToWriter>,
+) {
+    let target = match &item.target {
+        Ok(t) => t.clone(),
+        Err((kind, message)) => return ctx.dead(&item, item.attempts, *kind, message.clone()),
+    };
+    let (host, new) = ctx.hosts.get(&target.host);
+    if new {
+        ctx.progress.hosts.fetch_add(1, Ordering::Relaxed);
+    }
+    let http = &ctx.job.http;
+    let max = http.max_attempts.min(u32::from(u16::MAX)) as u16;
+    let mut attempts = item.attempts;
+    let downloaded = loop {
+        if attempts >= max {
+            return ctx.dead(
+                &item,
+                attempts,
+                DeadKind::GaveUp,
+                format!("{attempts} attempts made by earlier runs"),
+            );
+        }
+        attempts += 1;
+        let result = {
+            let _permit = host.permits.acquire().await.expect("never closed");
+            host.polite.turn().await;
+            ctx.progress.downloading.fetch_add(1, Ordering::Relaxed);
+            let r = ctx.fetcher.get(&target.uri).await;
+            ctx.progress.downloading.fetch_sub(1, Ordering::Relaxed);
+            r
+        };
+        match result {
+            Ok(d) => break d,
+            Err(FetchError::Dead(kind, message)) => {
+                return ctx.dead(&item, attempts, kind, message)
+            }
+            Err(FetchError::Retry { message, after }) => {
+                if attempts >= max {
+                    return ctx.dead(
+                        &item,
+                        attempts,
+                        DeadKind::GaveUp,
+                        format!("{attempts} attempts, the last: {message}"),
+                    );
+                }
+                if let Some(after) = after {
+                    host.polite.pause_for(after);
+                }
+                ctx.failed_attempt(&item, attempts);
+                // Exponential, with a jitter from the fingerprint so that
+                // URLs failing together do not come back together.
+                let base = http.backoff.saturating_mul(1 << (attempts - 1).min(10));
+                let jitter = 0.5 + (item.fp as u64 % 1000) as f64 / 1000.0;
+                let wait = after
+                    .unwrap_or(base.mul_f64(jitter))
+                    .min(Duration::from_secs(60));
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    ctx.progress
+        .bytes
+        .fetch_add(downloaded.body.len() as u64, Ordering::Relaxed);
+    let processed = match ctx.pool.process(downloaded.body.clone()).await {
+        Ok(p) => p,
+        Err(message) => return ctx.dead(&item, attempts, DeadKind::NotAnImage, message),
+    };
+    let row = ResultRow {
+        segment: item.segment,
+        fp: item.fp,
+        url: item.url,
+        bytes: downloaded.body.len() as u64,
+        processed,
+        faces: Vec::new(),
+        fetched_at_ms: trawler_common::clock::unix_ms(),
+    };
+    // A closed channel means the run is stopping: the URL has no outcome
+    // and is done again next time.
+    match detect_tx {
+        Some(tx) => {
+            let _ = tx
+                .send(Pending {
+                    row,
+                    image: downloaded.body,
+                })
+                .await;
+        }
+        None => {
+            let _ = writer_tx.send(ToWriter::Row(row)).await;
+        }
+    }
+}
+
+/// Gathers images into batches of `batch`, or fewer after `wait`, and
+/// calls the detector with at most `in_flight` calls at once.
+async fn batcher(
+    ctx: Arc<Ctx>,
+    settings: DetectorSettings,
+    mut rx: mpsc::Receiver<Pending>,
+    writer_tx: mpsc::Sender<ToWriter>,
+) {
+    let client: Client<HttpConnector, Full<Bytes>> = trawler_common::http::ClientSettings {
+        max_idle_per_host: settings.in_flight,
+        ..trawler_common::http::ClientSettings::new(Duration::from_secs(5))
+    }
+    .build();
+    let calls = Arc::new(Semaphore::new(settings.in_flight));
+    let settings = Arc::new(settings);
+    let mut batch: Vec<Pending> = Vec::with_capacity(settings.batch);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match deadline {
+            Some(d) => tokio::time::timeout_at(d, rx.recv()).await.ok(),
+            None => Some(rx.recv().await),
+        };
+        let closed = matches!(next, Some(None));
+        if let Some(Some(p)) = next {
+            if batch.is_empty() {
+                deadline = Some(tokio::time::Instant::now() + settings.wait);
+            }
+            batch.push(p);
+            if batch.len() < settings.batch {
+                continue;
+            }
+        }
+        if !batch.is_empty() {
+            deadline = None;
+            let permit = calls.clone().acquire_owned().await.expect("never closed");
+            let todo = std::mem::replace(&mut batch, Vec::with_capacity(settings.batch));
+            let (ctx, client, settings, writer_tx) = (
+                ctx.clone(),
+                client.clone(),
+                settings.clone(),
+                writer_tx.clone(),
+            );
+            tokio::spawn(async move {
+                detect(&ctx, &client, &settings, todo, &writer_tx).await;
+                drop(permit);
+            });
+        }
+        if closed {
+            break;
+        }
+    }
+    let _ = calls.acquire_many(settings.in_flight as u32).await;
+}
+
+async fn detect(
+    ctx: &Ctx,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    settings: &DetectorSettings,
+    batch: Vec<Pending>,
+    writer_tx: &mpsc::Sender<ToWriter>,
+) {
+    let mut body = Vec::with_capacity(batch.iter().map(|p| p.image.len() + 4).sum());
+    for p in &batch {
+        body.extend((p.image.len() as u32).to_le_bytes());
+        body.extend_from_slice(&p.image);
+    }
+    let body = Bytes::from(body);
+    let mut last = String::new();
+    for attempt in 1..=settings.max_attempts {
+        ctx.progress.detector_calls.fetch_add(1, Ordering::Relaxed);
+        let call = async {
+            let request = Request::post(settings.url.clone())
+                .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+                .body(Full::new(body.clone()))
+                .map_err(|e| e.to_string())?;
+            let response = client.request(request).await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!("HTTP {}", status.as_u16()));
+            }
+            parse_faces(&bytes, batch.len())
+        };
+        match tokio::time::timeout(settings.timeout, call).await {
+            Ok(Ok(faces)) => {
+                ctx.progress
+                    .detector_images
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for (p, faces) in batch.into_iter().zip(faces) {
+                    let mut row = p.row;
+                    row.faces = faces;
+                    if writer_tx.send(ToWriter::Row(row)).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => last = format!("timed out after {:?}", settings.timeout),
+        }
+        ctx.progress.detector_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(attempt, error = %last, "detector call failed");
+        if attempt < settings.max_attempts {
+            let wait = Duration::from_millis(100).saturating_mul(1 << attempt.min(7));
+            tokio::time::sleep(wait).await;
+        }
+    }
+    for p in batch {
+        let item = Item {
+            segment: p.row.segment,
+            fp: p.row.fp,
+            url: p.row.url,
+            attempts: 0,
+            target: Err((DeadKind::Detector, String::new())),
+        };
+        ctx.dead(
+            &item,
+            0,
+            DeadKind::Detector,
+            format!(
+                "detector: {} calls failed, the last: {last}",
+                settings.max_attempts
+            ),
+        );
+    }
+}
+
+/// The detector's answer: one list of boxes per image, in order.
+pub fn parse_faces(body: &[u8], n: usize) -> Result<Vec<Vec<[u32; 4]>>, String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        results: Vec<One>,
+    }
+    #[derive(serde::Deserialize)]
+    struct One {
+        faces: Vec<[u32; 4]>,
+    }
+    let a: Answer = serde_json::from_slice(body).map_err(|e| format!("detector answer: {e}"))?;
+    if a.results.len() != n {
+        return Err(format!(
+            "detector answered {} results for {n} images",
+            a.results.len()
+        ));
+    }
+    Ok(a.results.into_iter().map(|o| o.faces).collect())
+}
+
+fn writer_thread(ctx: &Ctx, mut writer: output::Writer, mut rx: mpsc::Receiver<ToWriter>) {
+    let roll_bytes = ctx.job.output.roll_bytes;
+    let roll_after = ctx.job.output.roll_after;
+    let mut open: Option<output::OpenFile> = None;
+    let commit = |file: output::OpenFile| -> Result<(), BatchError> {
+        let finished = file.finish()?;
+        {
+            let mut t = ctx.tracker();
+            t.log.append(&Record::Commit {
+                file: finished.no,
+                urls: finished.urls.clone(),
+            })?;
+            t.log.sync()?;
+        }
+        finished.publish()?;
+        let mut t = ctx.tracker();
+        for (segment, _) in &finished.urls {
+            t.finish_one(*segment, &ctx.progress)?;
+        }
+        ctx.progress
+            .log_bytes
+            .store(t.log.bytes(), Ordering::Relaxed);
+        drop(t);
+        ctx.progress
+            .done
+            .fetch_add(finished.urls.len() as u64, Ordering::Relaxed);
+        ctx.progress.files.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    };
+    let mut step =
+        |msg: ToWriter, open: &mut Option<output::OpenFile>| -> Result<bool, BatchError> {
+            match msg {
+                ToWriter::Row(row) => {
+                    if open.is_none() {
+                        *open = Some(writer.open()?);
+                    }
+                    let file = open.as_mut().expect("just opened");
+                    file.push(row)?;
+                    if file.bytes() >= roll_bytes {
+                        commit(open.take().expect("open"))?;
+                    }
+                }
+                ToWriter::Tick => {
+                    if open
+                        .as_ref()
+                        .is_some_and(|f| f.opened.elapsed() >= roll_after)
+                    {
+                        commit(open.take().expect("open"))?;
+                    }
+                }
+                ToWriter::Close(reply) => {
+                    if let Some(f) = open.take() {
+                        commit(f)?;
+                    }
+                    let _ = reply.send(());
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+    let started = Instant::now();
+    while let Some(msg) = rx.blocking_recv() {
+        match step(msg, &mut open) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                ctx.fail(e);
+                // Keep draining so senders never block, committing nothing.
+                while let Some(msg) = rx.blocking_recv() {
+                    if let ToWriter::Close(reply) = msg {
+                        let _ = reply.send(());
+                        return;
+                    }
+                }
+                return;
+            }
+        }
+    }
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "writer ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detector_answers_parse() {
+        let a = parse_faces(br#"{"results":[{"faces":[]},{"faces":[[1,2,3,4]]}]}"#, 2).unwrap();
+        assert_eq!(a, vec![vec![], vec![[1, 2, 3, 4]]]);
+        assert!(parse_faces(br#"{"results":[]}"#, 1).is_err());
+        assert!(parse_faces(b"nope", 1).is_err());
+    }
+}

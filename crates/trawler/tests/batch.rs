@@ -1,0 +1,359 @@
+//! `trawler crawl` end to end: the real binary against the real image
+//! simulator (`trawler sim images`) on loopback sockets.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{addr_of, eventually, get, http, Proc};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn trawler(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_trawler"))
+        .args(args)
+        .output()
+        .expect("run trawler")
+}
+
+fn start_sim(slow: &str) -> (Proc, SocketAddr) {
+    let sim = Proc::start(&[
+        "sim",
+        "images",
+        "--listen",
+        "127.0.0.1:0",
+        "--pool",
+        "4",
+        "--slow-latency",
+        slow,
+    ]);
+    let addr = addr_of(&sim.wait_line("listening on ", MINUTE));
+    (sim, addr)
+}
+
+fn gen(path: &Path, count: u64, extra: &[&str]) -> Vec<String> {
+    let p = path.display().to_string();
+    let mut args = vec!["gen", "urls", "--out", &p];
+    let count = count.to_string();
+    args.extend(["--count", &count]);
+    args.extend(extra);
+    let out = trawler(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()),
+        &mut text,
+    )
+    .unwrap();
+    text.lines().map(str::to_owned).collect()
+}
+
+/// What each distinct line should become: `done` or a dead kind.
+fn expected(lines: &[String], max_attempts: u32, flaky_failures: u32) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for line in lines {
+        let kind = if !line.starts_with("http://h")
+            && !line.starts_with("http://slow")
+            && !line.starts_with("http://down")
+            || line.contains(":99999")
+        {
+            "invalid_url"
+        } else if line.contains("://down") {
+            "gave_up"
+        } else {
+            match line.split('/').nth(3).unwrap() {
+                "img" | "moved" => "done",
+                "flaky" if flaky_failures < max_attempts => "done",
+                "flaky" | "error" => "gave_up",
+                "broken" | "text" => "not_an_image",
+                "missing" => "client_error",
+                "loop" => "too_many_redirects",
+                "huge" => "too_large",
+                other => panic!("unexpected path kind {other}"),
+            }
+        };
+        out.insert(line.clone(), kind.to_owned());
+    }
+    out
+}
+
+fn crawl_args<'a>(list: &'a str, data: &'a str, sim: &'a str, detector: &'a str) -> Vec<&'a str> {
+    vec![
+        "crawl",
+        "--urls",
+        list,
+        "--data",
+        data,
+        "--connect-to",
+        sim,
+        "--detector",
+        detector,
+        "--listen",
+        "127.0.0.1:0",
+        "--per-host",
+        "2",
+        "--max-attempts",
+        "3",
+        "--backoff",
+        "10ms",
+        "--roll-after",
+        "300ms",
+        "--segment-urls",
+        "500",
+    ]
+}
+
+/// The results' URLs, asserting none is there twice.
+fn results(data: &Path) -> HashSet<String> {
+    let keys = trawler_batch::output::read_keys(&data.join("results")).unwrap();
+    let mut urls = HashSet::new();
+    for (fp, url) in keys {
+        assert_eq!(fp, trawler_batch::input::fingerprint(&url));
+        assert!(urls.insert(url.clone()), "{url} twice in the results");
+    }
+    urls
+}
+
+fn dead_letters(data: &Path) -> HashMap<String, String> {
+    std::fs::read_to_string(data.join("dead.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["url"].as_str().unwrap().to_owned(),
+                v["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn check_outcomes(data: &Path, expect: &HashMap<String, String>) {
+    let done = results(data);
+    let dead = dead_letters(data);
+    for (url, kind) in expect {
+        if kind == "done" {
+            assert!(done.contains(url), "{url} missing from the results");
+            assert!(!dead.contains_key(url), "{url} both done and dead");
+        } else {
+            assert_eq!(dead.get(url), Some(kind), "{url}");
+            assert!(!done.contains(url), "{url} dead yet in the results");
+        }
+    }
+    assert_eq!(
+        done.len() + dead.len(),
+        expect.len(),
+        "an outcome for a URL not in the input"
+    );
+}
+
+#[test]
+fn every_url_once_with_duplicates_faults_and_per_host_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.txt.gz");
+    let lines = gen(
+        &list,
+        3_000,
+        &[
+            "--hosts",
+            "20",
+            "--slow-hosts",
+            "2",
+            "--down-hosts",
+            "1",
+            "--duplicates",
+            "0.1",
+            "--bad",
+            "0.02",
+            "--faults",
+            "0.08",
+        ],
+    );
+    let expect = expected(&lines, 3, 2);
+    let (_sim, sim) = start_sim("50ms");
+    let data = dir.path().join("data");
+    let (l, d, s, det) = (
+        list.display().to_string(),
+        data.display().to_string(),
+        sim.to_string(),
+        format!("http://{sim}/detect"),
+    );
+    let crawl = Proc::start(&crawl_args(&l, &d, &s, &det));
+    let api = addr_of(&crawl.wait_line("listening on ", MINUTE));
+    // The API and /metrics answer while it runs (or it already finished).
+    let r = http(api, "GET", "/api/v1/batch/batch", None);
+    if r.status == 200 {
+        assert_eq!(r.json()["job"], "batch");
+        let m = http(api, "GET", "/metrics", None);
+        assert!(m.body.contains("trawler_batch_done_total"), "{}", m.body);
+    }
+    let summary = crawl.wait_line("batch: ", 3 * MINUTE);
+    assert!(summary.starts_with("state=finished"), "{summary}");
+    let duplicates = lines.len() - expect.len();
+    assert!(
+        summary.contains(&format!(" duplicates={duplicates} ")),
+        "{summary}"
+    );
+    check_outcomes(&data, &expect);
+    // Every kind of fault showed up.
+    let kinds: HashSet<_> = expect.values().collect();
+    for k in [
+        "invalid_url",
+        "gave_up",
+        "not_an_image",
+        "client_error",
+        "too_many_redirects",
+        "too_large",
+    ] {
+        assert!(kinds.contains(&k.to_owned()), "the list has no {k}");
+    }
+    // Per-host limits, measured at the simulator.
+    let stats = get(sim, "/_sim/images/stats");
+    let hosts = stats["hosts"].as_object().unwrap();
+    assert!(hosts.len() >= 20);
+    for (host, h) in hosts {
+        assert!(h["peak_in_flight"].as_u64().unwrap() <= 2, "{host}: {h}");
+    }
+    assert!(stats["detector"]["images"].as_u64().unwrap() >= results(&data).len() as u64);
+    // A second run over the same list and folder does nothing again.
+    let again = Proc::start(&crawl_args(&l, &d, &s, &det));
+    let summary = again.wait_line("batch: ", MINUTE);
+    assert!(summary.contains(" done=0 dead=0 "), "{summary}");
+    check_outcomes(&data, &expect);
+}
+
+#[test]
+fn kill_9_mid_crawl_then_restart_gives_each_url_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.txt.gz");
+    // Slow hosts keep the crawl going long enough to be killed mid-way.
+    let lines = gen(
+        &list,
+        4_000,
+        &[
+            "--hosts",
+            "10",
+            "--slow-hosts",
+            "20",
+            "--duplicates",
+            "0.05",
+            "--faults",
+            "0.02",
+        ],
+    );
+    let expect = expected(&lines, 3, 2);
+    let (_sim, sim) = start_sim("200ms");
+    let data = dir.path().join("data");
+    let (l, d, s, det) = (
+        list.display().to_string(),
+        data.display().to_string(),
+        sim.to_string(),
+        format!("http://{sim}/detect"),
+    );
+    let mut first = Proc::start(&crawl_args(&l, &d, &s, &det));
+    let api = addr_of(&first.wait_line("listening on ", MINUTE));
+    eventually(2 * MINUTE, || {
+        let s = get(api, "/api/v1/batch/batch");
+        (s["done"].as_u64().unwrap() >= 800).then_some(())
+    });
+    first.kill9();
+    let after_kill = results(&data);
+    assert!(!after_kill.is_empty() && after_kill.len() < expect.len());
+    let second = Proc::start(&crawl_args(&l, &d, &s, &det));
+    let summary = second.wait_line("batch: ", 3 * MINUTE);
+    assert!(summary.starts_with("state=finished"), "{summary}");
+    let earlier: u64 = summary
+        .split(" finished_earlier=")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(earlier >= after_kill.len() as u64, "{summary}");
+    check_outcomes(&data, &expect);
+    assert!(results(&data).is_superset(&after_kill));
+}
+
+#[test]
+fn bad_inputs_and_settings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let missing = dir.path().join("nope.txt").display().to_string();
+    let out = trawler(&[
+        "crawl",
+        "--urls",
+        &missing,
+        "--data",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--connect-to",
+        "127.0.0.1:9",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nope.txt") && err.contains("No such file"),
+        "{err}"
+    );
+
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, "[job]\nname = \"x\"\nkind = \"batch\"\n[input]\nurls = [\"u.txt\"]\n[http]\nper_host_in_flight = 0\n").unwrap();
+    let out = trawler(&[
+        "crawl",
+        "--config",
+        &job.display().to_string(),
+        "--data",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("job.toml: http.per_host_in_flight: must be at least 1"),
+        "{err}"
+    );
+
+    // A folder started over one list refuses another.
+    let a = dir.path().join("a.txt");
+    let b = dir.path().join("b.txt");
+    std::fs::write(&a, "not a url\n").unwrap();
+    std::fs::write(&b, "also not a url\n").unwrap();
+    let run = |list: &Path| {
+        trawler(&[
+            "crawl",
+            "--urls",
+            &list.display().to_string(),
+            "--data",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--connect-to",
+            "127.0.0.1:9",
+            "--no-detector",
+        ])
+    };
+    let out = run(&a);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dead = dead_letters(Path::new(&data));
+    assert_eq!(
+        dead.get("not a url").map(String::as_str),
+        Some("invalid_url")
+    );
+    let out = run(&b);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another input"), "{err}");
+}
