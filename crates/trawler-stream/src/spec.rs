@@ -395,16 +395,7 @@ impl StreamJobConfig {
             ));
         }
         let s = &self.stream;
-        let pointer = |key: &str, p: &str| {
-            if p.starts_with('/') {
-                Ok(p.to_owned())
-            } else {
-                Err(invalid(
-                    key,
-                    format!("{p:?} is not a JSON pointer (it starts with '/')"),
-                ))
-            }
-        };
+        let pointer = |key: &str, p: &str| pointer(key, p, &invalid);
         let time_field = pointer("stream.time_field", &s.time_field)?;
         let type_field = match &s.type_field {
             Some(p) => Some(pointer("stream.type_field", p)?),
@@ -735,16 +726,7 @@ impl StreamJobConfig {
                 "a top-N job ([stream.topn]) has no [[metric]] or [[formula]]".into(),
             ));
         }
-        let pointer = |key: &str, p: &str| {
-            if p.starts_with('/') {
-                Ok(p.to_owned())
-            } else {
-                Err(invalid(
-                    key,
-                    format!("{p:?} is not a JSON pointer (it starts with '/')"),
-                ))
-            }
-        };
+        let pointer = |key: &str, p: &str| pointer(key, p, invalid);
         let key = pointer("stream.topn.key", &t.key)?;
         let member = pointer("stream.topn.member", &t.member)?;
         if key == member || key == job.time_field || member == job.time_field {
@@ -900,6 +882,22 @@ fn source_of(
             ))
         }
     })
+}
+
+/// `p` when it is a JSON pointer, else an error naming `key`.
+fn pointer(
+    key: &str,
+    p: &str,
+    invalid: &impl Fn(&str, String) -> SpecError,
+) -> Result<String, SpecError> {
+    if p.starts_with('/') {
+        Ok(p.to_owned())
+    } else {
+        Err(invalid(
+            key,
+            format!("{p:?} is not a JSON pointer (it starts with '/')"),
+        ))
+    }
 }
 
 fn valid_name(name: &str, dash: bool) -> bool {
