@@ -1,15 +1,25 @@
 //! The query engine: `Engine::instant` and `Engine::range`.
 //!
-//! This first version evaluates plain instant-vector selectors only (with
-//! the lookback delta and staleness markers); the rest of the language
-//! answers [`QueryError::Execution`] naming what is not evaluated yet.
+//! A query is parsed by promql-parser, resolved into the engine's own tree
+//! ([`ast`]), then evaluated the way Prometheus 2.42's engine does it
+//! ([`eval`]): every node over all the steps at once, selectors loading
+//! their data once per query. [`functions`], [`aggregate`] and [`binary`]
+//! follow Prometheus' code operation for operation, so that results agree
+//! with it (the compliance test compares them with a real Prometheus).
 
-use std::time::Duration;
+mod aggregate;
+mod ast;
+mod binary;
+mod eval;
+mod functions;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use promql_parser::label::MatchOp as ParserOp;
 use promql_parser::parser::{self, Expr, VectorSelector};
 
-use crate::{MatchOp, Matcher, Queryable, SelectLimits, StorageError, Value, VectorSample};
+use crate::{MatchOp, Matcher, Queryable, Sample, SelectLimits, StorageError, Value, VectorSample};
 
 /// Prometheus' staleness marker: a NaN with this bit pattern ends a series.
 pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
@@ -146,39 +156,58 @@ impl Engine {
 
     /// Evaluates `query` at `t_ms` (`/api/v1/query`).
     pub fn instant(&self, q: &dyn Queryable, query: &str, t_ms: i64) -> Result<Value, QueryError> {
+        let deadline = Instant::now() + self.config.timeout;
         let expr = parser::parse(query).map_err(QueryError::BadData)?;
-        match expr {
-            Expr::VectorSelector(vs) => {
-                let matchers = selector_matchers(&vs)?;
-                let series = q.select(
-                    &matchers,
-                    t_ms - self.config.lookback_delta_ms + 1,
-                    t_ms,
-                    self.config.limits,
-                )?;
-                let mut out: Vec<VectorSample> = series
+        let mut conv = ast::Converter::new(t_ms, t_ms);
+        let node = conv.convert(&expr)?;
+        let ctx = eval::Ctx::new(q, &self.config, deadline, &node, conv.selectors, t_ms, t_ms);
+        let r = eval::Rng {
+            start: t_ms,
+            end: t_ms,
+            interval: 1,
+        };
+        let m = match ctx.eval(&node, r)? {
+            eval::Val::S(s) => return Ok(Value::String(t_ms, s)),
+            eval::Val::M(m) => m,
+        };
+        Ok(match node.ty() {
+            ast::Ty::Scalar => Value::Scalar(
+                t_ms,
+                m.first()
+                    .and_then(|s| s.points.first())
+                    .map_or(f64::NAN, |p| p.1),
+            ),
+            ast::Ty::Matrix => Value::Matrix(
+                m.into_iter()
+                    .map(|s| Sample {
+                        labels: Arc::unwrap_or_clone(s.labels),
+                        points: s.points,
+                    })
+                    .collect(),
+            ),
+            _ => {
+                let mut v: Vec<VectorSample> = m
                     .into_iter()
                     .filter_map(|s| {
-                        let &(_, v) = s.samples.last()?;
-                        (!is_stale_nan(v)).then_some(VectorSample {
-                            labels: s.labels,
+                        let value = s.points.first()?.1;
+                        Some(VectorSample {
+                            labels: Arc::unwrap_or_clone(s.labels),
                             ts_ms: t_ms,
-                            value: v,
+                            value,
                         })
                     })
                     .collect();
-                out.sort_by(|a, b| a.labels.cmp(&b.labels));
-                Ok(Value::Vector(out))
+                if !order_matters(&node) {
+                    v.sort_by(|a, b| a.labels.cmp(&b.labels));
+                }
+                Value::Vector(v)
             }
-            other => Err(QueryError::Execution(format!(
-                "not evaluated yet: {}",
-                other.prettify()
-            ))),
-        }
+        })
     }
 
     /// Evaluates `query` at every step from `start_ms` to `end_ms`
-    /// (`/api/v1/query_range`); the result is always a matrix.
+    /// (`/api/v1/query_range`); the result is always a matrix, sorted by
+    /// labels.
     pub fn range(
         &self,
         q: &dyn Queryable,
@@ -197,32 +226,64 @@ impl Engine {
                 "end timestamp must not be before start time".to_owned(),
             ));
         }
-        let mut by_labels: std::collections::BTreeMap<crate::Labels, Vec<(i64, f64)>> =
-            std::collections::BTreeMap::new();
-        let mut t = start_ms;
-        while t <= end_ms {
-            match self.instant(q, query, t)? {
-                Value::Vector(v) => {
-                    for s in v {
-                        by_labels.entry(s.labels).or_default().push((t, s.value));
-                    }
-                }
-                other => {
-                    return Err(QueryError::BadData(format!(
-                        "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
-                        other.result_type()
-                    )))
-                }
-            }
-            t += step_ms;
+        if (end_ms - start_ms) / step_ms >= self.config.max_points_per_series as i64 {
+            return Err(QueryError::BadData(format!(
+                "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
+                self.config.max_points_per_series
+            )));
         }
-        Ok(Value::Matrix(
-            by_labels
-                .into_iter()
-                .map(|(labels, points)| crate::Sample { labels, points })
-                .collect(),
-        ))
+        let deadline = Instant::now() + self.config.timeout;
+        let expr = parser::parse(query).map_err(QueryError::BadData)?;
+        let mut conv = ast::Converter::new(start_ms, end_ms);
+        let node = conv.convert(&expr)?;
+        let ty = node.ty();
+        if ty != ast::Ty::Scalar && ty != ast::Ty::Vector {
+            return Err(QueryError::BadData(format!(
+                "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                ty.name()
+            )));
+        }
+        let ctx = eval::Ctx::new(
+            q,
+            &self.config,
+            deadline,
+            &node,
+            conv.selectors,
+            start_ms,
+            end_ms,
+        );
+        let r = eval::Rng {
+            start: start_ms,
+            end: end_ms,
+            interval: step_ms,
+        };
+        let m = ctx.eval_m(&node, r)?;
+        let mut out: Vec<Sample> = m
+            .into_iter()
+            .filter(|s| !s.points.is_empty())
+            .map(|s| Sample {
+                labels: Arc::unwrap_or_clone(s.labels),
+                points: s.points,
+            })
+            .collect();
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(Value::Matrix(out))
     }
+}
+
+/// Whether an instant vector's order is part of the answer: that of
+/// `sort`, `sort_desc`, `topk` and `bottomk` at the top of the query.
+fn order_matters(n: &ast::Node) -> bool {
+    matches!(
+        n,
+        ast::Node::Call {
+            func: ast::Func::Sort | ast::Func::SortDesc,
+            ..
+        } | ast::Node::Agg {
+            op: ast::AggOp::Topk | ast::AggOp::Bottomk,
+            ..
+        }
+    )
 }
 
 #[cfg(test)]
