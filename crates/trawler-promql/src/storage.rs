@@ -1,5 +1,6 @@
 //! The storage seam of the engine: series, labels, matchers.
 
+use std::collections::HashMap;
 use std::sync::RwLock;
 
 /// The label holding a series' metric name.
@@ -259,6 +260,8 @@ pub trait Queryable: Send + Sync {
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
     series: RwLock<Vec<Series>>,
+    /// Position of each series in `series` by its labels.
+    index: RwLock<HashMap<Labels, usize>>,
 }
 
 impl MemoryStorage {
@@ -272,16 +275,15 @@ impl MemoryStorage {
     /// time of the last one replaces it.
     pub fn push(&self, labels: &Labels, ts_ms: i64, value: f64) {
         let mut all = self.series.write().expect("memory storage lock");
-        let s = match all.iter().position(|s| &s.labels == labels) {
-            Some(i) => &mut all[i],
-            None => {
-                all.push(Series {
-                    labels: labels.clone(),
-                    samples: Vec::new(),
-                });
-                all.last_mut().expect("just pushed")
-            }
-        };
+        let mut index = self.index.write().expect("memory storage lock");
+        let i = *index.entry(labels.clone()).or_insert_with(|| {
+            all.push(Series {
+                labels: labels.clone(),
+                samples: Vec::new(),
+            });
+            all.len() - 1
+        });
+        let s = &mut all[i];
         match s.samples.last_mut() {
             Some(last) if last.0 == ts_ms => last.1 = value,
             _ => s.samples.push((ts_ms, value)),

@@ -101,7 +101,7 @@ impl QueryError {
 /// series and label endpoints) into matchers. A selector whose every
 /// matcher matches the empty string is refused, as Prometheus does.
 pub fn parse_selector(text: &str) -> Result<Vec<Matcher>, QueryError> {
-    match parser::parse(text).map_err(QueryError::BadData)? {
+    match parse(text)? {
         Expr::VectorSelector(vs) => selector_matchers(&vs),
         _ => Err(QueryError::BadData(format!(
             "invalid parameter \"match[]\": {text:?} is not a series selector"
@@ -157,7 +157,7 @@ impl Engine {
     /// Evaluates `query` at `t_ms` (`/api/v1/query`).
     pub fn instant(&self, q: &dyn Queryable, query: &str, t_ms: i64) -> Result<Value, QueryError> {
         let deadline = Instant::now() + self.config.timeout;
-        let expr = parser::parse(query).map_err(QueryError::BadData)?;
+        let expr = parse(query)?;
         let mut conv = ast::Converter::new(t_ms, t_ms);
         let node = conv.convert(&expr)?;
         let ctx = eval::Ctx::new(q, &self.config, deadline, &node, conv.selectors, t_ms, t_ms);
@@ -233,7 +233,7 @@ impl Engine {
             )));
         }
         let deadline = Instant::now() + self.config.timeout;
-        let expr = parser::parse(query).map_err(QueryError::BadData)?;
+        let expr = parse(query)?;
         let mut conv = ast::Converter::new(start_ms, end_ms);
         let node = conv.convert(&expr)?;
         let ty = node.ty();
@@ -269,6 +269,31 @@ impl Engine {
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(Value::Matrix(out))
     }
+}
+
+/// Parses PromQL as Prometheus 2.42 knows it.
+fn parse(query: &str) -> Result<Expr, QueryError> {
+    register_legacy_functions();
+    parser::parse(query).map_err(QueryError::BadData)
+}
+
+/// Teaches the parser the functions of Prometheus 2.42 that later
+/// versions renamed (`holt_winters`, now `double_exponential_smoothing`,
+/// which 2.42 does not know and the converter refuses).
+fn register_legacy_functions() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use promql_parser::parser::function::{register_extra_functions, Function};
+        use promql_parser::parser::value::ValueType;
+        // Fails only if a later parser has it built in, which is as good.
+        let _ = register_extra_functions(vec![Function::new(
+            "holt_winters",
+            vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar],
+            0,
+            ValueType::Vector,
+            false,
+        )]);
+    });
 }
 
 /// Whether an instant vector's order is part of the answer: that of
