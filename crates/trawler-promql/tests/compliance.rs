@@ -34,13 +34,24 @@ const T0: i64 = 1_704_067_200_000;
 /// Three hours of data.
 const SPAN: i64 = 3 * 3_600_000;
 const SCRAPE: i64 = 15_000;
-/// The time of the instant queries.
-const T_INSTANT: i64 = T0 + 9_000_000 + 3_000;
-/// The range of the range queries.
-const RANGE_START: i64 = T0 + 3_600_000 + 500;
-const RANGE_END: i64 = RANGE_START + 3_600_000;
-/// Steps of the range queries, taken in turn by the corpus' queries.
-const STEPS: [i64; 4] = [10_000, 37_000, 60_000, 300_000];
+/// Times of the instant queries, taken in turn by the corpus' queries:
+/// within the data, ms off the scrape grid, just after the data's end
+/// (within the lookback), and early in the data.
+const INSTANTS: [i64; 4] = [
+    T0 + 9_000_000 + 3_000,
+    T0 + 4_300_250,
+    T0 + SPAN + 120_000,
+    T0 + 2_879_999,
+];
+/// Ranges of the range queries, taken in turn: within the data, over its
+/// start, over its end.
+const RANGES: [(i64, i64); 3] = [
+    (T0 + 3_600_500, T0 + 7_200_500),
+    (T0 - 300_000, T0 + 1_500_000),
+    (T0 + SPAN - 1_200_000, T0 + SPAN + 600_000),
+];
+/// Steps of the range queries, taken in turn.
+const STEPS: [i64; 5] = [10_000, 37_000, 60_000, 300_000, 1_000];
 
 const INSTANCES: [&str; 3] = [
     "demo.promlabs.com:10000",
@@ -718,23 +729,25 @@ fn the_corpus_answers_as_prometheus_does() {
     let mut errors = 0;
     let mut empty = 0;
     for (i, q) in queries.iter().enumerate() {
+        let t_instant = INSTANTS[i % INSTANTS.len()];
+        let (range_start, range_end) = RANGES[i % RANGES.len()];
         let step = STEPS[i % STEPS.len()];
         let inst_path = format!(
             "/api/v1/query?query={}&time={}",
             urlencode(q),
-            T_INSTANT as f64 / 1000.0
+            t_instant as f64 / 1000.0
         );
         let range_path = format!(
             "/api/v1/query_range?query={}&start={}&end={}&step={}",
             urlencode(q),
-            RANGE_START as f64 / 1000.0,
-            RANGE_END as f64 / 1000.0,
+            range_start as f64 / 1000.0,
+            range_end as f64 / 1000.0,
             step as f64 / 1000.0
         );
         let p_inst = prometheus_answer(&prom, &inst_path);
-        let t_inst = trawler_answer(engine.instant(&mem, q, T_INSTANT));
+        let t_inst = trawler_answer(engine.instant(&mem, q, t_instant));
         let p_range = prometheus_answer(&prom, &range_path);
-        let t_range = trawler_answer(engine.range(&mem, q, RANGE_START, RANGE_END, step));
+        let t_range = trawler_answer(engine.range(&mem, q, range_start, range_end, step));
         let ok_inst = agree(&p_inst, &t_inst, order_sensitive(q));
         let ok_range = agree(&p_range, &t_range, false);
         let ok = ok_inst && ok_range;
@@ -752,14 +765,14 @@ fn the_corpus_answers_as_prometheus_does() {
                 let mut d = format!("{q}\n");
                 if !ok_inst {
                     d.push_str(&format!(
-                        "  instant @{T_INSTANT}:\n    prometheus: {}\n    trawler:    {}\n",
+                        "  instant @{t_instant}:\n    prometheus: {}\n    trawler:    {}\n",
                         short(&p_inst),
                         short(&t_inst)
                     ));
                 }
                 if !ok_range {
                     d.push_str(&format!(
-                        "  range step {step}:\n    prometheus: {}\n    trawler:    {}\n",
+                        "  range {range_start}..{range_end} step {step}:\n    prometheus: {}\n    trawler:    {}\n",
                         short(&p_range),
                         short(&t_range)
                     ));
