@@ -37,21 +37,25 @@ const SCRAPE: i64 = 15_000;
 /// Times of the instant queries, taken in turn by the corpus' queries:
 /// within the data, ms off the scrape grid, just after the data's end
 /// (within the lookback), and early in the data.
-const INSTANTS: [i64; 4] = [
+/// and exactly one lookback delta after the last sample before a gap.
+const INSTANTS: [i64; 5] = [
     T0 + 9_000_000 + 3_000,
     T0 + 4_300_250,
     T0 + SPAN + 120_000,
     T0 + 2_879_999,
+    T0 + 1_785_000,
 ];
 /// Ranges of the range queries, taken in turn: within the data, over its
-/// start, over its end.
-const RANGES: [(i64, i64); 3] = [
+/// start, over its end, over gaps on the scrape grid (windows ending on
+/// samples).
+const RANGES: [(i64, i64); 4] = [
     (T0 + 3_600_500, T0 + 7_200_500),
     (T0 - 300_000, T0 + 1_500_000),
     (T0 + SPAN - 1_200_000, T0 + SPAN + 600_000),
+    (T0 + 1_440_000, T0 + 2_400_000),
 ];
 /// Steps of the range queries, taken in turn.
-const STEPS: [i64; 5] = [10_000, 37_000, 60_000, 300_000, 1_000];
+const STEPS: [i64; 6] = [10_000, 37_000, 60_000, 300_000, 1_000, 15_000];
 
 const INSTANCES: [&str; 3] = [
     "demo.promlabs.com:10000",
