@@ -272,14 +272,14 @@ impl Ctx<'_> {
                             }
                         }
                         for (v, si) in h {
-                            out.push(ts, &input[si].labels, v)?;
+                            out.push_keyed(ts, si, &input[si].labels, v)?;
                         }
                         continue;
                     }
                     AggOp::Quantile => quantile(p, &mut g.values),
                     _ => g.value,
                 };
-                out.push(ts, &glabels[gid], v)?;
+                out.push_keyed(ts, gid, &glabels[gid], v)?;
             }
         }
         Ok(out.finish())

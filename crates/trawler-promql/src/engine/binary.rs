@@ -171,7 +171,7 @@ impl Ctx<'_> {
                     keep = true;
                 }
                 if keep {
-                    out.push(ts, &labels[si], value)?;
+                    out.push_keyed(ts, si, &labels[si], value)?;
                 }
             }
         }
@@ -204,7 +204,7 @@ impl Ctx<'_> {
         let mut rval: Vec<f64> = vec![0.0; nsig];
         let mut matched: Vec<usize> = vec![usize::MAX; nsig];
         let mut inserted: HashMap<usize, Vec<Lbl>> = HashMap::new();
-        let mut metric_cache: HashMap<(usize, usize), Lbl> = HashMap::new();
+        let mut metric_cache: HashMap<(usize, usize), (usize, Lbl)> = HashMap::new();
         for (step, ts) in r.steps().enumerate() {
             if step % 64 == 0 {
                 self.tick()?;
@@ -221,18 +221,18 @@ impl Ctx<'_> {
                     }
                     for &(si, v) in &lv {
                         if seen[lsig[si]].0 == step {
-                            out.push(ts, &l[si].labels, v)?;
+                            out.push_keyed(ts, si, &l[si].labels, v)?;
                         }
                     }
                 }
                 BinOp::Or => {
                     for &(si, v) in &lv {
                         seen[lsig[si]].0 = step;
-                        out.push(ts, &l[si].labels, v)?;
+                        out.push_keyed(ts, si, &l[si].labels, v)?;
                     }
                     for &(si, v) in &rv {
                         if lv.is_empty() || seen[rsig[si]].0 != step {
-                            out.push(ts, &r_[si].labels, v)?;
+                            out.push_keyed(ts, l.len() + si, &r_[si].labels, v)?;
                         }
                     }
                 }
@@ -244,7 +244,7 @@ impl Ctx<'_> {
                     }
                     for &(si, v) in &lv {
                         if rv.is_empty() || seen[lsig[si]].0 != step {
-                            out.push(ts, &l[si].labels, v)?;
+                            out.push_keyed(ts, si, &l[si].labels, v)?;
                         }
                     }
                 }
@@ -305,14 +305,15 @@ impl Ctx<'_> {
                         } else if !keep {
                             continue;
                         }
-                        let metric = metric_cache
+                        let n = metric_cache.len();
+                        let (key, metric) = metric_cache
                             .entry((si, ri))
                             .or_insert_with(|| {
                                 let mut ml = result_metric(&ls[si].labels, &rs[ri].labels, op, m);
                                 if return_bool {
                                     ml.set(METRIC_NAME, "");
                                 }
-                                Arc::new(ml)
+                                (n, Arc::new(ml))
                             })
                             .clone();
                         if m.card == Card::OneToOne {
@@ -331,7 +332,7 @@ impl Ctx<'_> {
                             }
                             set.push(metric.clone());
                         }
-                        out.push(ts, &metric, value)?;
+                        out.push_keyed(ts, key, &metric, value)?;
                     }
                 }
             }

@@ -500,6 +500,8 @@ pub(crate) struct Out<'c, 'a> {
     by_val: HashMap<Lbl, usize>,
     /// Keeps the labels whose address is a key of `by_ptr` alive.
     held: Vec<Lbl>,
+    /// Output series by a caller's key (see [`Out::push_keyed`]).
+    by_key: Vec<usize>,
     points: usize,
 }
 
@@ -511,13 +513,43 @@ impl<'c, 'a> Out<'c, 'a> {
             by_ptr: HashMap::new(),
             by_val: HashMap::new(),
             held: Vec::new(),
+            by_key: Vec::new(),
             points: 0,
         }
     }
 
+    /// Like [`Out::push`], for a caller whose labels are always the same
+    /// for the same `key` (an input series' index, a group's): after the
+    /// first point, no hashing.
+    pub(crate) fn push_keyed(
+        &mut self,
+        ts: i64,
+        key: usize,
+        labels: &Lbl,
+        v: f64,
+    ) -> Result<(), QueryError> {
+        if key >= self.by_key.len() {
+            self.by_key.resize(key + 1, usize::MAX);
+        }
+        let idx = match self.by_key[key] {
+            usize::MAX => {
+                let i = self.index_of(labels);
+                self.by_key[key] = i;
+                i
+            }
+            i => i,
+        };
+        self.add(idx, ts, v)
+    }
+
     pub(crate) fn push(&mut self, ts: i64, labels: &Lbl, v: f64) -> Result<(), QueryError> {
+        let idx = self.index_of(labels);
+        self.add(idx, ts, v)
+    }
+
+    fn index_of(&mut self, labels: &Lbl) -> usize {
         let ptr = Arc::as_ptr(labels) as usize;
-        let idx = match self.by_ptr.get(&ptr) {
+        match self.by_ptr.get(&ptr) {
             Some(&i) => i,
             None => {
                 let i = match self.by_val.get(labels) {
@@ -535,7 +567,10 @@ impl<'c, 'a> Out<'c, 'a> {
                 self.held.push(labels.clone());
                 i
             }
-        };
+        }
+    }
+
+    fn add(&mut self, idx: usize, ts: i64, v: f64) -> Result<(), QueryError> {
         let s = &mut self.series[idx];
         if s.points.last().is_some_and(|p| p.0 == ts) {
             return Err(QueryError::Execution(DUP_LABELSET.to_owned()));

@@ -572,7 +572,7 @@ impl Ctx<'_> {
                 for ts in r.steps() {
                     st.at(0, ts, &mut vec);
                     for &(si, v) in &vec {
-                        out.push(ts, &labels[si], v)?;
+                        out.push_keyed(ts, si, &labels[si], v)?;
                     }
                 }
                 return Ok(out.finish());
@@ -650,7 +650,7 @@ impl Ctx<'_> {
                 Func::Timestamp => {
                     for &(si, _) in &vec {
                         let l = drop.get(si, &input[si].labels);
-                        out.push(ts, &l, ts as f64 / 1000.0)?;
+                        out.push_keyed(ts, si, &l, ts as f64 / 1000.0)?;
                     }
                 }
                 Func::Sort | Func::SortDesc => {
@@ -663,7 +663,7 @@ impl Ctx<'_> {
                         v.sort_by(|a, b| desc_nan_last(a.1, b.1));
                     }
                     for (si, x) in v {
-                        out.push(ts, &input[si].labels, x)?;
+                        out.push_keyed(ts, si, &input[si].labels, x)?;
                     }
                 }
                 Func::Clamp => {
@@ -671,7 +671,7 @@ impl Ctx<'_> {
                     if max >= min || max.is_nan() || min.is_nan() {
                         for &(si, v) in &vec {
                             let l = drop.get(si, &input[si].labels);
-                            out.push(ts, &l, go_max(min, go_min(max, v)))?;
+                            out.push_keyed(ts, si, &l, go_max(min, go_min(max, v)))?;
                         }
                     }
                 }
@@ -679,14 +679,14 @@ impl Ctx<'_> {
                     let max = sarg(1, step);
                     for &(si, v) in &vec {
                         let l = drop.get(si, &input[si].labels);
-                        out.push(ts, &l, go_min(max, v))?;
+                        out.push_keyed(ts, si, &l, go_min(max, v))?;
                     }
                 }
                 Func::ClampMin => {
                     let min = sarg(1, step);
                     for &(si, v) in &vec {
                         let l = drop.get(si, &input[si].labels);
-                        out.push(ts, &l, go_max(min, v))?;
+                        out.push_keyed(ts, si, &l, go_max(min, v))?;
                     }
                 }
                 Func::Round => {
@@ -694,7 +694,7 @@ impl Ctx<'_> {
                     let inv = 1.0 / to_nearest;
                     for &(si, v) in &vec {
                         let l = drop.get(si, &input[si].labels);
-                        out.push(ts, &l, (v * inv + 0.5).floor() / inv)?;
+                        out.push_keyed(ts, si, &l, (v * inv + 0.5).floor() / inv)?;
                     }
                 }
                 Func::DaysInMonth
@@ -710,7 +710,7 @@ impl Ctx<'_> {
                     } else {
                         for &(si, v) in &vec {
                             let l = drop.get(si, &input[si].labels);
-                            out.push(ts, &l, date_field(func, go_int64(v)))?;
+                            out.push_keyed(ts, si, &l, date_field(func, go_int64(v)))?;
                         }
                     }
                 }
@@ -775,7 +775,7 @@ impl Ctx<'_> {
                                 }
                             })
                             .clone();
-                        out.push(ts, &l, v)?;
+                        out.push_keyed(ts, si, &l, v)?;
                     }
                 }
                 Func::LabelJoin => {
@@ -806,13 +806,13 @@ impl Ctx<'_> {
                                 Arc::new(n)
                             })
                             .clone();
-                        out.push(ts, &l, v)?;
+                        out.push_keyed(ts, si, &l, v)?;
                     }
                 }
                 f => {
                     for &(si, v) in &vec {
                         let l = drop.get(si, &input[si].labels);
-                        out.push(ts, &l, simple(f, v))?;
+                        out.push_keyed(ts, si, &l, simple(f, v))?;
                     }
                 }
             }
