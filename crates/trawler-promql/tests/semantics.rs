@@ -193,6 +193,12 @@ fn limits_give_a_clear_error_naming_them() {
     let err = e.range(&s, "m", 0, 1_500_000, 1_000).unwrap_err();
     assert_eq!(err.status(), 422);
     assert!(err.to_string().contains("max_samples"), "{err}");
+    // A subquery of absurdly many steps is refused, not allocated.
+    let err = Engine::default()
+        .instant(&s, "max_over_time(m[100y:1ms])", 1_000_000)
+        .unwrap_err();
+    assert_eq!(err.status(), 422);
+    assert!(err.to_string().contains("max_samples"), "{err}");
     // Too many steps is the caller's error, before anything is loaded.
     let err = Engine::default()
         .range(&s, "m", 0, 20_000_000, 1)

@@ -166,8 +166,28 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Evaluates a node over a range. While it runs, the points its
+    /// inputs and its result hold count against `max_samples`; once done,
+    /// only its result's do (its inputs are dropped), as Prometheus
+    /// accounts for the samples a query holds at once.
     pub(crate) fn eval(&self, n: &Node, r: Rng) -> Result<Val, QueryError> {
         self.tick()?;
+        if r.len() > self.cfg.limits.max_samples {
+            return Err(QueryError::Storage(StorageError::TooManySamples {
+                limit: self.cfg.limits.max_samples,
+            }));
+        }
+        let before = self.samples.get();
+        let m = self.eval_node(n, r)?;
+        if let Val::M(m) = &m {
+            let own: usize = m.iter().map(|s| s.points.len()).sum();
+            self.samples.set(before);
+            self.charge(own)?;
+        }
+        Ok(m)
+    }
+
+    fn eval_node(&self, n: &Node, r: Rng) -> Result<Val, QueryError> {
         let m = match n {
             Node::Num(v) => {
                 let points: Vec<(i64, f64)> = r.steps().map(|t| (t, *v)).collect();
