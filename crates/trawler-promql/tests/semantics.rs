@@ -246,6 +246,19 @@ fn results_serialize_as_prometheus_writes_them() {
         .instant(&s, "holt_winters(g[1m], 2, 0.5)", 1_000)
         .unwrap_err();
     assert_eq!(err.status(), 422);
+    // Durations as 2.42 writes them: a unit always, and only where a
+    // duration goes.
+    for q in ["g[300]", "g offset 60", "g[5m:30]", "1m + 1"] {
+        assert_eq!(e.instant(&s, q, 1_000).unwrap_err().status(), 400, "{q}");
+    }
+    for q in [
+        "g[5m:30s]",
+        "g offset -1m30s",
+        "count_over_time(g[1h30m])",
+        "g > .5e-3",
+    ] {
+        assert!(e.instant(&s, q, 1_000).is_ok(), "{q}");
+    }
     // Functions after 2.42 are unknown, as they are to Prometheus 2.42.
     let err = e.instant(&s, "sort_by_label(g)", 1_000).unwrap_err();
     assert_eq!(err.status(), 400);

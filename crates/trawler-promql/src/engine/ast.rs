@@ -564,3 +564,117 @@ impl Converter {
         })
     }
 }
+
+/// Refuses the duration syntax later Prometheus versions added and
+/// promql-parser accepts, which 2.42 rejects: a bare number where a
+/// duration goes (`foo[300]`, `offset 60`), and a duration where a number
+/// goes (`1m + 1`). Scans tokens the way the lexer does, skipping strings
+/// and comments.
+pub(crate) fn check_durations(q: &str) -> Result<(), QueryError> {
+    let is_duration = |tok: &str| {
+        let mut rest = tok;
+        if rest.is_empty() {
+            return false;
+        }
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return false;
+            }
+            rest = &rest[digits..];
+            let unit = ["ms", "s", "m", "h", "d", "w", "y"]
+                .iter()
+                .find(|u| rest.starts_with(**u))
+                .map(|u| u.len());
+            match unit {
+                Some(n) => rest = &rest[n..],
+                None => return false,
+            }
+        }
+        true
+    };
+    let b = q.as_bytes();
+    let mut i = 0;
+    let mut brackets = 0usize;
+    let mut after_offset = false;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'"' | b'\'' | b'`' => {
+                i += 1;
+                while i < b.len() && b[i] != c {
+                    if b[i] == b'\\' && c != b'`' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+                after_offset = false;
+            }
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'[' => {
+                brackets += 1;
+                i += 1;
+            }
+            b']' => {
+                brackets = brackets.saturating_sub(1);
+                i += 1;
+            }
+            // Inside brackets a colon separates range and step; elsewhere
+            // it may begin a metric name.
+            c if c.is_ascii_alphabetic() || c == b'_' || (c == b':' && brackets == 0) => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':')
+                {
+                    i += 1;
+                }
+                after_offset = q[start..i].eq_ignore_ascii_case("offset");
+                continue;
+            }
+            c if c.is_ascii_digit()
+                || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) =>
+            {
+                let start = i;
+                while i < b.len() {
+                    let x = b[i];
+                    // An exponent's sign belongs to the number (not in hex).
+                    let exponent_sign = (x == b'+' || x == b'-')
+                        && matches!(b[i - 1], b'e' | b'E')
+                        && !q[start..i].starts_with("0x");
+                    if !(x.is_ascii_alphanumeric() || x == b'.' || x == b'_' || exponent_sign) {
+                        break;
+                    }
+                    i += 1;
+                }
+                let tok = &q[start..i];
+                let duration_place = brackets > 0 || after_offset;
+                if duration_place && !is_duration(tok) {
+                    return Err(QueryError::BadData(format!(
+                        "parse error: missing unit character in duration \"{tok}\""
+                    )));
+                }
+                if !duration_place && is_duration(tok) {
+                    return Err(QueryError::BadData(format!(
+                        "parse error: unexpected duration \"{tok}\""
+                    )));
+                }
+                after_offset = false;
+                continue;
+            }
+            b'-' | b' ' | b'\t' | b'\n' | b'\r' => {
+                // A sign or space keeps the place a duration may follow in.
+                i += 1;
+                continue;
+            }
+            _ => {
+                after_offset = false;
+                i += 1;
+            }
+        }
+    }
+    Ok(())
+}

@@ -274,7 +274,9 @@ impl Engine {
 /// Parses PromQL as Prometheus 2.42 knows it.
 fn parse(query: &str) -> Result<Expr, QueryError> {
     register_legacy_functions();
-    parser::parse(query).map_err(QueryError::BadData)
+    let expr = parser::parse(query).map_err(QueryError::BadData)?;
+    ast::check_durations(query)?;
+    Ok(expr)
 }
 
 /// Teaches the parser the functions of Prometheus 2.42 that later
