@@ -451,7 +451,8 @@ fn start_prometheus() -> Prometheus {
         .stderr(log)
         .spawn()
         .expect("start prometheus");
-    let p = Prometheus {
+    let log_path = dir.path().join("prometheus.log");
+    let mut p = Prometheus {
         child,
         port,
         _dir: dir,
@@ -461,10 +462,15 @@ fn start_prometheus() -> Prometheus {
         if let Ok((200, _)) = http(port, "GET", "/-/ready", &[], b"") {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "prometheus not ready within 60 s"
-        );
+        let exited = p.child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() >= deadline {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "prometheus did not become ready within 60 s (exit: {exited:?}); its log ends (newest first):\n{}",
+                tail.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     p
