@@ -12,6 +12,22 @@
 //! The node implements it over the embedded store and over
 //! VictoriaMetrics, so the same query answers the same in both modes;
 //! [`MemoryStorage`] implements it in memory for tests.
+//!
+//! How close "exactly" is, is measured, not claimed: `tests/compliance.rs`
+//! loads one data set into a real Prometheus 2.42 (through its
+//! remote-write receiver, stale markers included) and into
+//! [`MemoryStorage`], runs the corpus `tests/compliance/queries.txt` (over
+//! a thousand queries covering the ground of Prometheus' compliance tester)
+//! as instant and range queries on both, and fails on any difference not
+//! listed with its reason in `tests/compliance/known_differences.txt`.
+//!
+//! Where Prometheus 2.42 is odd, the engine is odd the same way, on
+//! purpose: a sample exactly one lookback delta old still counts, range
+//! windows include their start, `timestamp(x @ t offset o)` ignores the
+//! offset, and an `@` argument of `predict_linear` moves with the steps of
+//! a range query. Limits (`max_series`, `max_samples`, steps, timeout)
+//! turn a query too large into an error naming the limit, never into
+//! unbounded memory.
 
 mod engine;
 mod storage;
