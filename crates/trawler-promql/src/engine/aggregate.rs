@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::ast::{AggOp, Node};
 use super::eval::{scalar_by_step, Ctx, Lbl, Out, Rng, Series, Stepper, Val};
-use super::functions::{quantile, valid_label_name};
+use super::functions::{cmp_nan_last, desc_nan_last, quantile, valid_label_name};
 use super::QueryError;
 use crate::{format_value, Labels, METRIC_NAME};
 
@@ -268,7 +268,7 @@ impl Ctx<'_> {
                                 // Descending, NaN last.
                                 h.sort_by(|a, b| desc_nan_last(a.0, b.0));
                             } else {
-                                h.sort_by(|a, b| asc_nan_last(a.0, b.0));
+                                h.sort_by(|a, b| cmp_nan_last(a.0, b.0));
                             }
                         }
                         for (v, si) in h {
@@ -335,25 +335,5 @@ impl Ctx<'_> {
             }
         }
         Ok(out.finish())
-    }
-}
-
-fn desc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
-    use std::cmp::Ordering::*;
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => Equal,
-        (true, false) => Greater,
-        (false, true) => Less,
-        _ => b.partial_cmp(&a).expect("not NaN"),
-    }
-}
-
-fn asc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
-    use std::cmp::Ordering::*;
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => Equal,
-        (true, false) => Greater,
-        (false, true) => Less,
-        _ => a.partial_cmp(&b).expect("not NaN"),
     }
 }

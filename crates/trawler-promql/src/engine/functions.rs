@@ -995,22 +995,23 @@ pub(crate) fn go_min(a: f64, b: f64) -> f64 {
     }
 }
 
-fn cmp_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
-    use std::cmp::Ordering::*;
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => Equal,
-        (true, false) => Greater,
-        (false, true) => Less,
-        _ => a.partial_cmp(&b).expect("not NaN"),
-    }
+/// Ascending order with NaN last (`sort`, `bottomk`).
+pub(super) fn cmp_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
+    nan_last(a, b, a.partial_cmp(&b))
 }
 
-fn desc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
+/// Descending order with NaN last (`sort_desc`, `topk`).
+pub(super) fn desc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
+    nan_last(a, b, b.partial_cmp(&a))
+}
+
+/// `ordered` for two numbers; a NaN after every number.
+fn nan_last(a: f64, b: f64, ordered: Option<std::cmp::Ordering>) -> std::cmp::Ordering {
     use std::cmp::Ordering::*;
     match (a.is_nan(), b.is_nan()) {
         (true, true) => Equal,
         (true, false) => Greater,
         (false, true) => Less,
-        _ => b.partial_cmp(&a).expect("not NaN"),
+        _ => ordered.expect("not NaN"),
     }
 }
