@@ -28,6 +28,7 @@ mod events;
 mod metrics;
 mod openapi;
 pub mod params;
+pub mod prom;
 mod routes;
 pub mod runtime;
 pub mod streams;
@@ -147,6 +148,9 @@ pub struct ApiConfig {
     /// Samples queued for one subscriber; a subscriber that lets this many
     /// pile up has stopped reading and is dropped.
     pub subscriber_queue: usize,
+    /// Limits of the Prometheus API (queries, remote write), when it is
+    /// served ([`Api::with_prometheus`]).
+    pub prometheus: prom::PromSettings,
 }
 
 impl Default for ApiConfig {
@@ -162,6 +166,7 @@ impl Default for ApiConfig {
             history_len: 900,
             max_subscribers: 256,
             subscriber_queue: 32,
+            prometheus: prom::PromSettings::default(),
         }
     }
 }
@@ -255,6 +260,23 @@ impl Api {
     /// The configured listen address.
     pub fn listen(&self) -> SocketAddr {
         self.config.listen
+    }
+
+    /// Adds the Prometheus HTTP API (`/api/v1/query`, `/api/v1/write`, …,
+    /// see [`prom`]) over `backend`.
+    pub fn with_prometheus(mut self, backend: Arc<dyn prom::PromBackend>) -> Self {
+        let routes = prom::router(
+            backend,
+            self.config.prometheus,
+            self.config.token.clone(),
+            self.config.max_body_bytes,
+            self.http_metrics.clone(),
+        )
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            self.config.max_concurrency,
+        ));
+        self.router = self.router.merge(routes);
+        self
     }
 
     /// Request counters by route and status.

@@ -16,6 +16,10 @@ pub struct HttpMetrics {
     pub(crate) subscribers: AtomicU64,
     /// Subscribers dropped for falling behind the event stream.
     pub(crate) subscribers_lagged: AtomicU64,
+    /// Samples stored through remote write.
+    remote_write_samples: AtomicU64,
+    /// Remote-written samples dropped as out of order.
+    remote_write_out_of_order: AtomicU64,
 }
 
 impl HttpMetrics {
@@ -38,6 +42,14 @@ impl HttpMetrics {
                 counts.insert((route.to_owned(), status), 1);
             }
         }
+    }
+
+    /// Counts one remote write: samples stored and dropped out of order.
+    pub fn record_remote_write(&self, stored: u64, out_of_order: u64) {
+        self.remote_write_samples
+            .fetch_add(stored, Ordering::Relaxed);
+        self.remote_write_out_of_order
+            .fetch_add(out_of_order, Ordering::Relaxed);
     }
 
     /// Appends every API metric in Prometheus text format.
@@ -64,6 +76,18 @@ impl HttpMetrics {
                 "Event-stream subscribers dropped for not reading.",
                 Kind::Counter,
                 &self.subscribers_lagged,
+            ),
+            (
+                "trawler_remote_write_samples_total",
+                "Samples stored through Prometheus remote write.",
+                Kind::Counter,
+                &self.remote_write_samples,
+            ),
+            (
+                "trawler_remote_write_out_of_order_samples_total",
+                "Remote-written samples dropped: their series had newer data on disk.",
+                Kind::Counter,
+                &self.remote_write_out_of_order,
             ),
         ] {
             family(out, name, kind, help).sample(&[], value.load(Ordering::Relaxed));

@@ -20,3 +20,34 @@ pub mod http;
 pub mod prom;
 pub mod shutdown;
 pub mod thread;
+
+/// Names no job may take: the Prometheus HTTP API and trawler's own
+/// routes live under `/api/v1/` next to the jobs' `/api/v1/{job}`, so a job
+/// named `query` or `label` would hide (or clash with) one of them.
+pub const RESERVED_JOB_NAMES: &[&str] = &[
+    "query",
+    "query_range",
+    "query_exemplars",
+    "series",
+    "labels",
+    "label",
+    "metadata",
+    "status",
+    "write",
+    "read",
+    "rules",
+    "alerts",
+    "targets",
+    "events",
+    "streams",
+];
+
+/// The error message for a reserved job name, or `None` when `name` is
+/// free.
+pub fn reserved_job_name(name: &str) -> Option<String> {
+    RESERVED_JOB_NAMES.contains(&name).then(|| {
+        format!(
+            "{name:?} is reserved: the Prometheus API and trawler's own routes use /api/v1/{name}; choose another job name"
+        )
+    })
+}

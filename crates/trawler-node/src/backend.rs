@@ -32,6 +32,8 @@ pub trait Host: Send + Sync + 'static {
     fn layout(&self) -> &Layout;
     /// Whether `id` is tracked (an untracked entity is a 404).
     fn is_tracked(&self, id: u64) -> bool;
+    /// Every tracked id (PromQL selectors without a key list them).
+    fn tracked_ids(&self) -> trawler_crawl::IdSet;
     /// Starts tracking ids (persisted before it returns).
     fn track(&self, ids: &[u64]) -> Result<TrackOutcome, ApiError>;
     /// Stops tracking an id; `false` when it was not tracked.
@@ -63,6 +65,16 @@ impl<H: Host> NodeBackend<H> {
             reader,
             names,
         }
+    }
+
+    /// The job's names.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The mode the read model runs in.
+    pub fn host(&self) -> &H {
+        &self.host
     }
 }
 
@@ -124,6 +136,18 @@ impl Names {
                     .map_err(|e| ApiError::bad_request("bad_key", e.to_string()))
             })
             .collect()
+    }
+
+    /// An id's key as text (`1000001`, or a string key as written).
+    pub fn key_text(&self, id: u64) -> String {
+        let mut key = String::new();
+        self.job.keys().write(id, &mut key);
+        key
+    }
+
+    /// An id's label (`user_1000001`), when the job has one.
+    pub fn label_for(&self, id: u64) -> Option<String> {
+        self.job.label_for(id)
     }
 
     /// An id's key as JSON.

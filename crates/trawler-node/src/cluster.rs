@@ -452,6 +452,10 @@ impl Host for ClusterNode {
         self.all_ids.contains(id)
     }
 
+    fn tracked_ids(&self) -> IdSet {
+        self.all_ids.clone()
+    }
+
     fn track(&self, _ids: &[u64]) -> Result<TrackOutcome, ApiError> {
         Err(ApiError::bad_request(
             "cluster_mode",

@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 use trawler_crawl::IdSet;
 use trawler_store::{StoreConfig, SyncPolicy};
 
+use trawler_api::Backend as _;
+
 use crate::backend::NodeBackend;
 use crate::config::NodeConfig;
 use crate::error::{config_error, Result, Step};
@@ -215,18 +217,35 @@ pub(crate) async fn run(
         )));
     }
 
-    // The API.
+    // The API, with the Prometheus API over the job's series and what is
+    // remote-written into the same store.
+    let backend = Arc::new(NodeBackend::new(node.clone(), &job, node.storage.clone()));
+    let remote = {
+        let (store, file) = (store.clone(), data.join("prometheus-metadata.json"));
+        tokio::task::spawn_blocking(move || crate::prom::RemoteSeries::open(store, file))
+            .await
+            .step("indexing the remote-written series")??
+    };
+    let prom = crate::prom::NodeProm::new(
+        crate::prom::crawl_queryable(backend.clone()),
+        job.name(),
+        backend
+            .info()
+            .metrics
+            .iter()
+            .chain([&backend.info().average])
+            .cloned()
+            .collect(),
+        Some(Arc::new(remote)),
+    );
     let api = trawler_api::ApiConfig {
         listen: config.listen,
         token: config.api_token.clone(),
         ..Default::default()
     }
-    .build(Arc::new(NodeBackend::new(
-        node.clone(),
-        &job,
-        node.storage.clone(),
-    )))
-    .step("the API")?;
+    .build(backend)
+    .step("the API")?
+    .with_prometheus(Arc::new(prom));
     let listener = crate::bind_api(config.listen)?;
     let api_addr = listener.local_addr().step("binding the API")?;
     tracing::info!(addr = %api_addr, job = job.name(), target, "API listening");

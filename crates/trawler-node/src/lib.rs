@@ -23,6 +23,7 @@ mod embedded;
 pub mod error;
 pub mod layout;
 pub mod node;
+pub mod prom;
 pub mod state;
 pub mod status;
 pub mod storage;

@@ -288,6 +288,10 @@ impl crate::backend::Host for Node {
         self.crawl.is_tracked(id)
     }
 
+    fn tracked_ids(&self) -> IdSet {
+        self.crawl.tracked_ids()
+    }
+
     fn track(&self, ids: &[u64]) -> Result<TrackOutcome, ApiError> {
         let added = self.crawl.track(ids.iter().copied()) as u64;
         if let Some(enrich) = self.enrich() {

@@ -1004,6 +1004,22 @@ pub async fn run(
         .clone()
         .build_stream(node.clone())
         .step("the API")?;
+    let api = {
+        use trawler_api::streams::StreamBackend as _;
+        let info = node.info();
+        let names = info
+            .series
+            .iter()
+            .cloned()
+            .chain(info.formulas.iter().map(|f| f.name.clone()))
+            .collect();
+        api.with_prometheus(Arc::new(crate::prom::NodeProm::new(
+            crate::prom::stream_queryable(node.clone()),
+            &info.name,
+            names,
+            None,
+        )))
+    };
     let listener = crate::bind_api(config.api.listen)?;
     let addr = listener.local_addr().step("binding the API")?;
     tracing::info!(%addr, job = %config.job.name, "API listening");

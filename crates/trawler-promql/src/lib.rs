@@ -30,11 +30,13 @@
 //! unbounded memory.
 
 mod engine;
+pub mod params;
+pub mod remote;
 mod storage;
 mod value;
 
 pub use engine::{
-    is_stale_nan, parse_selector, selector_matchers, Engine, EngineConfig, QueryError,
+    check_query, is_stale_nan, parse_selector, selector_matchers, Engine, EngineConfig, QueryError,
     STALE_NAN_BITS,
 };
 

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use trawler_promql::{Engine, EngineConfig, Labels, MemoryStorage, Value, STALE_NAN_BITS};
+use trawler_promql::{remote, Engine, EngineConfig, Labels, MemoryStorage, Value, STALE_NAN_BITS};
 
 /// 2024-01-01T00:00:00Z: the first sample.
 const T0: i64 = 1_704_067_200_000;
@@ -318,42 +318,22 @@ fn dataset() -> Data {
 
 // ---------------------------------------------------------------- remote write
 
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-fn field_bytes(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    varint(buf, u64::from(field << 3 | 2));
-    varint(buf, bytes.len() as u64);
-    buf.extend_from_slice(bytes);
-}
-
-/// A remote-write 1.0 `WriteRequest` (prompb), encoded by hand.
-fn write_request(series: &[(&Labels, &[(i64, f64)])]) -> Vec<u8> {
-    let mut req = Vec::new();
-    for (labels, samples) in series {
-        let mut ts = Vec::new();
-        for l in labels.iter() {
-            let mut lb = Vec::new();
-            field_bytes(&mut lb, 1, l.name.as_bytes());
-            field_bytes(&mut lb, 2, l.value.as_bytes());
-            field_bytes(&mut ts, 1, &lb);
-        }
-        for &(t, v) in *samples {
-            let mut sb = Vec::new();
-            sb.push(0x09);
-            sb.extend_from_slice(&v.to_bits().to_le_bytes());
-            sb.push(0x10);
-            varint(&mut sb, t as u64);
-            field_bytes(&mut ts, 2, &sb);
-        }
-        field_bytes(&mut req, 1, &ts);
-    }
-    req
+/// A remote-write 1.0 `WriteRequest`, snappy-compressed.
+fn write_body(series: &[(&Labels, &[(i64, f64)])]) -> Vec<u8> {
+    let req = remote::WriteRequest {
+        timeseries: series
+            .iter()
+            .map(|(labels, samples)| remote::TimeSeries {
+                labels: labels
+                    .iter()
+                    .map(|l| (l.name.clone(), l.value.clone()))
+                    .collect(),
+                samples: samples.to_vec(),
+            })
+            .collect(),
+        metadata: Vec::new(),
+    };
+    remote::compress(&remote::encode(&req))
 }
 
 /// One HTTP/1.0 exchange (no chunked answers): status and body.
@@ -493,9 +473,7 @@ fn load(p: &Prometheus, data: &Data) {
             })
             .filter(|(_, s)| !s.is_empty())
             .collect();
-        let body = snap::raw::Encoder::new()
-            .compress_vec(&write_request(&batch))
-            .expect("snappy");
+        let body = write_body(&batch);
         let (status, resp) = http(
             p.port,
             "POST",

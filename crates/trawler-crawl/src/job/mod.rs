@@ -438,6 +438,9 @@ impl JobConfig {
                 format!("{name:?} must be non-empty ASCII letters, digits, '-' or '_' (it names the API path)"),
             ));
         }
+        if let Some(why) = trawler_common::reserved_job_name(name) {
+            return Err(invalid("job.name", why));
+        }
 
         if let Some(kind) = self.job.kind.as_deref().filter(|k| *k != "poll") {
             return Err(invalid(

@@ -271,6 +271,12 @@ impl Engine {
     }
 }
 
+/// Checks that `query` is PromQL (a 400 `bad_data` error otherwise),
+/// without evaluating it.
+pub fn check_query(query: &str) -> Result<(), QueryError> {
+    parse(query).map(drop)
+}
+
 /// Parses PromQL as Prometheus 2.42 knows it.
 fn parse(query: &str) -> Result<Expr, QueryError> {
     register_legacy_functions();
