@@ -350,18 +350,20 @@ pub(crate) async fn run(
         ))
     };
 
-    // The API.
+    // The API, with the Prometheus API over the series in VictoriaMetrics
+    // (read through the same Reader; remote write goes to VictoriaMetrics
+    // itself in this mode).
+    let backend = Arc::new(NodeBackend::new(node.clone(), &job, node.reader.clone()));
+    let prom = crate::prom::NodeProm::of_poll_job(backend.clone(), None);
     let api = trawler_api::ApiConfig {
         listen: node_config.listen,
         token: node_config.api_token.clone(),
+        prometheus: node_config.prometheus,
         ..Default::default()
     }
-    .build(Arc::new(NodeBackend::new(
-        node.clone(),
-        &job,
-        node.reader.clone(),
-    )))
-    .step("the API")?;
+    .build(backend)
+    .step("the API")?
+    .with_prometheus(Arc::new(prom));
     let listener = crate::bind_api(node_config.listen)?;
     let api_addr = listener.local_addr().step("binding the API")?;
     tracing::info!(addr = %api_addr, job = job.name(), node = %cluster.config.node_id, vm = %vm.url(), "API listening (cluster mode)");

@@ -105,6 +105,8 @@ pub struct NodeConfig {
     pub fsync_interval: Duration,
     /// Cluster mode; `None`: embedded.
     pub cluster: Option<ClusterSettings>,
+    /// Limits of the Prometheus API (queries, remote write).
+    pub prometheus: trawler_api::prom::PromSettings,
 }
 
 impl NodeConfig {
@@ -136,6 +138,7 @@ impl NodeConfig {
             retention: Duration::from_secs(30 * 86_400),
             fsync_interval: Duration::from_secs(1),
             cluster,
+            prometheus: trawler_api::prom::PromSettings::default(),
         })
     }
 }

@@ -21,8 +21,6 @@ use tokio::sync::mpsc;
 use trawler_crawl::IdSet;
 use trawler_store::{StoreConfig, SyncPolicy};
 
-use trawler_api::Backend as _;
-
 use crate::backend::NodeBackend;
 use crate::config::NodeConfig;
 use crate::error::{config_error, Result, Step};
@@ -226,21 +224,11 @@ pub(crate) async fn run(
             .await
             .step("indexing the remote-written series")??
     };
-    let prom = crate::prom::NodeProm::new(
-        crate::prom::crawl_queryable(backend.clone()),
-        job.name(),
-        backend
-            .info()
-            .metrics
-            .iter()
-            .chain([&backend.info().average])
-            .cloned()
-            .collect(),
-        Some(Arc::new(remote)),
-    );
+    let prom = crate::prom::NodeProm::of_poll_job(backend.clone(), Some(Arc::new(remote)));
     let api = trawler_api::ApiConfig {
         listen: config.listen,
         token: config.api_token.clone(),
+        prometheus: config.prometheus,
         ..Default::default()
     }
     .build(backend)

@@ -201,6 +201,49 @@ fn unavailable(e: trawler_api::ApiError) -> StorageError {
     StorageError::Unavailable(e.to_string())
 }
 
+impl<H: Host> CrawlSeries<H> {
+    /// When no selector constrains an entity's key or label (only the
+    /// metric name and the job), those of them that can match this job at
+    /// all (`[]` when none can): a label lookup is then answered from the
+    /// tracked set. An empty list of selectors selects everything. `None`
+    /// when a selector names an entity.
+    fn entity_free<'a>(&self, selectors: &'a [Vec<Matcher>]) -> Option<Vec<&'a [Matcher]>> {
+        if selectors.is_empty() {
+            return Some(vec![&[]]);
+        }
+        let info = self.backend.info();
+        let mut out = Vec::new();
+        for s in selectors {
+            if s.iter().any(|m| m.name != METRIC_NAME && m.name != "job") {
+                return None;
+            }
+            let job_ok = on(s, "job").all(|m| m.matches(&info.name));
+            let name_ok = info
+                .metrics
+                .iter()
+                .chain([&info.average])
+                .any(|n| on(s, METRIC_NAME).all(|m| m.matches(n)));
+            if job_ok && name_ok {
+                out.push(s.as_slice());
+            }
+        }
+        Some(out)
+    }
+}
+
+impl<H: Host> CrawlSeries<H> {
+    /// Whether one of `selectors` matches an entity metric (not only the
+    /// average, which has no key).
+    fn entities_match(&self, selectors: &[&[Matcher]]) -> bool {
+        let info = self.backend.info();
+        selectors.iter().any(|s| {
+            info.metrics
+                .iter()
+                .any(|n| on(s, METRIC_NAME).all(|m| m.matches(n)))
+        })
+    }
+}
+
 impl<H: Host> Queryable for CrawlSeries<H> {
     fn select(
         &self,
@@ -267,22 +310,26 @@ impl<H: Host> Queryable for CrawlSeries<H> {
         Ok(out)
     }
 
-    /// Without `match[]`, every tracked entity's labels whatever the time
-    /// range (the entities are known without reading their series).
+    /// Without `match[]` (or with selectors naming only metrics and the
+    /// job, as Grafana's `label_values(followerCount, pk)` sends), every
+    /// tracked entity's labels whatever the time range: the entities are
+    /// known without reading a million series.
     fn label_names(
         &self,
         selectors: &[Vec<Matcher>],
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<String>, StorageError> {
-        if selectors.is_empty() {
+        if let Some(selectors) = self.entity_free(selectors) {
+            if selectors.is_empty() {
+                return Ok(Vec::new());
+            }
             let info = self.backend.info();
-            let mut names = vec![
-                METRIC_NAME.to_owned(),
-                "job".to_owned(),
-                info.key_name.clone(),
-            ];
-            names.extend(info.label_name.clone());
+            let mut names = vec![METRIC_NAME.to_owned(), "job".to_owned()];
+            if self.entities_match(&selectors) {
+                names.push(info.key_name.clone());
+                names.extend(info.label_name.clone());
+            }
             names.sort();
             return Ok(names);
         }
@@ -297,18 +344,28 @@ impl<H: Host> Queryable for CrawlSeries<H> {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<String>, StorageError> {
-        if !selectors.is_empty() {
+        let Some(selectors) = self.entity_free(selectors) else {
             let all = lookup(self, selectors, || Ok(Vec::new()), start_ms, end_ms)?;
             return Ok(values_of(&all, name));
+        };
+        if selectors.is_empty() {
+            return Ok(Vec::new());
         }
         let info = self.backend.info();
         let names = self.backend.names();
         let mut values: Vec<String> = if name == METRIC_NAME {
             let mut v = info.metrics.clone();
             v.push(info.average.clone());
+            v.retain(|m| {
+                selectors
+                    .iter()
+                    .any(|s| on(s, METRIC_NAME).all(|x| x.matches(m)))
+            });
             v
         } else if name == "job" {
             vec![info.name.clone()]
+        } else if !self.entities_match(&selectors) {
+            Vec::new()
         } else if name == info.key_name {
             let ids = self.backend.host().tracked_ids();
             ids.iter().map(|id| names.key_text(id)).collect()
@@ -755,6 +812,23 @@ impl NodeProm {
             remote,
             own: vec![(job.to_owned(), metrics)],
         }
+    }
+}
+
+impl NodeProm {
+    /// The Prometheus API of a poll job's node: its series, and `remote`.
+    pub fn of_poll_job<H: Host>(
+        backend: Arc<NodeBackend<H>>,
+        remote: Option<Arc<RemoteSeries>>,
+    ) -> Self {
+        let info = backend.info().clone();
+        let metrics = info
+            .metrics
+            .iter()
+            .chain([&info.average])
+            .cloned()
+            .collect();
+        Self::new(crawl_queryable(backend), &info.name, metrics, remote)
     }
 }
 

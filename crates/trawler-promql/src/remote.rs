@@ -398,9 +398,11 @@ mod tests {
             })
     }
 
+    /// A series with its values as bits (NaN payloads compare by bits).
+    type Bits = (Vec<(String, String)>, Vec<(i64, u64)>);
+
     fn same(a: &WriteRequest, b: &WriteRequest) -> bool {
-        // NaN payloads compare by bits.
-        let bits = |r: &WriteRequest| -> Vec<(Vec<(String, String)>, Vec<(i64, u64)>)> {
+        let bits = |r: &WriteRequest| -> Vec<Bits> {
             r.timeseries
                 .iter()
                 .map(|s| {

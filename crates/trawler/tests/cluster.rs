@@ -325,6 +325,42 @@ fn three_nodes_share_the_accounts_survive_a_kill_9_and_rebalance_on_a_join() {
         &format!("/api/v1/influencers/1000007/series?metric=followerRatio&from={from}&to={to}"),
     );
     assert_eq!(series["points"].as_array().unwrap().len(), 3, "{series}");
+    // The Prometheus API answers from VictoriaMetrics the same points, on
+    // every node, derived metrics included (a range selector returns the
+    // raw samples of `[from, to]`).
+    let expected: Vec<(i64, String)> = series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_i64().unwrap(),
+                trawler_promql::format_value(p[1].as_f64().unwrap()),
+            )
+        })
+        .collect();
+    for api in &apis {
+        let q = get(
+            *api,
+            &format!(
+                "/api/v1/query?query=followerRatio%7Bpk%3D%221000007%22%7D%5B{}ms%5D&time={:.3}",
+                to - from,
+                to as f64 / 1000.0
+            ),
+        );
+        let got: Vec<(i64, String)> = q["data"]["result"][0]["values"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{q}"))
+            .iter()
+            .map(|p| {
+                (
+                    (p[0].as_f64().unwrap() * 1000.0).round() as i64,
+                    p[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "{q}");
+    }
 
     // kill -9 one node: its shards move to the others.
     let killed_at = now_ms();

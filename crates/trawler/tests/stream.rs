@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{addr_of, eventually, get, http, http_with, Proc};
+use common::{addr_of, eventually, get, http, http_with, post_bytes, Proc};
 
 /// 2026-12-01T00:00:00Z.
 const T0: i64 = 1_796_083_200_000;
@@ -48,32 +48,6 @@ fn purchase(ts: i64, user: &str, amount: f64, exp: &str) -> String {
 }
 
 /// POSTs raw bytes with headers; (status, body).
-fn post_bytes(api: SocketAddr, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
-    let mut s = TcpStream::connect(api).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    // A server may answer (413) before reading everything.
-    let _ = s.write_all(body);
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, rest.to_owned())
-}
-
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(bytes).unwrap();
@@ -183,6 +157,23 @@ fn events_in_windows_and_formulas_out() {
         b["series"][2]["points"].as_array().unwrap().is_empty(),
         "no purchase, no mean: {b}"
     );
+
+    // The same values through the Prometheus API, labelled by the group.
+    let q = get(
+        api,
+        &format!(
+            "/api/v1/query?query=conversion%7Bexperiment%3D%22e1%22%7D&time={}",
+            (T0 + 60_000) / 1000
+        ),
+    );
+    let result = &q["data"]["result"];
+    assert_eq!(result.as_array().map(Vec::len), Some(2), "{q}");
+    assert_eq!(
+        result[0]["metric"],
+        serde_json::json!({"__name__": "conversion", "job": "expo", "experiment": "e1", "variant": "A"}),
+        "{q}"
+    );
+    assert_eq!(result[0]["value"][1], "0.25", "{q}");
 
     // The export has the same values, and the live read the open minute.
     let csv = http(api, "GET", "/api/v1/streams/expo/windows?format=csv", None).body;

@@ -1110,6 +1110,11 @@ mod tests {
         assert!(invalid(|c| c.job.url = "https://h/{id}".into()).contains("https is not supported"));
         assert!(invalid(|c| c.job.url = "http://h{id}".into()).starts_with("job.toml: job.url:"));
         assert!(invalid(|c| c.job.name = "a b".into()).starts_with("job.toml: job.name:"));
+        let reserved = invalid(|c| c.job.name = "query".into());
+        assert!(
+            reserved.starts_with("job.toml: job.name:") && reserved.contains("reserved"),
+            "{reserved}"
+        );
         assert!(invalid(|c| c.http.backoff = "soon".into()).starts_with("job.toml: http.backoff:"));
         assert!(invalid(|c| c.http.max_in_flight = 0).starts_with("job.toml: http.max_in_flight:"));
         assert!(invalid(|c| c.http.request_timeout = "0s".into())

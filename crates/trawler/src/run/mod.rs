@@ -82,6 +82,20 @@ pub struct Args {
     /// is acknowledged.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub fsync_interval: Duration,
+    /// PromQL: most series one selector may load (a query above gets a
+    /// 422 naming the limit).
+    #[arg(long, default_value_t = 100_000, help_heading = "Prometheus API")]
+    pub promql_max_series: usize,
+    /// PromQL: most samples one selector may load.
+    #[arg(long, default_value_t = 50_000_000, help_heading = "Prometheus API")]
+    pub promql_max_samples: usize,
+    /// PromQL: the longest a query may run (503 `timeout` beyond; a
+    /// request's `timeout` may lower it).
+    #[arg(long, default_value = "2m", value_parser = parse_duration, help_heading = "Prometheus API")]
+    pub promql_timeout: Duration,
+    /// Remote write: most series in one request (400 beyond).
+    #[arg(long, default_value_t = 100_000, help_heading = "Prometheus API")]
+    pub remote_write_max_series: usize,
     /// Run as one node of a cluster: NATS servers, comma-separated
     /// (`nats://127.0.0.1:4222,nats://…`). Needs --store and --target.
     #[arg(long, help_heading = "Cluster mode")]
@@ -112,6 +126,18 @@ pub struct Args {
     /// the job's own endpoint. The one-command demo.
     #[arg(long, value_name = "EVENTS_PER_S")]
     pub gen: Option<f64>,
+}
+
+impl Args {
+    /// The Prometheus API's limits from the flags.
+    fn prometheus(&self) -> trawler_api::prom::PromSettings {
+        let mut p = trawler_api::prom::PromSettings::default();
+        p.engine.limits.max_series = self.promql_max_series.max(1);
+        p.engine.limits.max_samples = self.promql_max_samples.max(1);
+        p.engine.timeout = self.promql_timeout;
+        p.write.max_series = self.remote_write_max_series.max(1);
+        p
+    }
 }
 
 /// `+55m`, `-2h`, `30s`: a signed duration in milliseconds.
@@ -157,6 +183,7 @@ impl Args {
         config.grace = self.grace;
         config.retention = self.retention;
         config.fsync_interval = self.fsync_interval;
+        config.prometheus = self.prometheus();
         Ok(config)
     }
 }
@@ -282,6 +309,7 @@ fn run_stream(args: &Args, job: std::sync::Arc<trawler_stream::StreamJob>) -> an
     let api = trawler_api::ApiConfig {
         listen: args.listen,
         token: args.api_token.clone(),
+        prometheus: args.prometheus(),
         ..trawler_api::ApiConfig::default()
     };
     if let Some(rate) = args.gen {

@@ -226,6 +226,16 @@ pub fn dir_size(dir: &Path) -> u64 {
 /// Starts `trawler run --target sim --data DATA --listen 127.0.0.1:0 EXTRA…`
 /// and waits for its API.
 pub fn start_run(sim: SocketAddr, data: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
+    start_run_on("127.0.0.1:0", sim, data, extra)
+}
+
+/// Like [`start_run`], the API on `listen` (a fixed port survives a restart).
+pub fn start_run_on(
+    listen: &str,
+    sim: SocketAddr,
+    data: &Path,
+    extra: &[&str],
+) -> (Proc, SocketAddr) {
     let target = format!("http://{sim}");
     let mut args = vec![
         "run",
@@ -234,7 +244,7 @@ pub fn start_run(sim: SocketAddr, data: &Path, extra: &[&str]) -> (Proc, SocketA
         "--data",
         data.to_str().unwrap(),
         "--listen",
-        "127.0.0.1:0",
+        listen,
     ];
     args.extend_from_slice(extra);
     let run = Proc::start(&args);
@@ -383,4 +393,37 @@ pub fn job_with(job: &Path, dir: &Path, replace: &[(&str, &str)]) -> PathBuf {
     let path = dir.join("job.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A POST of raw bytes with headers: status and body (a server may answer
+/// before reading the whole body).
+pub fn post_bytes(
+    api: SocketAddr,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before reading everything.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, rest.to_owned())
 }
