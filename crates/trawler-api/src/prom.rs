@@ -663,6 +663,19 @@ async fn write(
                 out_of_order = outcome.out_of_order,
                 "remote write"
             );
+            if outcome.out_of_order > 0 {
+                // Prometheus answers 400 to out-of-order and out-of-bounds
+                // samples, so that the sender does not retry them; the
+                // samples that could be stored are.
+                return failure_with(
+                    400,
+                    "bad_data",
+                    &format!(
+                        "{} of {samples} samples were dropped: out of order (their series has newer data on disk) or older than the store's retention, which counts back from its newest sample; the other {} are stored",
+                        outcome.out_of_order, outcome.samples
+                    ),
+                );
+            }
             Answer(StatusCode::NO_CONTENT.into_response())
         }
         Ok(Err(WriteError::Invalid(m))) => failure_with(400, "bad_data", &m),

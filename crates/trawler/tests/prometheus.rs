@@ -280,6 +280,17 @@ fn remote_write_limits_and_the_token() {
     // (Within the store's retention, which counts back from the newest
     // sample: the crawl's, now.)
     let data = query(api, "a", &format!("&time={}", t / 1000));
+    // A sample older than the retention (30 days before the newest) is
+    // dropped and said so, as Prometheus answers out-of-bounds samples.
+    let mut old = series("a", "x");
+    old.samples = vec![(t - 400 * 86_400_000, 1.0)];
+    let (status, text) = post(&body(vec![old, series("d", "x")]), true);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("1 of 2 samples were dropped"), "{text}");
+    assert_eq!(
+        scalar_of(&query(api, "d", &format!("&time={}", t / 1000))),
+        Some(1.0)
+    );
     assert_eq!(scalar_of(&data), Some(1.0), "{data}");
 }
 
