@@ -8,7 +8,8 @@
 //!   two hundred series over three hours at 15 s;
 //! * [`corpus`] and [`QueryTimes::of`]: the queries of
 //!   `tests/compliance/queries.txt` and the instant time, range and step
-//!   each is asked at;
+//!   each is asked at; [`known_differences`], those the engine answers
+//!   differently on purpose or for now, with the reason;
 //! * [`Prometheus`]: a `prometheus` server with its remote-write receiver
 //!   on a free loopback port, in a temporary folder, killed when dropped;
 //!   [`write_windows`] and [`write_body`] encode what goes into it;
@@ -36,7 +37,7 @@
 //! let answer = prom.query(&times.instant_path("sum(demo_num_cpus)")).unwrap();
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -83,9 +84,25 @@ const INSTANCES: [&str; 3] = [
 /// The corpus, `tests/compliance/queries.txt`.
 const QUERIES: &str = include_str!("../tests/compliance/queries.txt");
 
+/// The corpus' queries the engine answers differently from Prometheus
+/// on purpose or for now, each with its reason,
+/// `tests/compliance/known_differences.txt`.
+const KNOWN_DIFFERENCES: &str = include_str!("../tests/compliance/known_differences.txt");
+
 /// The queries of the corpus, in file order.
 pub fn corpus() -> Vec<String> {
     lines(QUERIES)
+}
+
+/// The known differences: query → reason.
+pub fn known_differences() -> HashMap<String, String> {
+    lines(KNOWN_DIFFERENCES)
+        .into_iter()
+        .map(|l| match l.split_once('\t') {
+            Some((q, why)) => (q.to_owned(), why.to_owned()),
+            None => (l, String::new()),
+        })
+        .collect()
 }
 
 /// The lines of a corpus-style file: trimmed, without blank lines and

@@ -18,25 +18,10 @@
 //! `tests/compliance/known_differences.txt`; the test fails on any other
 //! difference, and on a listed query that starts to agree.
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::time::Instant;
 
 use trawler_promql::oracle::{self, agree, order_sensitive, Answer, Prometheus, QueryTimes};
 use trawler_promql::{Engine, EngineConfig, MemoryStorage};
-
-fn known_differences() -> HashMap<String, String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compliance/known_differences.txt");
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    oracle::lines(&text)
-        .into_iter()
-        .map(|l| match l.split_once('\t') {
-            Some((q, why)) => (q.to_owned(), why.to_owned()),
-            None => (l, String::new()),
-        })
-        .collect()
-}
 
 #[test]
 fn the_corpus_answers_as_prometheus_does() {
@@ -61,7 +46,7 @@ fn the_corpus_answers_as_prometheus_does() {
         "the corpus has {} queries",
         queries.len()
     );
-    let known = known_differences();
+    let known = oracle::known_differences();
 
     let started = Instant::now();
     let mut differing = Vec::new();
