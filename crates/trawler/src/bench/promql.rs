@@ -666,7 +666,7 @@ fn large(targets: &[Target], series: u64, now: i64, repeat: usize) -> anyhow::Re
         for t in &loaded {
             let mut ms = Vec::with_capacity(repeat);
             let mut errors = Vec::new();
-            let mut size = String::new();
+            let mut size = "-".to_owned();
             for _ in 0..repeat {
                 let (status, body, took) = timed_get(t.addr, &path)?;
                 ms.push(took);
