@@ -706,3 +706,56 @@ fn result_size(a: &Answer) -> String {
         Answer::Error(_) => "error".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(body: &[u8]) -> remote::WriteRequest {
+        remote::decode_body(body, remote::WriteLimits::default()).expect("a valid body")
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v[..1], 0.99), 1.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn the_write_load_sends_every_sample_once_in_time_order_per_series() {
+        let load = write_load(5_000, 3, 1_000, 2);
+        let mut last: std::collections::HashMap<Vec<(String, String)>, i64> = Default::default();
+        let mut samples = 0;
+        for sender in &load {
+            for body in sender {
+                let req = decoded(body);
+                assert!(req.samples() <= BATCH);
+                for s in req.timeseries {
+                    for (t, _) in s.samples {
+                        samples += 1;
+                        let prev = last.insert(s.labels.clone(), t);
+                        assert!(prev.is_none_or(|p| p < t));
+                    }
+                }
+            }
+        }
+        assert_eq!(samples, 15_000);
+        assert_eq!(last.len(), 5_000);
+    }
+
+    #[test]
+    fn the_large_set_has_a_counter_per_hundred_series() {
+        let load = large_load(1_000, 100_000, 3);
+        let reqs: Vec<_> = load.iter().flatten().map(|b| decoded(b)).collect();
+        let series: usize = reqs.iter().map(|r| r.timeseries.len()).sum();
+        let samples: usize = reqs.iter().map(remote::WriteRequest::samples).sum();
+        assert_eq!(series, 1_010);
+        assert_eq!(samples, 1_010 * LARGE_SAMPLES as usize);
+        assert!(reqs
+            .iter()
+            .all(|r| r.samples() <= BATCH + 4 * LARGE_SAMPLES as usize));
+    }
+}
