@@ -88,15 +88,20 @@ const PROMETHEUS_BUDGET: Duration = Duration::from_secs(900);
 struct Target {
     name: &'static str,
     addr: SocketAddr,
+    /// Whose CPU time is measured.
     pid: u32,
+    /// The path that makes written samples visible to queries, if they
+    /// are not once the write is answered (VictoriaMetrics buffers them for
+    /// up to a second).
+    flush: Option<&'static str>,
+    /// How long it may take over the large data set before it is skipped.
+    large_budget: Duration,
 }
 
 impl Target {
-    /// Makes written samples visible to queries (VictoriaMetrics buffers
-    /// them for up to a second).
     fn settle(&self) -> anyhow::Result<()> {
-        if self.name == "victoria-metrics" {
-            oracle::http(self.addr, "GET", "/internal/force_flush", &[], b"")?;
+        if let Some(path) = self.flush {
+            oracle::http(self.addr, "GET", path, &[], b"")?;
         }
         Ok(())
     }
@@ -142,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.repeat
     }
     .max(1);
+    let senders = args.senders.max(1);
     let prometheus_bin = program("prometheus")?;
     let vm_bin = if args.no_vm {
         None
@@ -152,7 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "promql benchmark: {} cores; corpus of {} queries; remote write of {write_series} series × {write_samples} samples by {} senders; {series} series for the large queries",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         oracle::corpus().len(),
-        args.senders.max(1),
+        senders,
     );
 
     // Every server lives until the end of this function, whatever fails.
@@ -165,29 +171,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let trawler_dir = TempDir::new("promql-trawler");
     let trawler = start_trawler(&trawler_dir)?;
 
-    let mut targets = vec![
-        Target {
-            name: "trawler",
-            addr: trawler.addr,
-            pid: trawler.pid(),
-        },
-        Target {
-            name: "prometheus",
-            addr: prometheus.addr(),
-            pid: prometheus.pid(),
-        },
-    ];
-    if let Some((vm, addr)) = &vm {
-        targets.push(Target {
-            name: "victoria-metrics",
-            addr: *addr,
-            pid: vm.0.id(),
-        });
-    }
-    let [trawler_t, prometheus_t, rest @ ..] = &targets[..] else {
-        unreachable!("two targets at least")
+    let trawler_t = Target {
+        name: "trawler",
+        addr: trawler.addr,
+        pid: trawler.pid(),
+        flush: None,
+        large_budget: Duration::MAX,
     };
-    let vm_t = rest.first();
+    let prometheus_t = Target {
+        name: "prometheus",
+        addr: prometheus.addr(),
+        pid: prometheus.pid(),
+        flush: None,
+        large_budget: PROMETHEUS_BUDGET,
+    };
+    let vm_t = vm.as_ref().map(|(vm, addr)| Target {
+        name: "victoria-metrics",
+        addr: *addr,
+        pid: vm.0.id(),
+        flush: Some("/internal/force_flush"),
+        large_budget: Duration::MAX,
+    });
+    let targets: Vec<&Target> = [Some(&trawler_t), Some(&prometheus_t), vm_t.as_ref()]
+        .into_iter()
+        .flatten()
+        .collect();
 
     println!("\n1. the compliance data set through remote write");
     let data = oracle::dataset();
@@ -206,8 +214,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     println!("\n2. the corpus against trawler's API and Prometheus (instant and range queries)");
-    let corpus = run_corpus(trawler_t, prometheus_t)?;
-    let vm_latency = match vm_t {
+    let corpus = run_corpus(&trawler_t, &prometheus_t)?;
+    let vm_latency = match &vm_t {
         Some(t) => Some(corpus_latency(t)?),
         None => None,
     };
@@ -239,19 +247,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     println!(
         "\n3. remote-write ingest: {write_series} series × {write_samples} samples, {BATCH} samples per request, {} senders",
-        args.senders.max(1)
+        senders
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
     let now = now - now.rem_euclid(STEP_MS);
     let write_start = now - 3 * 3_600_000;
-    let load = write_load(
-        write_series,
-        write_samples,
-        write_start,
-        args.senders.max(1),
-    );
+    let load = write_load(write_series, write_samples, write_start, senders);
     let load_samples = write_series * write_samples;
     let mut per_core = std::collections::HashMap::new();
     for t in &targets {
@@ -270,9 +273,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     println!(
         "\n4. {series} series × {LARGE_SAMPLES} samples (+ {} counters), typical queries {repeat} times each",
-        series / 100
+        series.div_ceil(100)
     );
-    large(&targets, series, now, repeat)?;
+    large(&targets, series, now, repeat, senders)?;
 
     println!(
         "promql: queries={} matched_prometheus={} p99_ms={p99:.2} prometheus_p99_ms={prom_p99:.2} vm_p99_ms={vm_p99:.2} write_samples_per_s_per_core={:.0} vm_write_samples_per_s_per_core={:.0}",
@@ -610,20 +613,22 @@ const LARGE_QUERIES: [(&str, bool); 8] = [
     ("sum(rate(bench_requests_total[1m]))", true),
 ];
 
-fn large(targets: &[Target], series: u64, now: i64, repeat: usize) -> anyhow::Result<()> {
+fn large(
+    targets: &[&Target],
+    series: u64,
+    now: i64,
+    repeat: usize,
+    senders: usize,
+) -> anyhow::Result<()> {
     // Ends a step before `now`: the remote-write load ended hours before.
     let end = now - STEP_MS;
     let samples = series * LARGE_SAMPLES as u64 + series.div_ceil(100) * LARGE_SAMPLES as u64;
-    let load = large_load(series, end, 4);
+    let load = large_load(series, end, senders);
     let requests: usize = load.iter().map(Vec::len).sum();
     let mut loaded = Vec::new();
     for t in targets {
         let started = Instant::now();
-        let r = if t.name == "prometheus" {
-            send_within(t, &load, PROMETHEUS_BUDGET)
-        } else {
-            send(t, &load).map(Some)
-        };
+        let r = send_within(t, &load, t.large_budget);
         match r {
             Ok(Some(r)) => {
                 println!(
@@ -638,7 +643,7 @@ fn large(targets: &[Target], series: u64, now: i64, repeat: usize) -> anyhow::Re
             Ok(None) => println!(
                 "  {:<16} skipped: loading took more than {} s",
                 t.name,
-                PROMETHEUS_BUDGET.as_secs()
+                t.large_budget.as_secs()
             ),
             Err(e) => println!(
                 "  {:<16} skipped: loading failed after {:.1} s: {e:#}",
