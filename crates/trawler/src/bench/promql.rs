@@ -29,7 +29,8 @@
 //!    Prometheus if it takes them within 15 minutes; then a few typical
 //!    queries, `--repeat` times each, p50/p99 per system. trawler refuses
 //!    a selector over more than `max_series` (100,000 by default) with a
-//!    422: those count as errors and are printed.
+//!    422, VictoriaMetrics one over more than `-search.maxUniqueTimeseries`
+//!    (300,000): those count as errors and are printed.
 //!
 //! Ends with `promql: queries=… matched_prometheus=… p99_ms=…
 //! prometheus_p99_ms=… vm_p99_ms=… write_samples_per_s_per_core=…
