@@ -14,6 +14,7 @@
 //! [`MemoryStorage`] implements it in memory for tests.
 //!
 //! How close "exactly" is, is measured, not claimed: `tests/compliance.rs`
+//! (through the module `oracle`, behind the feature of that name)
 //! loads one data set into a real Prometheus 2.42 (through its
 //! remote-write receiver, stale markers included) and into
 //! [`MemoryStorage`], runs the corpus `tests/compliance/queries.txt` (over
@@ -30,6 +31,8 @@
 //! unbounded memory.
 
 mod engine;
+#[cfg(feature = "oracle")]
+pub mod oracle;
 pub mod params;
 pub mod remote;
 mod storage;

@@ -8,6 +8,7 @@ pub mod api;
 mod child;
 pub mod crawl;
 pub mod crawl_batch;
+pub mod promql;
 pub mod sim;
 pub mod soak;
 pub mod store;
@@ -25,6 +26,8 @@ pub enum Bench {
     Crawl(crawl::Args),
     /// A URL list through `trawler crawl` against the image simulator end to end, beside Scrapy.
     CrawlBatch(crawl_batch::Args),
+    /// The Prometheus API: the PromQL corpus against Prometheus 2.42, query latency, remote-write ingest per core and a million series, beside VictoriaMetrics.
+    Promql(promql::Args),
     /// GET throughput and latency of the Mockstagram simulator, measured with wrk.
     Sim(sim::Args),
     /// The default job for hours across clock hours and midnight, minute by minute (simulator in its own process).
@@ -43,6 +46,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Api(args) => api::run(args),
         Bench::Crawl(args) => crawl::run(args),
         Bench::CrawlBatch(args) => crawl_batch::run(args),
+        Bench::Promql(args) => promql::run(args),
         Bench::Sim(args) => sim::run(args),
         Bench::Soak(args) => soak::run(args),
         Bench::Store(args) => store::run(args),
