@@ -511,8 +511,8 @@ impl<S: StreamBackend> Queryable for StreamSeries<S> {
 /// object>)`: the catalog keeps the labels, so the index below is rebuilt
 /// from it at start-up, and the samples share the store's WAL (durable when
 /// [`RemoteSeries::write`] returns), blocks and retention. The index keeps
-/// every series' labels in memory with a posting list per metric name, so
-/// a selector with a name reads only that name's series.
+/// every series' labels in memory (once) with a posting list per label
+/// value, so a selector reads only the series its matchers can match.
 pub struct RemoteSeries {
     store: Arc<Store>,
     index: RwLock<RemoteIndex>,
@@ -522,28 +522,63 @@ pub struct RemoteSeries {
 
 #[derive(Default)]
 struct RemoteIndex {
-    series: Vec<(Labels, SeriesId)>,
-    by_labels: HashMap<Labels, usize>,
-    by_name: HashMap<String, Vec<usize>>,
+    series: Vec<(Arc<Labels>, SeriesId)>,
+    by_labels: HashMap<Arc<Labels>, u32>,
+    /// label name → value → positions in `series`, ascending.
+    postings: HashMap<String, HashMap<String, Vec<u32>>>,
 }
 
 impl RemoteIndex {
     fn insert(&mut self, labels: Labels, id: SeriesId) {
-        let i = self.series.len();
-        self.by_name
-            .entry(labels.get(METRIC_NAME).to_owned())
-            .or_default()
-            .push(i);
+        let i = self.series.len() as u32;
+        for l in labels.iter() {
+            self.postings
+                .entry(l.name.clone())
+                .or_default()
+                .entry(l.value.clone())
+                .or_default()
+                .push(i);
+        }
+        let labels = Arc::new(labels);
         self.by_labels.insert(labels.clone(), i);
         self.series.push((labels, id));
     }
 
-    /// Positions of the series a selector may match.
-    fn candidates(&self, matchers: &[Matcher]) -> Box<dyn Iterator<Item = usize> + '_> {
-        match equal_value(matchers, METRIC_NAME) {
-            Some(name) => Box::new(self.by_name.get(name).into_iter().flatten().copied()),
-            None => Box::new(0..self.series.len()),
+    /// Positions of the series a selector may match, ascending: the
+    /// intersection of the posting lists of its matchers that need their
+    /// label (`=` a value, or a regex not matching the empty string: the
+    /// union of the values it matches); every series when none does.
+    fn candidates(&self, matchers: &[Matcher]) -> Vec<u32> {
+        let mut lists: Vec<std::borrow::Cow<'_, [u32]>> = Vec::new();
+        for m in matchers.iter().filter(|m| !m.matches_empty()) {
+            let Some(values) = self.postings.get(&m.name) else {
+                return Vec::new();
+            };
+            if m.op == MatchOp::Equal {
+                match values.get(&m.value) {
+                    Some(list) => lists.push(list.as_slice().into()),
+                    None => return Vec::new(),
+                }
+            } else {
+                let mut union: Vec<u32> = values
+                    .iter()
+                    .filter(|(v, _)| m.matches(v))
+                    .flat_map(|(_, list)| list.iter().copied())
+                    .collect();
+                union.sort_unstable();
+                lists.push(union.into());
+            }
         }
+        lists.sort_by_key(|l| l.len());
+        let mut lists = lists.into_iter();
+        let Some(first) = lists.next() else {
+            return (0..self.series.len() as u32).collect();
+        };
+        let mut out = first.into_owned();
+        for list in lists {
+            out.retain(|p| list.binary_search(p).is_ok());
+        }
+        out
     }
 }
 
@@ -620,7 +655,7 @@ impl RemoteSeries {
             let index = self.index.read().expect("remote index");
             for (i, (labels, _)) in series.iter().enumerate() {
                 match index.by_labels.get(labels) {
-                    Some(&p) => ids.push(Some(index.series[p].1)),
+                    Some(&p) => ids.push(Some(index.series[p as usize].1)),
                     None => {
                         ids.push(None);
                         missing.push(i);
@@ -726,14 +761,24 @@ impl Queryable for RemoteSeries {
         end_ms: i64,
         limits: SelectLimits,
     ) -> Result<Vec<Series>, StorageError> {
-        let chosen: Vec<(Labels, SeriesId)> = {
+        let chosen: Vec<(Arc<Labels>, SeriesId)> = {
             let index = self.index.read().expect("remote index");
             index
                 .candidates(matchers)
-                .filter(|&i| index.series[i].0.matches(matchers))
-                .map(|i| index.series[i].clone())
+                .into_iter()
+                .map(|i| &index.series[i as usize])
+                .filter(|s| s.0.matches(matchers))
+                .cloned()
                 .collect()
         };
+        // More matching series than the limit: refused before any is read
+        // (a series without samples in the range would not count, but
+        // reading them all to find out is what the limit prevents).
+        if chosen.len() > limits.max_series {
+            return Err(StorageError::TooManySeries {
+                limit: limits.max_series,
+            });
+        }
         let mut budget = Budget::new(limits);
         let mut out = Vec::new();
         for (labels, id) in chosen {
@@ -746,7 +791,7 @@ impl Queryable for RemoteSeries {
             }
             budget.take(points.len())?;
             out.push(Series {
-                labels,
+                labels: Arc::unwrap_or_clone(labels),
                 samples: points.iter().map(|p| (p.ts_ms, p.value.as_f64())).collect(),
             });
         }
@@ -759,7 +804,14 @@ impl Queryable for RemoteSeries {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<String>, StorageError> {
-        let all = lookup(self, selectors, || Ok(self.all()), start_ms, end_ms)?;
+        if selectors.is_empty() {
+            // From the postings, whatever the time range.
+            let index = self.index.read().expect("remote index");
+            let mut names: Vec<String> = index.postings.keys().cloned().collect();
+            names.sort();
+            return Ok(names);
+        }
+        let all = lookup(self, selectors, || Ok(Vec::new()), start_ms, end_ms)?;
         Ok(names_of(&all))
     }
 
@@ -770,15 +822,18 @@ impl Queryable for RemoteSeries {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<String>, StorageError> {
-        let all = lookup(self, selectors, || Ok(self.all()), start_ms, end_ms)?;
+        if selectors.is_empty() {
+            let index = self.index.read().expect("remote index");
+            let mut values: Vec<String> = index
+                .postings
+                .get(name)
+                .map(|v| v.keys().cloned().collect())
+                .unwrap_or_default();
+            values.sort();
+            return Ok(values);
+        }
+        let all = lookup(self, selectors, || Ok(Vec::new()), start_ms, end_ms)?;
         Ok(values_of(&all, name))
-    }
-}
-
-impl RemoteSeries {
-    fn all(&self) -> Vec<Labels> {
-        let index = self.index.read().expect("remote index");
-        index.series.iter().map(|(l, _)| l.clone()).collect()
     }
 }
 
@@ -992,6 +1047,54 @@ mod tests {
             r.label_values("instance", &[], 0, 10_000).unwrap(),
             vec!["a:1".to_owned()]
         );
+    }
+
+    proptest::proptest! {
+        /// The postings choose exactly the series a brute-force match does.
+        #[test]
+        fn the_index_selects_what_matching_every_series_selects(
+            series in proptest::collection::vec(
+                (0u8..3, proptest::option::of(0u8..4), proptest::option::of(0u8..2)),
+                0..40,
+            ),
+            matchers in proptest::collection::vec((0u8..3, 0u8..4, 0u8..4), 1..4),
+        ) {
+            let mut index = RemoteIndex::default();
+            let mut all = Vec::new();
+            for (i, (name, a, b)) in series.into_iter().enumerate() {
+                let mut pairs = vec![("__name__".to_owned(), format!("m{name}")), ("i".to_owned(), i.to_string())];
+                pairs.extend(a.map(|a| ("a".to_owned(), format!("v{a}"))));
+                pairs.extend(b.map(|b| ("b".to_owned(), format!("v{b}"))));
+                let labels = Labels::new(pairs);
+                if index.by_labels.contains_key(&labels) {
+                    continue;
+                }
+                index.insert(labels.clone(), SeriesId(i as u64));
+                all.push(labels);
+            }
+            let ms: Vec<Matcher> = matchers
+                .into_iter()
+                .map(|(label, op, v)| {
+                    let name = ["__name__", "a", "b"][label as usize];
+                    let value = if label == 0 { format!("m{v}") } else { format!("v{v}") };
+                    let (op, value) = match op {
+                        0 => (MatchOp::Equal, value),
+                        1 => (MatchOp::NotEqual, value),
+                        2 => (MatchOp::Regex, format!("{value}|v1|")),
+                        _ => (MatchOp::NotRegex, value),
+                    };
+                    Matcher::new(name, op, &value).unwrap()
+                })
+                .collect();
+            let chosen: Vec<&Labels> = index
+                .candidates(&ms)
+                .into_iter()
+                .map(|i| &*index.series[i as usize].0)
+                .filter(|l| l.matches(&ms))
+                .collect();
+            let expected: Vec<&Labels> = all.iter().filter(|l| l.matches(&ms)).collect();
+            proptest::prop_assert_eq!(chosen, expected);
+        }
     }
 
     #[test]

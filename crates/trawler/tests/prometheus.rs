@@ -367,3 +367,69 @@ fn a_real_prometheus_scrapes_trawler_and_remote_writes_into_it_and_kill_9_loses_
         scalar_of(&query(api, q, "")).filter(|n| *n > before)
     });
 }
+
+/// The compliance corpus through trawler itself: the oracle's data set
+/// remote-written into a running node (its store, its WAL, its blocks) and
+/// into Prometheus 2.42, every query asked over HTTP of both, instant and
+/// range. The crate's compliance test compares the engine over memory;
+/// this one adds the store, remote write and the HTTP layer.
+#[test]
+fn the_compliance_corpus_through_trawlers_api_and_store_answers_as_prometheus() {
+    use trawler_promql::oracle::{self, agree, order_sensitive, Answer, Prometheus, QueryTimes};
+    let bin = oracle::find_binary("prometheus").expect("prometheus: run scripts/deps");
+    let prom = Prometheus::start(&bin).unwrap_or_else(|e| panic!("{e}"));
+    let (_sim, sim) = start_sim(&["--accounts", "10"]);
+    let dir = tempfile::tempdir().unwrap();
+    // The data set is of 2024: a retention that counts back past it from
+    // the crawl's samples of today.
+    let (_run, api) = start_run(sim, dir.path(), &["--retention", "36500d"]);
+    let data = oracle::dataset();
+    for body in oracle::write_windows(&data) {
+        prom.write(&body).unwrap_or_else(|e| panic!("{e}"));
+        oracle::remote_write(api, &body).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let known = oracle::known_differences();
+    let mut differing = Vec::new();
+    let mut with_data = 0;
+    let queries = oracle::corpus();
+    for (i, q) in queries.iter().enumerate() {
+        let times = QueryTimes::of(i);
+        for (path, ordered) in [
+            (times.instant_path(q), order_sensitive(q)),
+            (times.range_path(q), false),
+        ] {
+            let expected = prom.query(&path).unwrap_or_else(|e| panic!("{e}"));
+            let (_, body) = oracle::http(api, "GET", &path, &[], b"").expect("query trawler");
+            let got = Answer::from_api(&path, &body).unwrap_or_else(|e| panic!("{e}"));
+            if matches!(&got, Answer::Vector(v) if !v.is_empty())
+                || matches!(&got, Answer::Matrix(m) if !m.is_empty())
+            {
+                with_data += 1;
+            }
+            if !agree(&expected, &got, ordered) && !known.contains_key(q) {
+                differing.push(format!(
+                    "{path}\n  prometheus: {}\n  trawler:    {}",
+                    expected.short(),
+                    got.short()
+                ));
+            }
+        }
+    }
+    // The data went through: most answers hold series.
+    assert!(
+        with_data > queries.len(),
+        "only {with_data} answers with data"
+    );
+    assert!(
+        differing.is_empty(),
+        "{} of {} queries differ through trawler's API and store:\n{}",
+        differing.len(),
+        queries.len() * 2,
+        differing
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
