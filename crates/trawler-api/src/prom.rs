@@ -38,7 +38,8 @@ use serde::Serialize;
 use trawler_promql::params::{parse_duration, parse_time, MAX_TIME_MS, MIN_TIME_MS};
 use trawler_promql::remote::{self, DecodeError, MetricMetadata, WriteLimits, WriteRequest};
 use trawler_promql::{
-    Engine, EngineConfig, Labels, Matcher, QueryError, Queryable, StorageError, METRIC_NAME,
+    is_label_name, is_metric_name, Engine, EngineConfig, Labels, Matcher, QueryError, Queryable,
+    StorageError, METRIC_NAME,
 };
 
 use crate::HttpMetrics;
@@ -195,6 +196,14 @@ fn success<T: Serialize>(data: &T, warnings: Vec<String>) -> Answer {
     }
 }
 
+/// A lookup's results (with their warnings) or its error.
+fn answer<T: Serialize>(r: Result<(T, Vec<String>), QueryError>) -> Answer {
+    match r {
+        Ok((data, warnings)) => success(&data, warnings),
+        Err(e) => failure(&e),
+    }
+}
+
 fn failure(e: &QueryError) -> Answer {
     failure_with(e.status(), e.error_type(), &e.to_string())
 }
@@ -232,10 +241,7 @@ impl Form {
         raw: Option<String>,
         body: Result<Bytes, BytesRejection>,
     ) -> Result<Self, QueryError> {
-        let mut pairs: Vec<(String, String)> = raw
-            .as_deref()
-            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-            .unwrap_or_default();
+        let mut pairs = Self::from_query(raw).0;
         if method == Method::POST {
             let form = headers
                 .get(header::CONTENT_TYPE)
@@ -247,6 +253,15 @@ impl Form {
             }
         }
         Ok(Self(pairs))
+    }
+
+    /// The parameters of a `GET`-only route: its query string's.
+    fn from_query(raw: Option<String>) -> Self {
+        Self(
+            raw.as_deref()
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        )
     }
 
     fn get(&self, name: &str) -> Option<&str> {
@@ -301,12 +316,31 @@ impl Form {
         }
     }
 
+    /// The parameters of the series and label lookups: `match[]`,
+    /// `start` and `end` (unbounded by default) and `limit`.
+    fn lookup(&self, max_results: usize) -> Result<Lookup, QueryError> {
+        Ok(Lookup {
+            selectors: self.matchers()?,
+            start: self.time_or("start", MIN_TIME_MS)?,
+            end: self.time_or("end", MAX_TIME_MS)?,
+            limit: self.limit(max_results)?,
+        })
+    }
+
     fn matchers(&self) -> Result<Vec<Vec<Matcher>>, QueryError> {
         self.all("match[]")
             .into_iter()
             .map(trawler_promql::parse_selector)
             .collect()
     }
+}
+
+/// What a series or label lookup asks for.
+struct Lookup {
+    selectors: Vec<Vec<Matcher>>,
+    start: i64,
+    end: i64,
+    limit: usize,
 }
 
 /// Runs `f` on a blocking thread once a query slot is free.
@@ -376,20 +410,6 @@ async fn query_range(
     }
 }
 
-/// Labels as the API writes them: an object of name → value.
-struct LabelMap<'a>(&'a Labels);
-
-impl Serialize for LabelMap<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for l in self.0.iter() {
-            m.serialize_entry(&l.name, &l.value)?;
-        }
-        m.end()
-    }
-}
-
 /// Truncates `items` to `limit`, with Prometheus' warning when it did.
 fn truncate<T>(items: &mut Vec<T>, limit: usize) -> Vec<String> {
     if items.len() > limit {
@@ -409,36 +429,25 @@ async fn series(
 ) -> Answer {
     let run = async {
         let form = Form::read(&method, &headers, raw, body)?;
-        let selectors = form.matchers()?;
-        if selectors.is_empty() {
+        let l = form.lookup(ctx.settings.max_lookup_results)?;
+        if l.selectors.is_empty() {
             return Err(bad("no match[] parameter provided"));
         }
-        let start = form.time_or("start", MIN_TIME_MS)?;
-        let end = form.time_or("end", MAX_TIME_MS)?;
-        let limit = form.limit(ctx.settings.max_lookup_results)?;
         let limits = ctx.settings.engine.limits;
-        blocking(&ctx, move |b| {
+        let mut all = blocking(&ctx, move |b| {
             let mut all: Vec<Labels> = Vec::new();
-            for m in &selectors {
-                all.extend(b.queryable().series(m, start, end, limits)?);
+            for m in &l.selectors {
+                all.extend(b.queryable().series(m, l.start, l.end, limits)?);
             }
             all.sort();
             all.dedup();
             Ok(all)
         })
-        .await
-        .map(|mut all| {
-            let warnings = truncate(&mut all, limit);
-            (all, warnings)
-        })
+        .await?;
+        let warnings = truncate(&mut all, l.limit);
+        Ok((all, warnings))
     };
-    match run.await {
-        Ok((all, warnings)) => {
-            let maps: Vec<LabelMap<'_>> = all.iter().map(LabelMap).collect();
-            success(&maps, warnings)
-        }
-        Err(e) => failure(&e),
-    }
+    answer(run.await)
 }
 
 async fn labels(
@@ -450,35 +459,15 @@ async fn labels(
 ) -> Answer {
     let run = async {
         let form = Form::read(&method, &headers, raw, body)?;
-        let selectors = form.matchers()?;
-        let start = form.time_or("start", MIN_TIME_MS)?;
-        let end = form.time_or("end", MAX_TIME_MS)?;
-        let limit = form.limit(ctx.settings.max_lookup_results)?;
+        let l = form.lookup(ctx.settings.max_lookup_results)?;
         let mut names = blocking(&ctx, move |b| {
-            Ok(b.queryable().label_names(&selectors, start, end)?)
+            Ok(b.queryable().label_names(&l.selectors, l.start, l.end)?)
         })
         .await?;
-        let warnings = truncate(&mut names, limit);
-        Ok::<_, QueryError>((names, warnings))
+        let warnings = truncate(&mut names, l.limit);
+        Ok((names, warnings))
     };
-    match run.await {
-        Ok((names, warnings)) => success(&names, warnings),
-        Err(e) => failure(&e),
-    }
-}
-
-/// Whether `name` is a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
-pub fn is_label_name(name: &str) -> bool {
-    let mut b = name.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
-/// Whether `name` is a valid metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
-pub fn is_metric_name(name: &str) -> bool {
-    let mut b = name.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_' || c == b':')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+    answer(run.await)
 }
 
 async fn label_values(
@@ -490,22 +479,16 @@ async fn label_values(
         if !is_label_name(&name) {
             return Err(bad(format!("invalid label name: {name:?}")));
         }
-        let form = Form::read(&Method::GET, &HeaderMap::new(), raw, Ok(Bytes::new()))?;
-        let selectors = form.matchers()?;
-        let start = form.time_or("start", MIN_TIME_MS)?;
-        let end = form.time_or("end", MAX_TIME_MS)?;
-        let limit = form.limit(ctx.settings.max_lookup_results)?;
+        let l = Form::from_query(raw).lookup(ctx.settings.max_lookup_results)?;
         let mut values = blocking(&ctx, move |b| {
-            Ok(b.queryable().label_values(&name, &selectors, start, end)?)
+            Ok(b.queryable()
+                .label_values(&name, &l.selectors, l.start, l.end)?)
         })
         .await?;
-        let warnings = truncate(&mut values, limit);
+        let warnings = truncate(&mut values, l.limit);
         Ok((values, warnings))
     };
-    match run.await {
-        Ok((values, warnings)) => success(&values, warnings),
-        Err(e) => failure(&e),
-    }
+    answer(run.await)
 }
 
 #[derive(Serialize)]
@@ -517,10 +500,7 @@ struct MetadataEntry<'a> {
 }
 
 async fn metadata(State(ctx): Shared, RawQuery(raw): RawQuery) -> Answer {
-    let form = match Form::read(&Method::GET, &HeaderMap::new(), raw, Ok(Bytes::new())) {
-        Ok(f) => f,
-        Err(e) => return failure(&e),
-    };
+    let form = Form::from_query(raw);
     let limit = match form.get("limit").filter(|l| !l.is_empty()) {
         None => usize::MAX,
         Some(l) => match l.parse::<i64>() {

@@ -125,18 +125,15 @@ fn values_of(all: &[Labels], name: &str) -> Vec<String> {
     values
 }
 
-/// The label sets a source would list for `selectors` (every series when
-/// there are none).
+/// The label sets of the series matching any of `selectors` (at least
+/// one) with samples in the range: how a source without an index of its
+/// own answers a label lookup with `match[]`.
 fn lookup(
     q: &dyn Queryable,
     selectors: &[Vec<Matcher>],
-    all: impl FnOnce() -> Result<Vec<Labels>, StorageError>,
     start_ms: i64,
     end_ms: i64,
 ) -> Result<Vec<Labels>, StorageError> {
-    if selectors.is_empty() {
-        return all();
-    }
     let mut out = Vec::new();
     for m in selectors {
         out.extend(q.series(m, start_ms, end_ms, SelectLimits::default())?);
@@ -160,15 +157,11 @@ impl<H: Host> CrawlSeries<H> {
         &self.backend.info().name
     }
 
-    /// Labels of `metric` of entity `id`.
-    fn labels(&self, metric: &str, id: u64) -> Labels {
+    /// Labels of entity `id` (its metrics' without `__name__`).
+    fn labels(&self, id: u64) -> Labels {
         let info = self.backend.info();
         let key = self.backend.names().key_text(id);
-        let mut pairs = vec![
-            (METRIC_NAME, metric.to_owned()),
-            ("job", info.name.clone()),
-            (info.key_name.as_str(), key),
-        ];
+        let mut pairs = vec![("job", info.name.clone()), (info.key_name.as_str(), key)];
         if let (Some(name), Some(label)) = (&info.label_name, self.backend.names().label_for(id)) {
             pairs.push((name.as_str(), label));
         }
@@ -289,8 +282,10 @@ impl<H: Host> Queryable for CrawlSeries<H> {
             return Ok(out);
         }
         for id in self.ids(matchers)? {
+            let entity = self.labels(id);
             for metric in &metrics {
-                let labels = self.labels(metric, id);
+                let mut labels = entity.clone();
+                labels.set(METRIC_NAME, metric);
                 if !labels.matches(matchers) {
                     continue;
                 }
@@ -333,7 +328,7 @@ impl<H: Host> Queryable for CrawlSeries<H> {
             names.sort();
             return Ok(names);
         }
-        let all = lookup(self, selectors, || Ok(Vec::new()), start_ms, end_ms)?;
+        let all = lookup(self, selectors, start_ms, end_ms)?;
         Ok(names_of(&all))
     }
 
@@ -345,7 +340,7 @@ impl<H: Host> Queryable for CrawlSeries<H> {
         end_ms: i64,
     ) -> Result<Vec<String>, StorageError> {
         let Some(selectors) = self.entity_free(selectors) else {
-            let all = lookup(self, selectors, || Ok(Vec::new()), start_ms, end_ms)?;
+            let all = lookup(self, selectors, start_ms, end_ms)?;
             return Ok(values_of(&all, name));
         };
         if selectors.is_empty() {
@@ -487,7 +482,10 @@ impl<S: StreamBackend> Queryable for StreamSeries<S> {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<String>, StorageError> {
-        let all = lookup(self, selectors, || Ok(self.all()), start_ms, end_ms)?;
+        let all = match selectors.is_empty() {
+            true => self.all(),
+            false => lookup(self, selectors, start_ms, end_ms)?,
+        };
         Ok(names_of(&all))
     }
 
@@ -498,7 +496,10 @@ impl<S: StreamBackend> Queryable for StreamSeries<S> {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<String>, StorageError> {
-        let all = lookup(self, selectors, || Ok(self.all()), start_ms, end_ms)?;
+        let all = match selectors.is_empty() {
+            true => self.all(),
+            false => lookup(self, selectors, start_ms, end_ms)?,
+        };
         Ok(values_of(&all, name))
     }
 }
@@ -811,7 +812,7 @@ impl Queryable for RemoteSeries {
             names.sort();
             return Ok(names);
         }
-        let all = lookup(self, selectors, || Ok(Vec::new()), start_ms, end_ms)?;
+        let all = lookup(self, selectors, start_ms, end_ms)?;
         Ok(names_of(&all))
     }
 
@@ -832,7 +833,7 @@ impl Queryable for RemoteSeries {
             values.sort();
             return Ok(values);
         }
-        let all = lookup(self, selectors, || Ok(Vec::new()), start_ms, end_ms)?;
+        let all = lookup(self, selectors, start_ms, end_ms)?;
         Ok(values_of(&all, name))
     }
 }

@@ -44,7 +44,7 @@ pub use engine::{
 };
 
 pub use storage::{
-    Label, Labels, MatchOp, Matcher, MemoryStorage, Queryable, SelectLimits, Series, StorageError,
-    METRIC_NAME,
+    is_label_name, is_metric_name, Label, Labels, MatchOp, Matcher, MemoryStorage, Queryable,
+    SelectLimits, Series, StorageError, METRIC_NAME,
 };
 pub use value::{format_value, Sample, Value, VectorSample};

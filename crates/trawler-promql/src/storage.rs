@@ -6,6 +6,20 @@ use std::sync::RwLock;
 /// The label holding a series' metric name.
 pub const METRIC_NAME: &str = "__name__";
 
+/// Whether `name` is a Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+pub fn is_label_name(name: &str) -> bool {
+    let mut b = name.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Whether `name` is a Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
+pub fn is_metric_name(name: &str) -> bool {
+    let mut b = name.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_' || c == b':')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+}
+
 /// One label.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Label {
@@ -86,6 +100,18 @@ impl Labels {
     /// Whether every matcher matches.
     pub fn matches(&self, matchers: &[Matcher]) -> bool {
         matchers.iter().all(|m| m.matches(self.get(&m.name)))
+    }
+}
+
+/// As the Prometheus API writes a series' labels: an object of name → value.
+impl serde::Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for l in self.iter() {
+            map.serialize_entry(&l.name, &l.value)?;
+        }
+        map.end()
     }
 }
 

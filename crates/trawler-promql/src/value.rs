@@ -1,6 +1,6 @@
 //! Query results, and their JSON exactly as Prometheus' HTTP API writes it.
 
-use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
+use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 
 use crate::Labels;
@@ -92,18 +92,6 @@ impl Serialize for Point<'_> {
     }
 }
 
-struct Metric<'a>(&'a Labels);
-
-impl Serialize for Metric<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for l in self.0.iter() {
-            map.serialize_entry(&l.name, &l.value)?;
-        }
-        map.end()
-    }
-}
-
 struct Values<'a>(&'a [(i64, f64)]);
 
 impl Serialize for Values<'_> {
@@ -119,7 +107,7 @@ impl Serialize for Values<'_> {
 impl Serialize for VectorSample {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut st = s.serialize_struct("VectorSample", 2)?;
-        st.serialize_field("metric", &Metric(&self.labels))?;
+        st.serialize_field("metric", &self.labels)?;
         st.serialize_field("value", &Point(self.ts_ms, &format_value(self.value)))?;
         st.end()
     }
@@ -128,7 +116,7 @@ impl Serialize for VectorSample {
 impl Serialize for Sample {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut st = s.serialize_struct("Sample", 2)?;
-        st.serialize_field("metric", &Metric(&self.labels))?;
+        st.serialize_field("metric", &self.labels)?;
         st.serialize_field("values", &Values(&self.points))?;
         st.end()
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::{eventually, free_port, get, http, program, spawn, start_sim, Proc};
 use serde_json::Value;
+use trawler_promql::oracle::urlencode;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -21,25 +22,13 @@ fn query(api: SocketAddr, q: &str, extra: &str) -> Value {
     let r = http(
         api,
         "GET",
-        &format!("/api/v1/query?query={}{extra}", encode(q)),
+        &format!("/api/v1/query?query={}{extra}", urlencode(q)),
         None,
     );
     assert_eq!(r.status, 200, "{q}: {}", r.body);
     let v = r.json();
     assert_eq!(v["status"], "success", "{v}");
     v["data"].clone()
-}
-
-fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The single value of an instant query, if there is exactly one.
@@ -200,7 +189,7 @@ fn promtool_reads_the_crawled_series() {
     let r = http(
         api,
         "GET",
-        &format!("/api/v1/query?query={}", encode("{job=\"influencers\"}")),
+        &format!("/api/v1/query?query={}", urlencode("{job=\"influencers\"}")),
         None,
     );
     assert_eq!(r.status, 422, "{}", r.body);

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use super::ast::{AggOp, Node};
 use super::eval::{scalar_by_step, Ctx, Lbl, Out, Rng, Series, Stepper, Val};
-use super::functions::{cmp_nan_last, desc_nan_last, quantile, valid_label_name};
+use super::functions::{cmp_nan_last, desc_nan_last, quantile};
 use super::QueryError;
+use crate::is_label_name as valid_label_name;
 use crate::{format_value, Labels, METRIC_NAME};
 
 /// 2^63: Go's `float64(math.MaxInt64)`.

@@ -13,17 +13,7 @@ use super::eval::{
     Stepper, Val,
 };
 use super::QueryError;
-use crate::{Labels, MatchOp, METRIC_NAME};
-
-/// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub(crate) fn valid_label_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
-        _ => return false,
-    }
-    chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
+use crate::{is_label_name as valid_label_name, Labels, MatchOp, METRIC_NAME};
 
 /// The labels `absent()` and `absent_over_time()` answer: those of the
 /// selector's equality matchers (a name matched twice, or otherwise, is
