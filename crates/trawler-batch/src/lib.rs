@@ -46,5 +46,5 @@ mod run;
 pub mod spec;
 
 pub use progress::{Progress, Status};
-pub use run::{parse_faces, run, BatchError, Summary};
+pub use run::{parse_faces, run, run_cluster, BatchError, ClusterRun, Summary};
 pub use spec::{BatchJob, BatchJobConfig, SpecError};
