@@ -214,14 +214,17 @@ impl SegmentLeases {
     }
 
     /// Marks `segment` done (after its results are committed) and gives
-    /// its lease back.
+    /// its lease back — also when the marker could not be written, so that
+    /// a later claim finds the committed results and marks it then.
     pub async fn finish(&self, segment: u32, claim: u64) -> Result<(), Error> {
-        self.done
+        let marked = self
+            .done
             .put(key(segment), self.me_bytes.clone())
             .await
-            .map_err(|e| Error::nats("writing a done marker", e))?;
+            .map(|_| ())
+            .map_err(|e| Error::nats("writing a done marker", e));
         self.release(segment, claim).await;
-        Ok(())
+        marked
     }
 
     /// Gives `claim` of `segment` back (if still held), so that another

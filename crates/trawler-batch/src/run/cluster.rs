@@ -461,8 +461,8 @@ fn commit(
         .map_err(io("publishing"))?;
     finished.publish_as(path)?;
     if let Err(e) = runtime.block_on(leases.finish(segment, o.claim)) {
-        // The file stands; whoever claims the segment next sees it and
-        // marks it done.
+        // The file stands and the lease is given back: a later pass
+        // claims the segment, sees the file and marks it done.
         tracing::warn!(segment, error = %e, "batch: could not mark a committed segment done");
     }
     let p = &ctx.progress;
