@@ -473,4 +473,22 @@ fn a_cluster_of_three_with_one_killed_gives_each_url_once() {
         }
     }
     check_against(done, dead, &expect);
+    // Every segment committed; the killed node's half-done segment (its
+    // temporary file is left) committed by another; no survivor's
+    // temporary file left.
+    let mut committed = 0;
+    for entry in std::fs::read_dir(shared.join("results")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(seg) = name.strip_suffix(".node-1.tmp") {
+            assert!(
+                shared.join("results").join(seg).exists(),
+                "{seg} not redone"
+            );
+        } else if name.ends_with(".tmp") {
+            panic!("{name} left by a node that finished");
+        } else {
+            committed += 1;
+        }
+    }
+    assert_eq!(committed, lines.len().div_ceil(60));
 }
