@@ -19,6 +19,11 @@
 //!   every outcome durable exactly once;
 //! * [`progress`]: counters, the status served by the API, `/metrics`.
 //!
+//! Cluster mode ([`run_cluster`]): several nodes share the list, each
+//! working on the segments it leases through NATS JetStream KV
+//! (`trawler-cluster`'s `SegmentLeases`), each segment committed once,
+//! idempotently, into a shared output folder (docs/BATCH.md).
+//!
 //! Knows nothing of the API server or the CLI; the binary serves
 //! [`Progress`] and prints the [`Summary`].
 //!

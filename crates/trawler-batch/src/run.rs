@@ -24,6 +24,11 @@
 //! `dead.ndjson` and `summary.json` are written. On shutdown the same
 //! happens after at most `grace` for the URLs in flight; those without a
 //! committed result are simply done again by the next run.
+//!
+//! Cluster mode ([`run_cluster`], `run/cluster.rs`) is the same pipeline with
+//! two stages replaced: a frontier that makes passes over the input and
+//! works only on the segments it leases, and a writer that commits one
+//! results file per segment into the shared output; no state log.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -244,7 +249,7 @@ pub async fn run(
     run_with(job, data, None, progress, shutdown, grace).await
 }
 
-/// Runs the job as one node of a cluster (see [`crate::cluster`]): the
+/// Runs the job as one node of a cluster (see `run/cluster.rs`): the
 /// segments this node leases, committed into the shared output; `data`
 /// holds only this node's lock and summary. Ends when every segment of
 /// the input is done, by any node.
