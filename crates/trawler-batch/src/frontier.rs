@@ -133,9 +133,21 @@ pub struct Skipped {
     pub finished_earlier: u64,
 }
 
-/// Whether a segment is worked on; asked once per segment, when its first
-/// line is read (and after the previous segment was announced read).
-pub type Decide = Box<dyn FnMut(u32) -> bool + Send>;
+/// What a node does with a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Admit its URLs.
+    Work,
+    /// Read past it (its URLs still enter the duplicate set).
+    Skip,
+    /// End the pass here (cluster mode: to start again from the first line
+    /// and take a segment left behind).
+    Stop,
+}
+
+/// What to do with a segment; asked once per segment, when its first line
+/// is read (and after the previous segment was announced read).
+pub type Decide = Box<dyn FnMut(u32) -> Decision + Send>;
 
 /// The frontier over the input.
 pub struct Frontier {
@@ -227,7 +239,14 @@ impl Frontier {
                 }
                 None => {
                     let working = match &mut self.decide {
-                        Some(decide) => decide(segment),
+                        Some(decide) => match decide(segment) {
+                            Decision::Work => true,
+                            Decision::Skip => false,
+                            Decision::Stop => {
+                                self.ended = true;
+                                return Ok(None);
+                            }
+                        },
                         None => !self.earlier.segments.contains(&segment),
                     };
                     self.current = Some((segment, working));
@@ -351,7 +370,11 @@ mod tests {
         )
         .deciding(Box::new(move |s| {
             log.lock().unwrap().push(s);
-            s != 0
+            if s == 0 {
+                Decision::Skip
+            } else {
+                Decision::Work
+            }
         }));
         let mut out = Vec::new();
         while let Some(a) = f.next_admit().unwrap() {
@@ -372,6 +395,28 @@ mod tests {
         assert_eq!(*asked.lock().unwrap(), [0, 1, 2]);
         assert_eq!(f.skipped.duplicates, 2);
         assert_eq!(f.skipped.finished_earlier, 3);
+
+        // A pass ended at a segment boundary (to start again): the segment
+        // before is complete, nothing of the next is admitted.
+        let mut f = Frontier::new(
+            Lines::new(vec![dir.path().join("u.txt")], InputFormat::Text, "url"),
+            Earlier::default(),
+            3,
+        )
+        .deciding(Box::new(|s| {
+            if s == 2 {
+                Decision::Stop
+            } else {
+                Decision::Work
+            }
+        }));
+        let mut admits = Vec::new();
+        while let Some(a) = f.next_admit().unwrap() {
+            admits.push(a);
+        }
+        assert_eq!(admits.len(), 3 + 1 + 2 + 1);
+        assert_eq!(admits.last(), Some(&Admit::SegmentRead(1)));
+        assert_eq!(f.next_admit().unwrap(), None);
     }
 
     #[test]

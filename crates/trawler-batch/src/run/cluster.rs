@@ -22,9 +22,12 @@
 //!   of `results/seg-*.parquet` never holds a URL twice.
 //! * **Take-over**: a node killed mid-segment leaves a temporary file (with
 //!   its id in the name; ignored, removed by that node's next start) and a
-//!   lease that expires. A node that reached the end of the input waits
-//!   until every segment is done; when one is neither done nor held it
-//!   reads the input again and claims it, redoing it from its first URL.
+//!   lease that expires. Each node looks, once a TTL at a segment
+//!   boundary, for a segment behind it that is neither done nor held; it
+//!   then ends its pass and reads the input again from the first line,
+//!   claiming that segment and redoing it from its first URL. A node that
+//!   reached the end of the input waits until every segment is done, and
+//!   makes another pass in the same way when one is left.
 //! * A claim found with its results file already there (committed, not
 //!   marked) is marked done without redoing it.
 //! * Failed attempts are not kept: a segment redone elsewhere starts its
@@ -42,7 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 use trawler_cluster::{Claim, ClusterConfig, SegmentLeases};
 
 use super::{dead_lines, read_pass, BatchError, Ctx, Pass, ToWriter};
-use crate::frontier::{Admit, Decide, Earlier, FpSet, Frontier};
+use crate::frontier::{Admit, Decide, Decision, Earlier, FpSet, Frontier};
 use crate::input::Lines;
 use crate::log::Record;
 use crate::output::{self, OpenFile, OutputError};
@@ -152,12 +155,33 @@ pub(super) fn frontier_thread(
     stop: &Arc<AtomicBool>,
     runtime: &Handle,
 ) {
-    let tick = c.leases.ttl() / 5;
+    let ttl = c.leases.ttl();
+    let tick = ttl / 5;
     loop {
+        let restart = Arc::new(AtomicBool::new(false));
         let decide: Decide = {
             let (leases, stop, runtime) = (c.leases.clone(), stop.clone(), runtime.clone());
             let results = c.results.clone();
-            Box::new(move |segment| claim(&leases, &runtime, &stop, &results, segment))
+            let restart = restart.clone();
+            let mut checked = std::time::Instant::now();
+            Box::new(move |segment| {
+                // Once a TTL: has a segment behind this one been left by
+                // its node? Then start again from the first line to take
+                // it, rather than at the end of the input.
+                if checked.elapsed() >= ttl {
+                    checked = std::time::Instant::now();
+                    if let Ok(Left::Free(left)) = runtime.block_on(self::left(&leases, segment)) {
+                        tracing::info!(segment = left, "batch: a segment nobody holds is left behind; reading the input again to take it");
+                        restart.store(true, Ordering::Relaxed);
+                        return Decision::Stop;
+                    }
+                }
+                if claim(&leases, &runtime, &stop, &results, segment) {
+                    Decision::Work
+                } else {
+                    Decision::Skip
+                }
+            })
         };
         let mut frontier = Frontier::new(
             Lines::new(c.files.clone(), ctx.job.format, &ctx.job.field),
@@ -167,6 +191,9 @@ pub(super) fn frontier_thread(
         .deciding(decide);
         if read_pass(&mut frontier, &tx, &ctx.progress, stop) != Pass::Ended {
             return;
+        }
+        if restart.load(Ordering::Relaxed) {
+            continue;
         }
         let segments = u32::try_from(frontier.skipped.lines.div_ceil(ctx.job.segment_urls))
             .unwrap_or(u32::MAX);
@@ -214,8 +241,8 @@ async fn left(leases: &SegmentLeases, segments: u32) -> Result<Left, trawler_clu
     Ok(if any { Left::Held } else { Left::Nothing })
 }
 
-/// The frontier's decision at a segment's first line: claim it when this
-/// node holds fewer than [`HELD`] segments and nobody else has it.
+/// Whether to work on a segment: claim it when this node holds fewer than
+/// [`HELD`] segments and nobody else has it.
 fn claim(
     leases: &SegmentLeases,
     runtime: &Handle,
