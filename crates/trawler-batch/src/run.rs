@@ -72,7 +72,7 @@ pub enum BatchError {
     #[error(transparent)]
     Output(#[from] OutputError),
     /// NATS, in cluster mode.
-    #[error("cluster: {0}")]
+    #[error(transparent)]
     Cluster(#[from] trawler_cluster::Error),
     /// The data folder is not usable for this job.
     #[error("data folder {path}: {message}")]

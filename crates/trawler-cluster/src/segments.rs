@@ -120,6 +120,9 @@ impl SegmentLeases {
                          segment size ({}); give this run another job name, or the same \
                          input and settings as the other nodes",
                         String::from_utf8_lossy(saved.as_deref().unwrap_or(b"nothing"))
+                            .trim()
+                            .replace('\n', "; ")
+                            .replace('\t', " ")
                     ),
                 });
             }

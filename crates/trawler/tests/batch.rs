@@ -492,3 +492,60 @@ fn a_cluster_of_three_with_one_killed_gives_each_url_once() {
     }
     assert_eq!(committed, lines.len().div_ceil(60));
 }
+
+#[test]
+fn a_cluster_node_over_another_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats_port = free_port();
+    let _nats = spawn(
+        &program("nats-server"),
+        &[
+            "-js".to_owned(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            nats_port.to_string(),
+            "-sd".into(),
+            dir.path().join("nats").display().to_string(),
+        ],
+        &dir.path().join("nats.log"),
+    );
+    wait_port(nats_port, "nats-server");
+    let nats = format!("nats://127.0.0.1:{nats_port}");
+    let output = dir.path().join("shared").display().to_string();
+    let run = |list: &str, node: &str| {
+        let path = dir.path().join(list);
+        std::fs::write(&path, format!("not a url from {list}\n")).unwrap();
+        let data = dir.path().join(node).display().to_string();
+        trawler(&[
+            "crawl",
+            "--urls",
+            &path.display().to_string(),
+            "--data",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--connect-to",
+            "127.0.0.1:9",
+            "--no-detector",
+            "--cluster",
+            &nats,
+            "--node-id",
+            node,
+            "--output",
+            &output,
+        ])
+    };
+    let out = run("a.txt", "a");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dead = std::fs::read_to_string(dir.path().join("shared/dead/seg-000000.ndjson")).unwrap();
+    assert!(dead.contains("invalid_url"), "{dead}");
+    let out = run("b.txt", "b");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another input"), "{err}");
+}
