@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::input::{check_url, fingerprint, InputError, Lines, Target};
+use crate::input::{check_url, fingerprint, InputError, Line, Lines, Target};
 use crate::log::{DeadKind, Record};
 
 /// A hasher for fingerprints, which are already uniform: their low 64 bits.
@@ -133,16 +133,34 @@ pub struct Skipped {
     pub finished_earlier: u64,
 }
 
+/// What a node does with a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Admit its URLs.
+    Work,
+    /// Read past it (its URLs still enter the duplicate set).
+    Skip,
+    /// End the pass here (cluster mode: to start again from the first line
+    /// and take a segment left behind).
+    Stop,
+}
+
+/// What to do with a segment; asked once per segment, when its first line
+/// is read (and after the previous segment was announced read).
+pub type Decide = Box<dyn FnMut(u32) -> Decision + Send>;
+
 /// The frontier over the input.
 pub struct Frontier {
     lines: Lines,
     earlier: Earlier,
     segment_urls: u64,
     seen: FpSet,
-    current: Option<u32>,
+    /// The segment being read, and whether it is worked on.
+    current: Option<(u32, bool)>,
     ended: bool,
-    /// An item read with the segment boundary before it.
-    pending: Option<Admit>,
+    /// A line read with the segment boundary before it.
+    pending: Option<Line>,
+    decide: Option<Decide>,
     /// What was skipped so far.
     pub skipped: Skipped,
 }
@@ -158,8 +176,17 @@ impl Frontier {
             current: None,
             ended: false,
             pending: None,
+            decide: None,
             skipped: Skipped::default(),
         }
+    }
+
+    /// Works only on the segments `decide` accepts (cluster mode: those
+    /// whose lease this node gets), instead of those `earlier` did not
+    /// finish. Every line still enters the duplicate set.
+    pub fn deciding(mut self, decide: Decide) -> Frontier {
+        self.decide = Some(decide);
+        self
     }
 
     /// The duplicate set (for its size).
@@ -172,75 +199,90 @@ impl Frontier {
         &self.lines.bytes_read
     }
 
+    /// Ends the current segment: `SegmentRead` when it was worked on.
+    fn close_segment(&mut self) -> Option<Admit> {
+        match self.current.take() {
+            Some((segment, true)) => Some(Admit::SegmentRead(segment)),
+            _ => None,
+        }
+    }
+
     /// The next thing to do; `None` at the end of the input.
     pub fn next_admit(&mut self) -> Result<Option<Admit>, InputError> {
-        if let Some(p) = self.pending.take() {
-            return Ok(Some(p));
-        }
         loop {
             if self.ended {
                 return Ok(None);
             }
-            let Some(line) = self.lines.next_line()? else {
-                self.ended = true;
-                return Ok(self
-                    .current
-                    .filter(|s| !self.earlier.segments.contains(s))
-                    .map(Admit::SegmentRead));
+            let line = match self.pending.take() {
+                Some(line) => line,
+                None => match self.lines.next_line()? {
+                    Some(line) => line,
+                    None => {
+                        self.ended = true;
+                        return Ok(self.close_segment());
+                    }
+                },
+            };
+            let segment = u32::try_from(line.number / self.segment_urls).unwrap_or(u32::MAX);
+            let working = match self.current {
+                Some((s, working)) if s == segment => working,
+                Some(_) => {
+                    // The boundary first; the line waits one call, so that
+                    // the segment before is announced before the next one
+                    // is decided on.
+                    let read = self.close_segment();
+                    self.pending = Some(line);
+                    match read {
+                        Some(r) => return Ok(Some(r)),
+                        None => continue,
+                    }
+                }
+                None => {
+                    let working = match &mut self.decide {
+                        Some(decide) => match decide(segment) {
+                            Decision::Work => true,
+                            Decision::Skip => false,
+                            Decision::Stop => {
+                                self.ended = true;
+                                return Ok(None);
+                            }
+                        },
+                        None => !self.earlier.segments.contains(&segment),
+                    };
+                    self.current = Some((segment, working));
+                    working
+                }
             };
             self.skipped.lines += 1;
-            let segment = u32::try_from(line.number / self.segment_urls).unwrap_or(u32::MAX);
             let fp = fingerprint(&line.url);
             let first = self.seen.insert(fp);
-            let mut read = None;
-            if self.current != Some(segment) {
-                read = self
-                    .current
-                    .filter(|s| !self.earlier.segments.contains(s))
-                    .map(Admit::SegmentRead);
-                self.current = Some(segment);
-            }
-            let item = if !first {
+            if !first {
                 self.skipped.duplicates += 1;
-                None
-            } else if self.earlier.segments.contains(&segment) {
-                self.skipped.finished_earlier += 1;
-                None
-            } else {
-                match self.earlier.urls.get(&fp) {
-                    Some(Prior::Finished) => {
-                        self.skipped.finished_earlier += 1;
-                        None
-                    }
-                    prior => {
-                        let attempts = match prior {
-                            Some(Prior::Failed(a)) => *a,
-                            _ => 0,
-                        };
-                        let target = match line.problem {
-                            Some(p) => Err((DeadKind::InvalidUrl, p)),
-                            None => check_url(&line.url),
-                        };
-                        Some(Admit::Url(Item {
-                            segment,
-                            fp,
-                            url: line.url,
-                            attempts,
-                            target,
-                        }))
-                    }
-                }
-            };
-            match (read, item) {
-                (Some(r), Some(i)) => {
-                    // The segment boundary first; the item waits one call.
-                    self.pending = Some(i);
-                    return Ok(Some(r));
-                }
-                (Some(r), None) => return Ok(Some(r)),
-                (None, Some(i)) => return Ok(Some(i)),
-                (None, None) => {}
+                continue;
             }
+            if !working {
+                self.skipped.finished_earlier += 1;
+                continue;
+            }
+            let attempts = match self.earlier.urls.get(&fp) {
+                Some(Prior::Finished) => {
+                    self.skipped.finished_earlier += 1;
+                    continue;
+                }
+                Some(Prior::Failed(a)) => *a,
+                None => 0,
+            };
+            let target = match line.problem {
+                Some(p) => Err((DeadKind::InvalidUrl, p)),
+                None => check_url(&line.url),
+            };
+            return Ok(Some(Admit::Url(Item {
+                segment,
+                fp,
+                url: line.url,
+                attempts,
+                target,
+            })));
         }
     }
 }
@@ -307,6 +349,74 @@ mod tests {
             prop_assert_eq!(skipped.lines, picks.len() as u64);
             prop_assert_eq!(skipped.duplicates, (picks.len() - seen.len()) as u64);
         }
+    }
+
+    #[test]
+    fn a_node_admits_only_the_segments_it_claims_with_the_inputs_duplicates() {
+        // Segments of 3: [0 1 2] [3 0 4] [5 3 6]; this node claims 1 and 2.
+        let urls: Vec<String> = [0, 1, 2, 3, 0, 4, 5, 3, 6]
+            .iter()
+            .map(|i| format!("http://h.test/{i}"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.txt");
+        std::fs::write(&path, urls.join("\n")).unwrap();
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
+        let mut f = Frontier::new(
+            Lines::new(vec![path], InputFormat::Text, "url"),
+            Earlier::default(),
+            3,
+        )
+        .deciding(Box::new(move |s| {
+            log.lock().unwrap().push(s);
+            if s == 0 {
+                Decision::Skip
+            } else {
+                Decision::Work
+            }
+        }));
+        let mut out = Vec::new();
+        while let Some(a) = f.next_admit().unwrap() {
+            out.push(match a {
+                Admit::Url(i) => format!("{}:{}", i.segment, i.url.rsplit('/').next().unwrap()),
+                Admit::SegmentRead(s) => format!("read {s}"),
+            });
+            // A segment is announced read before the next one is decided.
+            if let Some(last) = asked.lock().unwrap().last() {
+                if out.last().unwrap() == "read 1" {
+                    assert_eq!(*last, 1);
+                }
+            }
+        }
+        // The duplicates of 0 and 3 are skipped even though segment 0 is
+        // another node's: the first line wins, whoever works on it.
+        assert_eq!(out, ["1:3", "1:4", "read 1", "2:5", "2:6", "read 2"]);
+        assert_eq!(*asked.lock().unwrap(), [0, 1, 2]);
+        assert_eq!(f.skipped.duplicates, 2);
+        assert_eq!(f.skipped.finished_earlier, 3);
+
+        // A pass ended at a segment boundary (to start again): the segment
+        // before is complete, nothing of the next is admitted.
+        let mut f = Frontier::new(
+            Lines::new(vec![dir.path().join("u.txt")], InputFormat::Text, "url"),
+            Earlier::default(),
+            3,
+        )
+        .deciding(Box::new(|s| {
+            if s == 2 {
+                Decision::Stop
+            } else {
+                Decision::Work
+            }
+        }));
+        let mut admits = Vec::new();
+        while let Some(a) = f.next_admit().unwrap() {
+            admits.push(a);
+        }
+        assert_eq!(admits.len(), 3 + 1 + 2 + 1);
+        assert_eq!(admits.last(), Some(&Admit::SegmentRead(1)));
+        assert_eq!(f.next_admit().unwrap(), None);
     }
 
     #[test]

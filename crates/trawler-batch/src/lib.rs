@@ -19,6 +19,11 @@
 //!   every outcome durable exactly once;
 //! * [`progress`]: counters, the status served by the API, `/metrics`.
 //!
+//! Cluster mode ([`run_cluster`]): several nodes share the list, each
+//! working on the segments it leases through NATS JetStream KV
+//! (`trawler-cluster`'s `SegmentLeases`), each segment committed once,
+//! idempotently, into a shared output folder (docs/BATCH.md).
+//!
 //! Knows nothing of the API server or the CLI; the binary serves
 //! [`Progress`] and prints the [`Summary`].
 //!
@@ -46,5 +51,5 @@ mod run;
 pub mod spec;
 
 pub use progress::{Progress, Status};
-pub use run::{parse_faces, run, BatchError, Summary};
+pub use run::{parse_faces, run, run_cluster, BatchError, ClusterRun, Summary};
 pub use spec::{BatchJob, BatchJobConfig, SpecError};

@@ -96,6 +96,14 @@ fn number_of(name: &str) -> Option<u32> {
     name.strip_prefix("part-")?.split('.').next()?.parse().ok()
 }
 
+/// Cluster mode's results file of `segment`: `seg-NNNNNN.parquet`, whose
+/// temporary name carries the node's id so that two nodes never write the
+/// same file.
+pub fn segment_file(dir: &Path, segment: u32, node: &str) -> (PathBuf, PathBuf) {
+    let name = format!("seg-{segment:06}.parquet");
+    (dir.join(format!("{name}.{node}.tmp")), dir.join(name))
+}
+
 /// Finishes what a previous process left in `dir`: a `.tmp` file whose
 /// number is in `committed` is renamed, any other `.tmp` deleted. Returns
 /// the next file number.
@@ -189,6 +197,12 @@ impl Writer {
         let no = self.next;
         self.next += 1;
         let tmp = self.dir.join(format!("{}.tmp", file_name(no)));
+        self.open_at(no, tmp)
+    }
+
+    /// Opens a file under the temporary name `tmp` (cluster mode: one per
+    /// segment, see [`segment_file`]).
+    pub fn open_at(&self, no: u32, tmp: PathBuf) -> Result<OpenFile, OutputError> {
         let file = File::create(&tmp).map_err(|source| OutputError::Io {
             path: tmp.clone(),
             what: "creating",
@@ -211,6 +225,11 @@ impl Writer {
 }
 
 impl OpenFile {
+    /// Its temporary name.
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Adds a row (written with its row group).
     pub fn push(&mut self, row: ResultRow) -> Result<(), OutputError> {
         self.urls.push((row.segment, row.fp));
@@ -335,9 +354,19 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// Its temporary name.
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Renames it to its final name (after its commit is durable).
     pub fn publish(&self) -> Result<PathBuf, OutputError> {
-        let path = self.tmp.with_extension("");
+        self.publish_as(self.tmp.with_extension(""))
+    }
+
+    /// Renames it to `path`, replacing a file there (cluster mode: a
+    /// segment committed again holds the same URLs).
+    pub fn publish_as(&self, path: PathBuf) -> Result<PathBuf, OutputError> {
         std::fs::rename(&self.tmp, &path)
             .and_then(|_| crate::log::sync_dir(&path))
             .map_err(|source| OutputError::Io {

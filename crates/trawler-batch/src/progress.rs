@@ -44,6 +44,8 @@ pub struct Progress {
     pub files: AtomicU64,
     /// Segments finished (this run).
     pub segments_done: AtomicU64,
+    /// Segments this node leases now (cluster mode).
+    pub segments_held: AtomicU64,
     /// Input bytes read and in all (for the ETA).
     pub input_read: AtomicU64,
     /// See `input_read`.
@@ -108,6 +110,8 @@ pub struct Status {
     pub files: u64,
     /// Segments finished this run.
     pub segments_done: u64,
+    /// Segments this node leases now (cluster mode).
+    pub segments_held: u64,
     /// State bytes: the log on disk, and the duplicate set in memory.
     pub log_bytes: u64,
     /// See `log_bytes`.
@@ -134,6 +138,7 @@ impl Progress {
             detector_errors: AtomicU64::new(0),
             files: AtomicU64::new(0),
             segments_done: AtomicU64::new(0),
+            segments_held: AtomicU64::new(0),
             input_read: AtomicU64::new(0),
             input_total: AtomicU64::new(0),
             hosts: AtomicU64::new(0),
@@ -218,6 +223,7 @@ impl Progress {
             detector_errors: get(&self.detector_errors),
             files: get(&self.files),
             segments_done: get(&self.segments_done),
+            segments_held: get(&self.segments_held),
             log_bytes: get(&self.log_bytes),
             seen_set_bytes: get(&self.seen_bytes),
         }

@@ -24,6 +24,11 @@
 //! `dead.ndjson` and `summary.json` are written. On shutdown the same
 //! happens after at most `grace` for the URLs in flight; those without a
 //! committed result are simply done again by the next run.
+//!
+//! Cluster mode ([`run_cluster`], `run/cluster.rs`) is the same pipeline with
+//! two stages replaced: a frontier that makes passes over the input and
+//! works only on the segments it leases, and a writer that commits one
+//! results file per segment into the shared output; no state log.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -39,6 +44,10 @@ use hyper::Request;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use trawler_common::shutdown::Shutdown;
+
+mod cluster;
+
+pub use cluster::ClusterRun;
 
 use crate::fetch::{FetchError, Fetcher, Hosts};
 use crate::frontier::{fp_set_bytes, Admit, Earlier, Frontier, Item};
@@ -62,6 +71,9 @@ pub enum BatchError {
     /// The results files.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// NATS, in cluster mode.
+    #[error(transparent)]
+    Cluster(#[from] trawler_cluster::Error),
     /// The data folder is not usable for this job.
     #[error("data folder {path}: {message}")]
     Data {
@@ -117,7 +129,10 @@ impl Tracker {
 struct Ctx {
     job: BatchJob,
     progress: Arc<Progress>,
-    tracker: Mutex<Tracker>,
+    /// The state log and segment accounting (single-node mode).
+    tracker: Option<Mutex<Tracker>>,
+    /// The segment leases and shared output (cluster mode).
+    cluster: Option<cluster::Shared>,
     hosts: Hosts,
     fetcher: Fetcher,
     pool: Pool,
@@ -138,10 +153,21 @@ impl Ctx {
     }
 
     fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
-        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+        self.tracker
+            .as_ref()
+            .expect("the tracker of the single-node mode")
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn dead(&self, item: &Item, attempts: u16, kind: DeadKind, message: String) {
+    async fn dead(
+        &self,
+        item: &Item,
+        attempts: u16,
+        kind: DeadKind,
+        message: String,
+        writer_tx: &mpsc::Sender<ToWriter>,
+    ) {
         tracing::debug!(url = %item.url, kind = kind.name(), %message, "dead letter");
         let record = Record::Dead {
             segment: item.segment,
@@ -151,6 +177,11 @@ impl Ctx {
             url: item.url.clone(),
             message,
         };
+        if self.cluster.is_some() {
+            // Counted and exported with its segment's commit.
+            let _ = writer_tx.send(ToWriter::Dead(record)).await;
+            return;
+        }
         let mut t = self.tracker();
         let r = t
             .log
@@ -169,6 +200,11 @@ impl Ctx {
 
     fn failed_attempt(&self, item: &Item, attempts: u16) {
         self.progress.retries.fetch_add(1, Ordering::Relaxed);
+        if self.cluster.is_some() {
+            // A segment is redone whole by whoever takes it over: its
+            // attempts start again there.
+            return;
+        }
         let r = self.tracker().log.append(&Record::Failed {
             segment: item.segment,
             fp: item.fp,
@@ -188,6 +224,15 @@ struct Pending {
 
 enum ToWriter {
     Row(ResultRow),
+    /// A dead letter (cluster mode; the single-node mode logs it at once).
+    Dead(Record),
+    /// Every URL of `segment` under `claim` was admitted: `urls` of them
+    /// (cluster mode).
+    Read {
+        segment: u32,
+        urls: u64,
+        claim: u64,
+    },
     Tick,
     Close(oneshot::Sender<()>),
 }
@@ -197,6 +242,32 @@ enum ToWriter {
 pub async fn run(
     job: BatchJob,
     data: &Path,
+    progress: Arc<Progress>,
+    shutdown: Shutdown,
+    grace: Duration,
+) -> Result<Summary, BatchError> {
+    run_with(job, data, None, progress, shutdown, grace).await
+}
+
+/// Runs the job as one node of a cluster (see `run/cluster.rs`): the
+/// segments this node leases, committed into the shared output; `data`
+/// holds only this node's lock and summary. Ends when every segment of
+/// the input is done, by any node.
+pub async fn run_cluster(
+    job: BatchJob,
+    data: &Path,
+    cluster: cluster::ClusterRun,
+    progress: Arc<Progress>,
+    shutdown: Shutdown,
+    grace: Duration,
+) -> Result<Summary, BatchError> {
+    run_with(job, data, Some(cluster), progress, shutdown, grace).await
+}
+
+async fn run_with(
+    job: BatchJob,
+    data: &Path,
+    cluster: Option<cluster::ClusterRun>,
     progress: Arc<Progress>,
     mut shutdown: Shutdown,
     grace: Duration,
@@ -210,23 +281,45 @@ pub async fn run(
         .map(|m| m.len())
         .sum();
     progress.input_total.store(total, Ordering::Relaxed);
-    let (log, records, committed) = StateLog::open(&data.join("batch.log"))?;
-    progress.log_bytes.store(log.bytes(), Ordering::Relaxed);
-    let results_dir = data.join("results");
-    let next_file = output::recover(&results_dir, &committed)?;
-    let earlier = Earlier::replay(&records);
-    let dead: HashMap<u128, Record> = records
-        .into_iter()
-        .filter_map(|r| match &r {
-            Record::Dead { fp, .. } => Some((*fp, r)),
-            _ => None,
-        })
-        .collect();
+    let mut earlier = Earlier::default();
+    let (tracker, shared, results_dir, next_file) = match cluster {
+        None => {
+            let (log, records, committed) = StateLog::open(&data.join("batch.log"))?;
+            progress.log_bytes.store(log.bytes(), Ordering::Relaxed);
+            let results_dir = data.join("results");
+            let next_file = output::recover(&results_dir, &committed)?;
+            earlier = Earlier::replay(&records);
+            let dead: HashMap<u128, Record> = records
+                .into_iter()
+                .filter_map(|r| match &r {
+                    Record::Dead { fp, .. } => Some((*fp, r)),
+                    _ => None,
+                })
+                .collect();
+            let tracker = Tracker {
+                log,
+                segments: HashMap::new(),
+                dead,
+            };
+            (Some(Mutex::new(tracker)), None, results_dir, next_file)
+        }
+        Some(c) => {
+            let identity = format!(
+                "{}segment_urls {}\n",
+                Manifest::of(&files)?.0,
+                job.segment_urls
+            );
+            let shared = cluster::Shared::join(c, &job.name, &identity, files.clone()).await?;
+            let results_dir = shared.results.clone();
+            (None, Some(shared), results_dir, 0)
+        }
+    };
     tracing::info!(
         job = %job.name,
         files = files.len(),
         finished_segments = earlier.segments.len(),
         known_urls = earlier.urls.len(),
+        cluster = shared.is_some(),
         "batch: starting"
     );
     let ctx = Arc::new(Ctx {
@@ -237,25 +330,33 @@ pub async fn run(
             job.process.thumbnail,
             job.process.max_pixels,
         ),
-        tracker: Mutex::new(Tracker {
-            log,
-            segments: HashMap::new(),
-            dead,
-        }),
+        tracker,
+        cluster: shared,
         progress: progress.clone(),
         fatal: Mutex::new(None),
         failed: Notify::new(),
         job,
     });
+    // Cluster mode: the leases are renewed until the writer is closed, then
+    // given back.
+    let (keep_trigger, keep_stop) = trawler_common::shutdown::channel();
+    let keeper = ctx
+        .cluster
+        .as_ref()
+        .map(|c| tokio::spawn(c.leases.clone().keep(keep_stop)));
 
     // The writer thread and its clock.
     let (writer_tx, writer_rx) = mpsc::channel::<ToWriter>(4_096);
     let writer = {
         let ctx = ctx.clone();
         let w = output::Writer::new(&results_dir, next_file);
+        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("batch-writer".into())
-            .spawn(move || writer_thread(&ctx, w, writer_rx))
+            .spawn(move || match &ctx.cluster {
+                None => writer_thread(&ctx, w, writer_rx),
+                Some(c) => cluster::writer_thread(&ctx, c, w, writer_rx, &runtime),
+            })
             .expect("spawning the writer")
     };
     let ticker = {
@@ -285,16 +386,24 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let (admit_tx, mut admit_rx) = mpsc::channel::<Admit>(4_096);
     let frontier = {
-        let earlier_frontier = Frontier::new(
+        let mut frontier = Frontier::new(
             Lines::new(files, ctx.job.format, &ctx.job.field),
             earlier,
             ctx.job.segment_urls,
         );
         let stop = stop.clone();
-        let progress = progress.clone();
+        let ctx = ctx.clone();
+        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("batch-frontier".into())
-            .spawn(move || frontier_thread(earlier_frontier, admit_tx, &progress, &stop))
+            .spawn(move || match &ctx.cluster {
+                None => {
+                    if read_pass(&mut frontier, &admit_tx, &ctx.progress, &stop) == Pass::Ended {
+                        ctx.progress.input_complete.store(1, Ordering::Relaxed);
+                    }
+                }
+                Some(c) => cluster::frontier_thread(&ctx, c, admit_tx, &stop, &runtime),
+            })
             .expect("spawning the frontier")
     };
 
@@ -302,6 +411,9 @@ pub async fn run(
     let max = ctx.job.http.max_in_flight;
     let slots = Arc::new(Semaphore::new(max));
     let mut interrupted = false;
+    // Cluster mode: per segment, the claim its URLs were admitted under
+    // (`None` once it was lost) and how many.
+    let mut claimed: HashMap<u32, (Option<u64>, u64)> = HashMap::new();
     loop {
         let admit = tokio::select! {
             biased;
@@ -311,7 +423,18 @@ pub async fn run(
         };
         match admit {
             Some(Admit::Url(item)) => {
-                ctx.tracker().segments.entry(item.segment).or_default().0 += 1;
+                if let Some(c) = &ctx.cluster {
+                    let now = c.leases.claim_of(item.segment);
+                    let entry = claimed.entry(item.segment).or_insert((now, 0));
+                    if entry.0.is_none() || entry.0 != now {
+                        // Lost: the URLs left are another node's now.
+                        entry.0 = None;
+                        continue;
+                    }
+                    entry.1 += 1;
+                } else {
+                    ctx.tracker().segments.entry(item.segment).or_default().0 += 1;
+                }
                 progress.admitted.fetch_add(1, Ordering::Relaxed);
                 let permit = tokio::select! {
                     biased;
@@ -324,6 +447,21 @@ pub async fn run(
                     url_task(&ctx, item, detect_tx, writer_tx).await;
                     drop(permit);
                 });
+            }
+            Some(Admit::SegmentRead(segment)) if ctx.cluster.is_some() => {
+                let c = ctx.cluster.as_ref().expect("cluster mode");
+                let (claim, urls) = claimed
+                    .remove(&segment)
+                    .unwrap_or((c.leases.claim_of(segment), 0));
+                if let Some(claim) = claim {
+                    let _ = writer_tx
+                        .send(ToWriter::Read {
+                            segment,
+                            urls,
+                            claim,
+                        })
+                        .await;
+                }
             }
             Some(Admit::SegmentRead(segment)) => {
                 let mut t = ctx.tracker();
@@ -370,11 +508,18 @@ pub async fn run(
         let _ = frontier.join();
     })
     .await;
+    keep_trigger.trigger();
+    if let Some(k) = keeper {
+        let _ = k.await;
+    }
     if let Some(e) = ctx.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
         return Err(e);
     }
-    let dead_letters = data.join("dead.ndjson");
-    {
+    let dead_letters = match &ctx.cluster {
+        Some(c) => c.dead.clone(),
+        None => data.join("dead.ndjson"),
+    };
+    if ctx.tracker.is_some() {
         let mut t = ctx.tracker();
         t.log.sync()?;
         progress.log_bytes.store(t.log.bytes(), Ordering::Relaxed);
@@ -461,8 +606,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn export_dead(path: &Path, dead: &HashMap<u128, Record>) -> std::io::Result<()> {
+    write_atomic(path, &dead_lines(dead.values()))
+}
+
+/// Dead letters as NDJSON lines (`url`, `kind`, `error`, `attempts`,
+/// `segment`), by segment and URL.
+fn dead_lines<'a>(dead: impl Iterator<Item = &'a Record>) -> Vec<u8> {
     let mut rows: Vec<_> = dead
-        .values()
         .filter_map(|r| match r {
             Record::Dead {
                 segment,
@@ -491,42 +641,53 @@ fn export_dead(path: &Path, dead: &HashMap<u128, Record>) -> std::io::Result<()>
         out.extend(v.to_string().as_bytes());
         out.push(b'\n');
     }
-    write_atomic(path, &out)
+    out
 }
 
-fn frontier_thread(
-    mut frontier: Frontier,
-    tx: mpsc::Sender<Admit>,
+/// How a pass over the input ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Every line was read.
+    Ended,
+    /// Stopping, or the dispatcher is gone.
+    Stopped,
+    /// The input could not be read to its end.
+    Failed,
+}
+
+/// Hands the frontier's admissions to the dispatcher until the input ends.
+fn read_pass(
+    frontier: &mut Frontier,
+    tx: &mpsc::Sender<Admit>,
     progress: &Progress,
     stop: &AtomicBool,
-) {
+) -> Pass {
     let mut n = 0u64;
     loop {
         if stop.load(Ordering::Relaxed) {
-            return;
+            return Pass::Stopped;
         }
         let next = frontier.next_admit();
         n += 1;
         if n.is_multiple_of(1024) {
-            publish(&frontier, progress);
+            publish(frontier, progress);
         }
         match next {
             Ok(Some(admit)) => {
                 if tx.blocking_send(admit).is_err() {
-                    return;
+                    return Pass::Stopped;
                 }
             }
             Ok(None) => {
-                publish(&frontier, progress);
-                progress.input_complete.store(1, Ordering::Relaxed);
-                return;
+                publish(frontier, progress);
+                return Pass::Ended;
             }
             Err(e) => {
                 // A file that fails mid-way (a corrupt gzip) stops the
                 // admissions; what was admitted finishes and is committed.
                 tracing::error!(error = %e, "batch: reading the input failed");
-                publish(&frontier, progress);
-                return;
+                publish(frontier, progress);
+                return Pass::Failed;
             }
         }
     }
@@ -561,7 +722,11 @@ async fn url_task(
 ) {
     let target = match &item.target {
         Ok(t) => t.clone(),
-        Err((kind, message)) => return ctx.dead(&item, item.attempts, *kind, message.clone()),
+        Err((kind, message)) => {
+            return ctx
+                .dead(&item, item.attempts, *kind, message.clone(), &writer_tx)
+                .await
+        }
     };
     let (host, new) = ctx.hosts.get(&target.host);
     if new {
@@ -572,12 +737,15 @@ async fn url_task(
     let mut attempts = item.attempts;
     let downloaded = loop {
         if attempts >= max {
-            return ctx.dead(
-                &item,
-                attempts,
-                DeadKind::GaveUp,
-                format!("{attempts} attempts made by earlier runs"),
-            );
+            return ctx
+                .dead(
+                    &item,
+                    attempts,
+                    DeadKind::GaveUp,
+                    format!("{attempts} attempts made by earlier runs"),
+                    &writer_tx,
+                )
+                .await;
         }
         attempts += 1;
         let result = {
@@ -591,16 +759,19 @@ async fn url_task(
         match result {
             Ok(d) => break d,
             Err(FetchError::Dead(kind, message)) => {
-                return ctx.dead(&item, attempts, kind, message)
+                return ctx.dead(&item, attempts, kind, message, &writer_tx).await
             }
             Err(FetchError::Retry { message, after }) => {
                 if attempts >= max {
-                    return ctx.dead(
-                        &item,
-                        attempts,
-                        DeadKind::GaveUp,
-                        format!("{attempts} attempts, the last: {message}"),
-                    );
+                    return ctx
+                        .dead(
+                            &item,
+                            attempts,
+                            DeadKind::GaveUp,
+                            format!("{attempts} attempts, the last: {message}"),
+                            &writer_tx,
+                        )
+                        .await;
                 }
                 if let Some(after) = after {
                     host.polite.pause_for(after);
@@ -622,7 +793,11 @@ async fn url_task(
         .fetch_add(downloaded.body.len() as u64, Ordering::Relaxed);
     let processed = match ctx.pool.process(downloaded.body.clone()).await {
         Ok(p) => p,
-        Err(message) => return ctx.dead(&item, attempts, DeadKind::NotAnImage, message),
+        Err(message) => {
+            return ctx
+                .dead(&item, attempts, DeadKind::NotAnImage, message, &writer_tx)
+                .await
+        }
     };
     let row = ResultRow {
         segment: item.segment,
@@ -778,7 +953,9 @@ async fn detect(
                 "detector: {} calls failed, the last: {last}",
                 settings.max_attempts
             ),
-        );
+            writer_tx,
+        )
+        .await;
     }
 }
 
@@ -844,6 +1021,8 @@ fn writer_thread(ctx: &Ctx, mut writer: output::Writer, mut rx: mpsc::Receiver<T
                         commit(open.take().expect("open"))?;
                     }
                 }
+                // Only the cluster mode's writer gets these.
+                ToWriter::Dead(_) | ToWriter::Read { .. } => {}
                 ToWriter::Tick => {
                     if open
                         .as_ref()

@@ -92,16 +92,16 @@ fn shard_key(shard: u32) -> String {
     format!("shard.{shard}")
 }
 
-struct Held {
-    revision: u64,
+pub(crate) struct Held {
+    pub(crate) revision: u64,
     /// Poll no longer than this without a successful renewal.
-    valid_until: Instant,
+    pub(crate) valid_until: Instant,
 }
 
 impl Held {
     /// A lease written at `revision` by a request sent at `sent_at`: safe
     /// to poll for three quarters of the TTL from the sending.
-    fn new(revision: u64, sent_at: Instant, ttl: std::time::Duration) -> Self {
+    pub(crate) fn new(revision: u64, sent_at: Instant, ttl: std::time::Duration) -> Self {
         Self {
             revision,
             valid_until: sent_at + ttl * 3 / 4,
@@ -111,7 +111,7 @@ impl Held {
 
 /// Runs `op` on every shard, 64 at a time, each bounded by `timeout`; the
 /// result per shard, `None` where it failed or timed out.
-async fn each_shard<A, T, E, F, Fut>(
+pub(crate) async fn each_shard<A, T, E, F, Fut>(
     items: Vec<(u32, A)>,
     timeout: std::time::Duration,
     op: F,

@@ -33,6 +33,7 @@
 //!   accounts; series come from VictoriaMetrics.
 
 pub mod leases;
+pub mod segments;
 pub mod stream;
 pub mod vm;
 
@@ -41,6 +42,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 pub use leases::{run_leases, LeaseState, ShardOwner};
+pub use segments::{Claim, SegmentLeases};
 pub use stream::{Batch, Publisher, Row, VerdictRow, Verdicts};
 pub use vm::{VmClient, WriterMetrics};
 
@@ -107,7 +109,8 @@ impl ClusterConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    /// Checks every value (done again by [`ClusterConfig::connect`]).
+    pub fn validate(&self) -> Result<(), Error> {
         let bad = |key, reason: &str| {
             Err(Error::Config {
                 key,
@@ -134,17 +137,14 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// Validates, connects to NATS, and makes sure the buckets and the
-    /// stream exist (replicated over three servers when the NATS cluster
-    /// can, else on one).
-    pub async fn connect(self) -> Result<Cluster, Error> {
-        self.validate()?;
+    /// Connects to one of the NATS servers (retrying for up to 30 s).
+    pub(crate) async fn connect_client(&self) -> Result<async_nats::Client, Error> {
         let options = async_nats::ConnectOptions::new()
             .name(format!("trawler-{}", self.node_id))
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)));
-        let client = tokio::time::timeout(
+        tokio::time::timeout(
             Duration::from_secs(30),
             options.connect(self.servers.as_slice()),
         )
@@ -155,7 +155,15 @@ impl ClusterConfig {
                 self.servers
             ))
         })?
-        .map_err(|e| Error::nats("connecting", e))?;
+        .map_err(|e| Error::nats("connecting", e))
+    }
+
+    /// Validates, connects to NATS, and makes sure the buckets and the
+    /// stream exist (replicated over three servers when the NATS cluster
+    /// can, else on one).
+    pub async fn connect(self) -> Result<Cluster, Error> {
+        self.validate()?;
+        let client = self.connect_client().await?;
         let js = jetstream::new(client.clone());
 
         // Three replicas when the NATS cluster can hold them, one on a lone
@@ -213,7 +221,7 @@ impl ClusterConfig {
 /// rollups allowed, direct gets) rather than through the client's
 /// `create_key_value`, which first asks for account details in a form
 /// Debian's nats-server 2.9 does not answer.
-async fn open_bucket(
+pub(crate) async fn open_bucket(
     js: &jetstream::Context,
     bucket: &str,
     ttl: Duration,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{addr_of, eventually, get, http, Proc};
+use common::{addr_of, eventually, free_port, get, http, program, spawn, wait_port, Proc};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -137,8 +137,14 @@ fn dead_letters(data: &Path) -> HashMap<String, String> {
 }
 
 fn check_outcomes(data: &Path, expect: &HashMap<String, String>) {
-    let done = results(data);
-    let dead = dead_letters(data);
+    check_against(results(data), dead_letters(data), expect);
+}
+
+fn check_against(
+    done: HashSet<String>,
+    dead: HashMap<String, String>,
+    expect: &HashMap<String, String>,
+) {
     for (url, kind) in expect {
         if kind == "done" {
             assert!(done.contains(url), "{url} missing from the results");
@@ -353,6 +359,192 @@ fn bad_inputs_and_settings_are_named() {
         Some("invalid_url")
     );
     let out = run(&b);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another input"), "{err}");
+}
+
+#[test]
+fn a_cluster_of_three_with_one_killed_gives_each_url_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.txt.gz");
+    let lines = gen(
+        &list,
+        1_500,
+        &[
+            "--hosts",
+            "6",
+            "--slow-hosts",
+            "10",
+            "--duplicates",
+            "0.1",
+            "--bad",
+            "0.02",
+            "--faults",
+            "0.04",
+        ],
+    );
+    let expect = expected(&lines, 3, 2);
+    let nats_port = free_port();
+    let _nats = spawn(
+        &program("nats-server"),
+        &[
+            "-js".to_owned(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            nats_port.to_string(),
+            "-sd".into(),
+            dir.path().join("nats").display().to_string(),
+        ],
+        &dir.path().join("nats.log"),
+    );
+    wait_port(nats_port, "nats-server");
+    let (_sim, sim) = start_sim("100ms");
+    let shared = dir.path().join("shared");
+    let (l, s, det, o, nats) = (
+        list.display().to_string(),
+        sim.to_string(),
+        format!("http://{sim}/detect"),
+        shared.display().to_string(),
+        format!("nats://127.0.0.1:{nats_port}"),
+    );
+    let node = |n: usize| {
+        let data = dir.path().join(format!("node-{n}")).display().to_string();
+        let id = format!("node-{n}");
+        let mut args: Vec<String> = crawl_args(&l, &data, &s, &det)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let at = args.iter().position(|a| a == "--segment-urls").unwrap();
+        args[at + 1] = "60".into();
+        args.extend(
+            [
+                "--cluster",
+                &nats,
+                "--node-id",
+                &id,
+                "--lease-ttl",
+                "2s",
+                "--output",
+                &o,
+            ]
+            .map(str::to_owned),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = Proc::start(&args);
+        let api = addr_of(&p.wait_line("listening on ", MINUTE));
+        (p, api)
+    };
+    let (mut victim, victim_api) = node(1);
+    let (second, _) = node(2);
+    let (third, _) = node(3);
+    // Killed once it has committed a segment and holds an unfinished one.
+    eventually(2 * MINUTE, || {
+        let st = get(victim_api, "/api/v1/batch/batch");
+        (st["segments_done"].as_u64().unwrap() >= 1 && st["segments_held"].as_u64().unwrap() >= 1)
+            .then_some(())
+    });
+    victim.kill9();
+    let mut total = 0;
+    for p in [second, third] {
+        let summary = p.wait_line("batch: ", 3 * MINUTE);
+        assert!(summary.starts_with("state=finished"), "{summary}");
+        let duplicates = lines.len() - expect.len();
+        assert!(
+            summary.contains(&format!(" duplicates={duplicates} ")),
+            "{summary}"
+        );
+        total += 1;
+    }
+    assert_eq!(total, 2);
+    // The union of the committed files: every URL once, none lost.
+    let done = results(&shared);
+    let mut dead = HashMap::new();
+    for entry in std::fs::read_dir(shared.join("dead")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "ndjson") {
+            for l in std::fs::read_to_string(&path).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let url = v["url"].as_str().unwrap().to_owned();
+                let kind = v["kind"].as_str().unwrap().to_owned();
+                assert!(dead.insert(url.clone(), kind).is_none(), "{url} dead twice");
+            }
+        }
+    }
+    check_against(done, dead, &expect);
+    // Every segment committed; the killed node's half-done segment (its
+    // temporary file is left) committed by another; no survivor's
+    // temporary file left.
+    let mut committed = 0;
+    for entry in std::fs::read_dir(shared.join("results")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(seg) = name.strip_suffix(".node-1.tmp") {
+            assert!(
+                shared.join("results").join(seg).exists(),
+                "{seg} not redone"
+            );
+        } else if name.ends_with(".tmp") {
+            panic!("{name} left by a node that finished");
+        } else {
+            committed += 1;
+        }
+    }
+    assert_eq!(committed, lines.len().div_ceil(60));
+}
+
+#[test]
+fn a_cluster_node_over_another_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats_port = free_port();
+    let _nats = spawn(
+        &program("nats-server"),
+        &[
+            "-js".to_owned(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            nats_port.to_string(),
+            "-sd".into(),
+            dir.path().join("nats").display().to_string(),
+        ],
+        &dir.path().join("nats.log"),
+    );
+    wait_port(nats_port, "nats-server");
+    let nats = format!("nats://127.0.0.1:{nats_port}");
+    let output = dir.path().join("shared").display().to_string();
+    let run = |list: &str, node: &str| {
+        let path = dir.path().join(list);
+        std::fs::write(&path, format!("not a url from {list}\n")).unwrap();
+        let data = dir.path().join(node).display().to_string();
+        trawler(&[
+            "crawl",
+            "--urls",
+            &path.display().to_string(),
+            "--data",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--connect-to",
+            "127.0.0.1:9",
+            "--no-detector",
+            "--cluster",
+            &nats,
+            "--node-id",
+            node,
+            "--output",
+            &output,
+        ])
+    };
+    let out = run("a.txt", "a");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dead = std::fs::read_to_string(dir.path().join("shared/dead/seg-000000.ndjson")).unwrap();
+    assert!(dead.contains("invalid_url"), "{dead}");
+    let out = run("b.txt", "b");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another input"), "{err}");

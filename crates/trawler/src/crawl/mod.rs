@@ -95,6 +95,51 @@ pub struct Args {
     /// Latency of the built-in simulator's detector.
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     pub sim_detector_latency: Duration,
+    /// Run as one node of a cluster: NATS servers, comma-separated
+    /// (`nats://127.0.0.1:4222,nats://…`). Every node reads the same list
+    /// and leases segments of it; needs --output.
+    #[arg(long, help_heading = "Cluster mode", requires = "output")]
+    pub cluster: Option<String>,
+    /// The output folder every node of the cluster shares
+    /// (`results/seg-*.parquet`, `dead/seg-*.ndjson`); --data keeps only
+    /// this node's lock and summary.
+    #[arg(long, help_heading = "Cluster mode", requires = "cluster")]
+    pub output: Option<PathBuf>,
+    /// This node's name in the cluster (default: host name and pid).
+    #[arg(long, help_heading = "Cluster mode", requires = "cluster")]
+    pub node_id: Option<String>,
+    /// A dead node's segment is taken over after about this (default 5s).
+    #[arg(long, value_parser = parse_duration, help_heading = "Cluster mode", requires = "cluster")]
+    pub lease_ttl: Option<Duration>,
+}
+
+/// Cluster mode's settings from the flags, checked.
+fn cluster_run(args: &Args) -> anyhow::Result<Option<trawler_batch::ClusterRun>> {
+    let (Some(servers), Some(output)) = (&args.cluster, &args.output) else {
+        return Ok(None);
+    };
+    let servers = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let node_id = args.node_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let host: String = host
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        format!(
+            "{}-{}",
+            if host.is_empty() { "node" } else { &host },
+            std::process::id()
+        )
+    });
+    let run = trawler_batch::ClusterRun::new(servers, node_id, args.lease_ttl, output.clone())
+        .map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+    Ok(Some(run))
 }
 
 /// The job config from the file and the flags (no simulator yet).
@@ -178,6 +223,7 @@ fn resolve(args: &Args) -> anyhow::Result<(BatchJobConfig, bool)> {
 /// Runs `trawler crawl`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (mut config, sim) = resolve(&args)?;
+    let cluster = cluster_run(&args)?;
     let demo_list = args.data.join("demo-urls.txt.gz");
     if config.input.urls == [demo_list.display().to_string()] && !demo_list.exists() {
         std::fs::create_dir_all(&args.data)
@@ -247,7 +293,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let data = args.data.clone();
             let progress = progress.clone();
             let grace = args.grace;
-            async move { trawler_batch::run(job, &data, progress, shutdown, grace).await }
+            async move {
+                match cluster {
+                    Some(c) => {
+                        trawler_batch::run_cluster(job, &data, c, progress, shutdown, grace).await
+                    }
+                    None => trawler_batch::run(job, &data, progress, shutdown, grace).await,
+                }
+            }
         });
         let signal = tokio::spawn(async move {
             shutdown_signal().await;
@@ -285,7 +338,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             summary.dead_letters.display(),
         );
         println!(
-            "batch: state={} lines={} done={} dead={} duplicates={} finished_earlier={} retries={} bytes={} seconds={:.3} urls_per_s={:.0}",
+            "batch: state={} lines={} done={} dead={} duplicates={} finished_earlier={} retries={} bytes={} seconds={:.3} urls_per_s={:.0} segments={}",
             if summary.interrupted { "interrupted" } else { "finished" },
             s.lines,
             s.done,
@@ -296,6 +349,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.bytes,
             s.elapsed_s,
             s.urls_per_s,
+            s.segments_done,
         );
         Ok(())
     })
