@@ -160,7 +160,8 @@ impl TopRecord {
         self.position = 0;
     }
 
-    fn push(&mut self, ts: i64, key: &str, member: &str, value: u32) {
+    /// Appends one event.
+    pub fn push(&mut self, ts: i64, key: &str, member: &str, value: u32) {
         self.text.push_str(key);
         let k = self.text.len() as u32;
         self.text.push_str(member);
@@ -670,6 +671,22 @@ impl TopN {
     }
 }
 
+/// Where a cluster node's replay starts. Every event accepted at or before
+/// stream sequence `from` has left the window (the horizon then was before
+/// the window's start), so replaying the messages after it — admitted by a
+/// [`TopN::with_horizon`] at `horizon`, raised to each floor's horizon once
+/// its sequence is passed (the idle rule's moves) — up to
+/// [`Processor::position`] decides every event as the node did.
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    /// The last sequence not to replay.
+    pub from: u64,
+    /// The horizon after it.
+    pub horizon: i64,
+    /// (sequence, horizon after it), later marks.
+    pub floors: Vec<(u64, i64)>,
+}
+
 /// Rebuilds a cluster node's keys from the stream: re-admits the messages
 /// after a [`TopPipeline::replay_plan`] start, one message at a time in
 /// stream order, as the node admitted them, keeping the accepted events of
@@ -685,10 +702,10 @@ pub struct Replay {
 
 impl Replay {
     /// A replay of `job` from `plan`.
-    pub fn new(job: &StreamJob, plan: (u64, i64, Vec<(u64, i64)>)) -> Replay {
+    pub fn new(job: &StreamJob, plan: ReplayPlan) -> Replay {
         Replay {
-            sim: TopN::with_horizon(job, plan.1),
-            floors: plan.2.into(),
+            sim: TopN::with_horizon(job, plan.horizon),
+            floors: plan.floors.into(),
             weighted: job.topn.as_ref().is_some_and(|t| t.weighted),
             max_future_ms: 10 * 60_000,
             record: TopRecord::default(),
@@ -852,20 +869,18 @@ impl TopPipeline {
         &self.engine
     }
 
-    /// Where a replay that rebuilds keys must start, for a cluster node:
-    /// `(sequence, horizon, floors)`. Every event accepted at or before
-    /// `sequence` has left the window (the horizon then was before the
-    /// window's start), so replaying the messages after it — admitted by a
-    /// [`TopN::with_horizon`] at `horizon`, raised to each floor's horizon
-    /// once its sequence is passed (the idle rule's moves) — up to
-    /// [`Processor::position`] decides every event as this node did.
-    /// `None` for a one-node pipeline.
-    pub fn replay_plan(&self) -> Option<(u64, i64, Vec<(u64, i64)>)> {
+    /// Where a replay that rebuilds keys must start, for a cluster node
+    /// (`None` for a one-node pipeline).
+    pub fn replay_plan(&self) -> Option<ReplayPlan> {
         let Durability::Stream { marks, .. } = &self.durability else {
             return None;
         };
-        let (seq, horizon) = marks[0];
-        Some((seq, horizon, marks.iter().skip(1).copied().collect()))
+        let (from, horizon) = marks[0];
+        Some(ReplayPlan {
+            from,
+            horizon,
+            floors: marks.iter().skip(1).copied().collect(),
+        })
     }
 
     /// Applies a replay's record (events of keys just gained), then slides
@@ -1202,7 +1217,7 @@ mod tests {
             use std::sync::atomic::AtomicBool;
             let job = Arc::new(job("10s", "1s", "2s", 3));
             let decoder = crate::Decoder::new(&job);
-            let even = |k: &str| k.as_bytes()[1] % 2 == 0;
+            let even = |k: &str| k.as_bytes()[1].is_multiple_of(2);
             let odd_owned = Arc::new(AtomicBool::new(false));
             let mut one = TopN::new(&job);
             let mut a = TopPipeline::partitioned(job.clone(), Box::new(move |k: &str| even(k)), Box::new(Discard), Arc::default());
@@ -1235,7 +1250,7 @@ mod tests {
                 }
                 if i == gain_at {
                     let plan = b.replay_plan().unwrap();
-                    let from = plan.0;
+                    let from = plan.from;
                     let mut replay = Replay::new(&job, plan);
                     for (seq, line) in messages.iter().enumerate().map(|(i, l)| (i as u64 + 1, l)) {
                         if seq > from && seq <= b.position() {
