@@ -134,17 +134,67 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// Validates, connects to NATS, and makes sure the buckets and the
-    /// stream exist (replicated over three servers when the NATS cluster
-    /// can, else on one).
-    pub async fn connect(self) -> Result<Cluster, Error> {
+    /// Connects for leases only, in buckets of their own:
+    /// `<prefix>_nodes` and `<prefix>_leases` (a top-N job's partitions,
+    /// which must not mix with the crawl's shards). No observation stream.
+    pub async fn connect_leases(self, prefix: &str) -> Result<Cluster, Error> {
         self.validate()?;
+        let client = self.client().await?;
+        let js = jetstream::new(client.clone());
+        let (nodes_bucket, leases_bucket) = (format!("{prefix}_nodes"), format!("{prefix}_leases"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut replicas = 3;
+        let nodes = loop {
+            match open_bucket(&js, &nodes_bucket, self.lease_ttl, replicas).await {
+                Ok(kv) => break kv,
+                Err(e) => {
+                    let text = e.to_string();
+                    if replicas > 1
+                        && (text.contains("non-clustered")
+                            || text.contains("insufficient resources"))
+                    {
+                        replicas = 1;
+                        continue;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(e);
+                    }
+                    tracing::info!(error = %text, "JetStream not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        // An existing bucket keeps the replicas it was made with.
+        if let Ok(status) = nodes.status().await {
+            replicas = status.info.config.num_replicas;
+        }
+        let leases = open_bucket(&js, &leases_bucket, self.lease_ttl, replicas).await?;
+        tracing::info!(
+            node = %self.node_id,
+            servers = ?self.servers,
+            replicas,
+            shards = self.shards,
+            lease_ttl = ?self.lease_ttl,
+            bucket = %leases_bucket,
+            "joined the cluster's leases"
+        );
+        Ok(Cluster {
+            client,
+            js,
+            nodes,
+            leases,
+            replicas,
+            config: self,
+        })
+    }
+
+    async fn client(&self) -> Result<async_nats::Client, Error> {
         let options = async_nats::ConnectOptions::new()
             .name(format!("trawler-{}", self.node_id))
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)));
-        let client = tokio::time::timeout(
+        tokio::time::timeout(
             Duration::from_secs(30),
             options.connect(self.servers.as_slice()),
         )
@@ -155,7 +205,15 @@ impl ClusterConfig {
                 self.servers
             ))
         })?
-        .map_err(|e| Error::nats("connecting", e))?;
+        .map_err(|e| Error::nats("connecting", e))
+    }
+
+    /// Validates, connects to NATS, and makes sure the buckets and the
+    /// stream exist (replicated over three servers when the NATS cluster
+    /// can, else on one).
+    pub async fn connect(self) -> Result<Cluster, Error> {
+        self.validate()?;
+        let client = self.client().await?;
         let js = jetstream::new(client.clone());
 
         // Three replicas when the NATS cluster can hold them, one on a lone
