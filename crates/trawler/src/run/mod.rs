@@ -312,6 +312,14 @@ fn run_stream(args: &Args, job: std::sync::Arc<trawler_stream::StreamJob>) -> an
         prometheus: args.prometheus(),
         ..trawler_api::ApiConfig::default()
     };
+    let cluster = trawler_node::config::ClusterFlags {
+        servers: args.cluster.clone(),
+        store: args.store.clone(),
+        node_id: args.node_id.clone(),
+        shards: args.shards,
+        lease_ttl: args.lease_ttl,
+    }
+    .for_stream()?;
     if let Some(rate) = args.gen {
         start_generator(args, &job, rate)?;
     }
@@ -321,6 +329,7 @@ fn run_stream(args: &Args, job: std::sync::Arc<trawler_stream::StreamJob>) -> an
         api,
         retention: args.retention,
         serve_after_file: !args.exit_when_done,
+        cluster,
     };
     let (runtime, api_runtime) = runtimes(args.api_nice)?;
     let result = runtime.block_on(trawler_node::stream::run(
