@@ -97,7 +97,9 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000, help_heading = "Prometheus API")]
     pub remote_write_max_series: usize,
     /// Run as one node of a cluster: NATS servers, comma-separated
-    /// (`nats://127.0.0.1:4222,nats://…`). Needs --store and --target.
+    /// (`nats://127.0.0.1:4222,nats://…`). Needs --store and --target; a
+    /// top-N stream job needs neither (its keys are sharded over the nodes,
+    /// docs/TOPN.md).
     #[arg(long, help_heading = "Cluster mode")]
     pub cluster: Option<String>,
     /// Where a cluster stores series: `victoriametrics=http://HOST:PORT`.
@@ -106,7 +108,8 @@ pub struct Args {
     /// This node's name in the cluster (default: host name and pid).
     #[arg(long, help_heading = "Cluster mode")]
     pub node_id: Option<String>,
-    /// Shards the ids are split into (default 256; the same on every node).
+    /// Shards the ids (or a top-N job's keys) are split into (default 256;
+    /// the same on every node).
     #[arg(long, help_heading = "Cluster mode")]
     pub shards: Option<u32>,
     /// A dead node's shards are taken over after about this (default 5s).
