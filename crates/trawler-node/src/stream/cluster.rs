@@ -540,6 +540,7 @@ async fn consume(
             Some(Ok(m)) => vec![m],
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "reading the events failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             None => {
@@ -604,7 +605,15 @@ async fn rebuild(
     let keep = |k: &str| wanted[own.of(k) as usize];
     let mut replay = Replay::new(&node.job, plan);
     let mut read = 0u64;
-    if upto > from {
+    // Messages the stream no longer holds (its retention) are not waited
+    // for: with none left up to `upto`, there is nothing to replay.
+    let first = stream
+        .get_info()
+        .await
+        .step("reading the events' stream state")?
+        .state
+        .first_sequence;
+    if upto > from && first <= upto {
         let mut messages = ordered(stream, settings, from + 1).await?;
         loop {
             let m = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {

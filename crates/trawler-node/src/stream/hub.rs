@@ -447,3 +447,43 @@ impl Publish for HubPublisher {
         hub.fan_out(&mut st, &json);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(key: &str, total: u64) -> (String, Arc<str>) {
+        (
+            key.to_owned(),
+            format!("{{\"key\":\"{key}\",\"total\":{total}}}").into(),
+        )
+    }
+
+    #[test]
+    fn a_cluster_snapshot_is_never_older_than_an_update_and_precedes_them() {
+        let hub = Hub::new(10);
+        let keys: Vec<String> = ["p1", "p2", "p3"].map(String::from).to_vec();
+        let mut r = hub.register_pending(&keys).unwrap();
+        // An update while the owners are asked: kept, not sent.
+        hub.deliver(&[list("p1", 5), list("zz", 1)]);
+        assert!(r.rx.try_recv().is_err());
+        // The owners' answer for p1 is older than the update received.
+        let answered: HashMap<String, Arc<str>> = [list("p1", 4), list("p2", 7)].into();
+        assert_eq!(hub.complete(&r.public, &keys, &answered), ["p3"]);
+        let snapshot = r.rx.try_recv().unwrap();
+        assert_eq!(snapshot.event, "snapshot");
+        assert_eq!(
+            snapshot.data(),
+            "{\"lists\":[{\"key\":\"p1\",\"total\":5},{\"key\":\"p2\",\"total\":7}]}"
+        );
+        let rebuilding = r.rx.try_recv().unwrap();
+        assert_eq!(
+            (rebuilding.event, rebuilding.data()),
+            ("rebuilding", "{\"keys\":[\"p3\"]}".to_owned())
+        );
+        // Then updates flow; a key nobody follows is not kept.
+        hub.deliver(&[list("p3", 2)]);
+        assert_eq!(r.rx.try_recv().unwrap().event, "update");
+        assert_eq!(hub.missing(&["zz".to_owned(), "p3".to_owned()]), ["zz"]);
+    }
+}
