@@ -241,6 +241,8 @@ fn list_of(l: &Value) -> (u64, Vec<(String, u64)>) {
 /// An SSE subscriber on a raw socket: its events arrive on a channel.
 struct Subscriber {
     rx: mpsc::Receiver<(String, Value)>,
+    /// Its id, from the `subscribed` event.
+    id: String,
     latest: HashMap<String, Value>,
     events: Vec<String>,
     _stream: TcpStream,
@@ -283,6 +285,7 @@ fn subscribe(api: SocketAddr, keys: &[String]) -> Subscriber {
     });
     Subscriber {
         rx,
+        id: String::new(),
         latest: HashMap::new(),
         events: Vec::new(),
         _stream: s,
@@ -293,6 +296,9 @@ impl Subscriber {
     /// Takes in what arrived: the latest list of each key, event names.
     fn drain(&mut self) {
         while let Ok((event, data)) = self.rx.try_recv() {
+            if let Some(id) = data["id"].as_str() {
+                self.id = id.to_owned();
+            }
             for l in data["lists"].as_array().into_iter().flatten() {
                 self.latest
                     .insert(l["key"].as_str().unwrap().to_owned(), l.clone());
@@ -426,6 +432,23 @@ fn a_killed_nodes_keys_are_rebuilt_and_subscribers_keep_receiving() {
         .collect();
     let want: Vec<(u64, String)> = want[..5].iter().map(|(t, k)| (*t, (*k).clone())).collect();
     assert_eq!(got, want, "hot");
+    // New keys without reconnecting: their snapshots come from the node's
+    // latest lists or from their owners.
+    let (sub, old_keys) = &mut subs[0];
+    let mut new_keys = old_keys.clone();
+    new_keys.extend(keys[keys.len() - 2..].iter().cloned());
+    new_keys.push("never-seen".into());
+    let r = common::http_with(
+        apis[at],
+        "POST",
+        &format!("{BASE}/subscriptions/{}", sub.id),
+        Some(&serde_json::json!({ "keys": new_keys }).to_string()),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    *old_keys = new_keys;
+    wait_lists(&mut subs, &model, "after a change of keys");
+
     let metrics = http(survivors[0], "GET", "/metrics", None).body;
     let served = format!(
         "trawler_topn_partitions_served{{job=\"comments\"}} {}",

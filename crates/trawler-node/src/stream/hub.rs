@@ -227,11 +227,13 @@ impl Hub {
             ApiError::not_found("no_subscription", "no live subscription has this id")
         })?;
         let old = std::mem::take(&mut st.subs.get_mut(&sub).expect("registered").keys);
-        st.remove_keys(sub, &old);
-        st.add_keys(sub, keys);
+        // Kept keys stay registered (and keep their latest list).
+        let gone: Vec<String> = old.iter().filter(|k| !keys.contains(k)).cloned().collect();
+        let added: Vec<String> = keys.iter().filter(|k| !old.contains(k)).cloned().collect();
+        st.remove_keys(sub, &gone);
+        st.add_keys(sub, &added);
         let s = st.subs.get_mut(&sub).expect("registered");
         s.keys = keys.to_vec();
-        let added = keys.iter().filter(|k| !old.contains(k)).cloned().collect();
         Ok((s.tx.clone(), added))
     }
 
