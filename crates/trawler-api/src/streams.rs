@@ -173,6 +173,26 @@ pub struct StreamStats {
     pub close_latency_p99_ms: Option<f64>,
     /// Failed store writes (retried).
     pub sink_errors: u64,
+    /// A top-N job in cluster mode: this node's share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<TopClusterStats>,
+}
+
+/// A top-N cluster node's share of the partitions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TopClusterStats {
+    /// This node's id.
+    pub node: String,
+    /// Live nodes it sees.
+    pub nodes: usize,
+    /// Partitions the keys are hashed into.
+    pub partitions: u32,
+    /// The partitions it holds and serves.
+    pub owned: Vec<u32>,
+    /// The partitions it holds and is rebuilding from the stream.
+    pub rebuilding: Vec<u32>,
+    /// Rebuilds done since start.
+    pub rebuilds: u64,
 }
 
 /// One series' points.

@@ -61,7 +61,7 @@ pub struct TopInfo {
 }
 
 /// One member of a list.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TopMember {
     /// The member.
     pub member: String,
@@ -70,7 +70,7 @@ pub struct TopMember {
 }
 
 /// One key's list.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TopAnswer {
     /// The key.
     pub key: String,
@@ -96,18 +96,24 @@ pub struct TopAnswer {
 pub struct TopMessage {
     /// `Last-Event-ID` of the message (the push's sequence number).
     pub id: u64,
-    /// `snapshot` or `update`.
+    /// `snapshot`, `update`, or (cluster mode) `rebuilding`: keys whose
+    /// owner is being replaced, whose lists follow as updates.
     pub event: &'static str,
-    /// The lists, each a [`TopAnswer`] as JSON.
+    /// The lists, each a [`TopAnswer`] as JSON (for `rebuilding`, the keys
+    /// as JSON strings).
     pub lists: Vec<Arc<str>>,
 }
 
 impl TopMessage {
-    /// `{"lists":[…]}`.
+    /// `{"lists":[…]}` (`{"keys":[…]}` for `rebuilding`).
     pub fn data(&self) -> String {
         let mut out =
             String::with_capacity(12 + self.lists.iter().map(|l| l.len() + 1).sum::<usize>());
-        out.push_str("{\"lists\":[");
+        out.push_str(if self.event == "rebuilding" {
+            "{\"keys\":["
+        } else {
+            "{\"lists\":["
+        });
         for (i, l) in self.lists.iter().enumerate() {
             if i > 0 {
                 out.push(',');

@@ -137,6 +137,40 @@ impl ClusterConfig {
         Ok(())
     }
 
+    /// Connects for leases only, in buckets of their own:
+    /// `<prefix>_nodes` and `<prefix>_leases` (a top-N job's partitions,
+    /// which must not mix with the crawl's shards). No observation stream.
+    pub async fn connect_leases(self, prefix: &str) -> Result<Cluster, Error> {
+        self.validate()?;
+        let client = self.connect_client().await?;
+        let js = jetstream::new(client.clone());
+        let (nodes_bucket, leases_bucket) = (format!("{prefix}_nodes"), format!("{prefix}_leases"));
+        let nodes = open_replicated(&js, &nodes_bucket, self.lease_ttl).await?;
+        // An existing bucket keeps the replicas it was made with.
+        let replicas = match nodes.status().await {
+            Ok(status) => status.info.config.num_replicas,
+            Err(_) => 1,
+        };
+        let leases = open_bucket(&js, &leases_bucket, self.lease_ttl, replicas).await?;
+        tracing::info!(
+            node = %self.node_id,
+            servers = ?self.servers,
+            replicas,
+            shards = self.shards,
+            lease_ttl = ?self.lease_ttl,
+            bucket = %leases_bucket,
+            "joined the cluster's leases"
+        );
+        Ok(Cluster {
+            client,
+            js,
+            nodes,
+            leases,
+            replicas,
+            config: self,
+        })
+    }
+
     /// Connects to one of the NATS servers (retrying for up to 30 s).
     pub(crate) async fn connect_client(&self) -> Result<async_nats::Client, Error> {
         let options = async_nats::ConnectOptions::new()
@@ -166,34 +200,17 @@ impl ClusterConfig {
         let client = self.connect_client().await?;
         let js = jetstream::new(client.clone());
 
-        // Three replicas when the NATS cluster can hold them, one on a lone
-        // server. A JetStream cluster that is still electing its leaders
-        // answers "temporarily unavailable": wait for it.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let mut want = 3;
-        let replicas = loop {
-            match js.get_or_create_stream(stream::config(&self, want)).await {
-                Ok(s) => break s.cached_info().config.num_replicas,
-                Err(e) => {
-                    let text = e.to_string();
-                    if want > 1
-                        && (text.contains("non-clustered")
-                            || text.contains("insufficient resources"))
-                    {
-                        want = 1;
-                        continue;
-                    }
-                    if tokio::time::Instant::now() > deadline {
-                        return Err(Error::Nats(format!(
-                            "creating the stream {}: {text}",
-                            stream::STREAM
-                        )));
-                    }
-                    tracing::info!(error = %text, "JetStream not ready; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+        let stream = replicated(|want| {
+            let js = &js;
+            let config = stream::config(&self, want);
+            async move {
+                js.get_or_create_stream(config).await.map_err(|e| {
+                    Error::Nats(format!("creating the stream {}: {e}", stream::STREAM))
+                })
             }
-        };
+        })
+        .await?;
+        let replicas = stream.cached_info().config.num_replicas;
         let nodes = open_bucket(&js, leases::NODES_BUCKET, self.lease_ttl, replicas).await?;
         let leases = open_bucket(&js, leases::LEASES_BUCKET, self.lease_ttl, replicas).await?;
         tracing::info!(
@@ -213,6 +230,49 @@ impl ClusterConfig {
             config: self,
         })
     }
+}
+
+/// Runs `create` with three replicas, or with one when the NATS server is
+/// not clustered (or cannot hold three); retries for up to 60 s while a
+/// JetStream cluster is still electing its leaders ("temporarily
+/// unavailable"). The one place that decides how many copies the cluster's
+/// streams and buckets get.
+pub(crate) async fn replicated<T, F, Fut>(mut create: F) -> Result<T, Error>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut replicas = 3;
+    loop {
+        match create(replicas).await {
+            Ok(made) => return Ok(made),
+            Err(e) => {
+                let text = e.to_string();
+                if replicas > 1
+                    && (text.contains("non-clustered") || text.contains("insufficient resources"))
+                {
+                    replicas = 1;
+                    continue;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(e);
+                }
+                tracing::info!(error = %text, "JetStream not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Opens (creating) a bucket with three replicas when the NATS cluster can
+/// hold them, else one (see [`replicated`]).
+pub(crate) async fn open_replicated(
+    js: &jetstream::Context,
+    bucket: &str,
+    ttl: Duration,
+) -> Result<jetstream::kv::Store, Error> {
+    replicated(|replicas| open_bucket(js, bucket, ttl, replicas)).await
 }
 
 /// Opens a key-value bucket whose entries expire after `ttl`, creating it

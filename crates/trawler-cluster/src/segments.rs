@@ -47,7 +47,7 @@ use futures_util::TryStreamExt;
 use tokio::time::Instant;
 
 use crate::leases::{each_shard, Held};
-use crate::{ClusterConfig, Error};
+use crate::{open_replicated, ClusterConfig, Error};
 
 /// What [`SegmentLeases::claim`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,36 +344,6 @@ impl SegmentLeases {
         })
         .await;
         tracing::info!(node = %self.me, "segment leases given back");
-    }
-}
-
-/// Opens (creating) a bucket with three replicas when the NATS cluster can
-/// hold them, else one; waits for a JetStream still electing its leaders.
-async fn open_replicated(
-    js: &jetstream::Context,
-    bucket: &str,
-    ttl: Duration,
-) -> Result<kv::Store, Error> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut replicas = 3;
-    loop {
-        match crate::open_bucket(js, bucket, ttl, replicas).await {
-            Ok(kv) => return Ok(kv),
-            Err(e) => {
-                let text = e.to_string();
-                if replicas > 1
-                    && (text.contains("non-clustered") || text.contains("insufficient resources"))
-                {
-                    replicas = 1;
-                    continue;
-                }
-                if Instant::now() > deadline {
-                    return Err(e);
-                }
-                tracing::info!(error = %text, "JetStream not ready; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
     }
 }
 

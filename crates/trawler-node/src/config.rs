@@ -211,6 +211,49 @@ impl ClusterSettings {
     }
 }
 
+impl ClusterFlags {
+    /// A top-N stream job's cluster settings from the flags alone (a
+    /// stream job's file has no `[cluster]`), or `None` without
+    /// `--cluster`. Errors name the flag.
+    pub fn for_stream(&self) -> Result<Option<ClusterConfig>> {
+        let Some(servers) = &self.servers else {
+            if self.store.is_some() || self.node_id.is_some() || self.shards.is_some() {
+                return Err(config_error!(
+                    "--store, --node-id and --shards need --cluster NATS_URLS"
+                ));
+            }
+            return Ok(None);
+        };
+        if self.store.is_some() {
+            return Err(config_error!(
+                "--store: a top-N job in cluster mode keeps its lists in memory, rebuilt from its JetStream stream; drop --store"
+            ));
+        }
+        let servers: Vec<String> = servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(s) = servers.iter().find(|s| !s.starts_with("nats://")) {
+            return Err(config_error!(
+                "--cluster: {s:?} is not a nats://host:port URL"
+            ));
+        }
+        let mut cluster = ClusterConfig::new(
+            servers,
+            self.node_id.clone().unwrap_or_else(default_node_id),
+        );
+        if let Some(shards) = self.shards {
+            cluster.shards = shards;
+        }
+        if let Some(ttl) = self.lease_ttl {
+            cluster.lease_ttl = ttl;
+        }
+        Ok(Some(cluster))
+    }
+}
+
 fn default_node_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -242,6 +285,38 @@ mod tests {
         };
         let e = NodeConfig::resolve(&flags).unwrap_err().to_string();
         assert!(e.starts_with("--store needs --cluster"), "{e}");
+    }
+
+    #[test]
+    fn a_stream_jobs_cluster_flags_are_checked() {
+        assert!(ClusterFlags::default().for_stream().unwrap().is_none());
+        let flags = ClusterFlags {
+            servers: Some("nats://a:4222, nats://b:4222".into()),
+            node_id: Some("n1".into()),
+            shards: Some(8),
+            ..ClusterFlags::default()
+        };
+        let c = flags.for_stream().unwrap().unwrap();
+        assert_eq!(
+            (c.servers.len(), c.node_id.as_str(), c.shards),
+            (2, "n1", 8)
+        );
+        let e = ClusterFlags {
+            store: Some("victoriametrics=http://x".into()),
+            ..flags.clone()
+        }
+        .for_stream()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--store"), "{e}");
+        let e = ClusterFlags {
+            shards: Some(8),
+            ..ClusterFlags::default()
+        }
+        .for_stream()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("need --cluster"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! series, with their retention and compression; the log is
 //! `<data>/stream/`.
 
+pub mod cluster;
 pub mod hub;
 pub mod nats;
 
@@ -61,6 +62,8 @@ pub struct StreamConfig {
     pub retention: Duration,
     /// Keep serving after a file source is done (false: stop then).
     pub serve_after_file: bool,
+    /// A top-N job as one node of a cluster (see [`cluster`]).
+    pub cluster: Option<trawler_cluster::ClusterConfig>,
 }
 
 enum Work {
@@ -150,6 +153,8 @@ enum Core {
     Top {
         pipeline: Arc<Mutex<TopPipeline>>,
         hub: Arc<Hub>,
+        /// Cluster mode: the partitions and the routing of lists.
+        cluster: Option<Arc<cluster::TopCluster>>,
     },
 }
 
@@ -213,9 +218,56 @@ impl StreamNode {
                 );
                 let pipeline = Arc::new(Mutex::new(pipeline));
                 start_sequencer(pipeline.clone(), rx)?;
-                Core::Top { pipeline, hub }
+                Core::Top {
+                    pipeline,
+                    hub,
+                    cluster: None,
+                }
             }
         };
+        Ok(Self::with_core(job, counters, core, tx))
+    }
+
+    /// A top-N job as one node of a cluster: no data folder, no log (the
+    /// JetStream stream is the log); only the keys of the partitions
+    /// `cluster` holds are applied, and changed lists go to `publish`
+    /// (NATS), not to the local hub, which the cluster feeds.
+    pub fn open_partitioned(
+        job: Arc<StreamJob>,
+        cluster: Arc<cluster::TopCluster>,
+        publish: Box<dyn trawler_stream::Publish>,
+    ) -> Result<Arc<StreamNode>> {
+        let t = job.topn.as_ref().ok_or_else(|| {
+            crate::Error::Config(format!(
+                "--cluster: the stream job {} has no [stream.topn]: cluster mode is for top-N jobs",
+                job.name
+            ))
+        })?;
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let hub = Hub::new(t.max_subscribers);
+        let pipeline = Arc::new(Mutex::new(TopPipeline::partitioned(
+            job.clone(),
+            cluster.filter(),
+            publish,
+            counters.clone(),
+        )));
+        cluster.attach(pipeline.clone(), hub.clone());
+        start_sequencer(pipeline.clone(), rx)?;
+        let core = Core::Top {
+            pipeline,
+            hub,
+            cluster: Some(cluster),
+        };
+        Ok(Self::with_core(job, counters, core, tx))
+    }
+
+    fn with_core(
+        job: Arc<StreamJob>,
+        counters: Arc<Counters>,
+        core: Core,
+        tx: SyncSender<Work>,
+    ) -> Arc<StreamNode> {
         let info = StreamInfo {
             name: job.name.clone(),
             kind: "stream",
@@ -257,14 +309,14 @@ impl StreamNode {
                 max_keys: t.max_keys,
             }),
         };
-        Ok(Arc::new(StreamNode {
+        Arc::new(StreamNode {
             decoder: Decoder::new(&job),
             job,
             info,
             counters,
             core,
             tx,
-        }))
+        })
     }
 
     /// A windows job's store, log and sequencer.
@@ -614,6 +666,15 @@ impl StreamBackend for StreamNode {
     }
 
     fn ingest(&self, body: &[u8], gzip: bool) -> std::result::Result<IngestAnswer, ApiError> {
+        if let Core::Top {
+            cluster: Some(_), ..
+        } = &self.core
+        {
+            return Err(ApiError::bad_request(
+                "cluster_ingest",
+                "in cluster mode every node reads the job's JetStream stream: publish events to its subject, not to a node",
+            ));
+        }
         if gzip {
             let plain = trawler_stream::gunzip(body, self.job.max_batch_bytes).map_err(|why| {
                 if why.contains("larger than") {
@@ -653,6 +714,12 @@ impl StreamBackend for StreamNode {
             close_latency_p50_ms: p50,
             close_latency_p99_ms: p99,
             sink_errors: c.sink_errors.load(Ordering::Relaxed),
+            cluster: match &self.core {
+                Core::Top {
+                    cluster: Some(cl), ..
+                } => Some(cl.stats()),
+                _ => None,
+            },
         }
     }
 
@@ -825,7 +892,23 @@ impl StreamBackend for StreamNode {
                 let st = w.store.stats();
                 let _ = writeln!(out, "# HELP trawler_store_samples Samples in the store.\n# TYPE trawler_store_samples gauge\ntrawler_store_samples {}", st.samples);
             }
-            Core::Top { hub, .. } => {
+            Core::Top { hub, cluster, .. } => {
+                if let Some(cl) = cluster {
+                    let st = cl.stats();
+                    gauge(
+                        out,
+                        "trawler_topn_partitions_served",
+                        "Partitions this cluster node holds and serves.",
+                        st.owned.len() as f64,
+                    );
+                    gauge(
+                        out,
+                        "trawler_topn_partitions_rebuilding",
+                        "Partitions this cluster node holds and is rebuilding from the stream.",
+                        st.rebuilding.len() as f64,
+                    );
+                    let _ = writeln!(out, "# HELP trawler_topn_rebuilds_total Rebuilds of gained partitions from the stream.\n# TYPE trawler_topn_rebuilds_total counter\ntrawler_topn_rebuilds_total{{job=\"{job}\"}} {}", st.rebuilds);
+                }
                 let c = &self.counters;
                 for (name, help, v) in [
                     (
@@ -879,7 +962,10 @@ impl StreamBackend for StreamNode {
     }
 
     fn top(&self, keys: &[String]) -> std::result::Result<Vec<TopAnswer>, ApiError> {
-        let (pipeline, _) = self.top_core()?;
+        let (pipeline, _, cluster) = self.top_core()?;
+        if let Some(cluster) = cluster {
+            return cluster.top(keys);
+        }
         let p = pipeline.lock().expect("pipeline lock");
         Ok(keys
             .iter()
@@ -888,7 +974,10 @@ impl StreamBackend for StreamNode {
     }
 
     fn hottest(&self, limit: usize) -> std::result::Result<Vec<TopAnswer>, ApiError> {
-        let (pipeline, _) = self.top_core()?;
+        let (pipeline, _, cluster) = self.top_core()?;
+        if let Some(cluster) = cluster {
+            return Ok(cluster.hottest(limit));
+        }
         let p = pipeline.lock().expect("pipeline lock");
         let e = p.engine();
         Ok(e.hottest(limit)
@@ -898,7 +987,18 @@ impl StreamBackend for StreamNode {
     }
 
     fn subscribe(&self, keys: Vec<String>) -> std::result::Result<TopSubscription, ApiError> {
-        let (pipeline, hub) = self.top_core()?;
+        let (pipeline, hub, cluster) = self.top_core()?;
+        if let Some(cluster) = cluster {
+            // The snapshot comes from the owners; no update before it.
+            let r = hub.register_pending(&keys)?;
+            cluster.snapshot(r.public.clone(), keys.clone());
+            return Ok(TopSubscription {
+                id: r.public,
+                keys,
+                rx: r.rx,
+                guard: hub.guard(r.sub),
+            });
+        }
         let r = hub.register(&keys)?;
         let guard = hub.guard(r.sub);
         {
@@ -917,7 +1017,14 @@ impl StreamBackend for StreamNode {
     }
 
     fn resubscribe(&self, id: &str, keys: Vec<String>) -> std::result::Result<(), ApiError> {
-        let (pipeline, hub) = self.top_core()?;
+        let (pipeline, hub, cluster) = self.top_core()?;
+        if let Some(cluster) = cluster {
+            let (_, added) = hub.set_keys(id, &keys)?;
+            if !added.is_empty() {
+                cluster.snapshot(id.to_owned(), added);
+            }
+            return Ok(());
+        }
         let p = pipeline.lock().expect("pipeline lock");
         let (tx, added) = hub.set_keys(id, &keys)?;
         if !added.is_empty() {
@@ -929,9 +1036,23 @@ impl StreamBackend for StreamNode {
 }
 
 impl StreamNode {
-    fn top_core(&self) -> std::result::Result<(&Arc<Mutex<TopPipeline>>, &Arc<Hub>), ApiError> {
+    #[allow(clippy::type_complexity)]
+    fn top_core(
+        &self,
+    ) -> std::result::Result<
+        (
+            &Arc<Mutex<TopPipeline>>,
+            &Arc<Hub>,
+            Option<&Arc<cluster::TopCluster>>,
+        ),
+        ApiError,
+    > {
         match &self.core {
-            Core::Top { pipeline, hub } => Ok((pipeline, hub)),
+            Core::Top {
+                pipeline,
+                hub,
+                cluster,
+            } => Ok((pipeline, hub, cluster.as_ref())),
             Core::Windows(_) => Err(ApiError::not_found(
                 "no_topn",
                 "this job keeps no top-N lists",
@@ -988,17 +1109,13 @@ pub fn read_file(node: &StreamNode, path: &Path) -> Result<u64> {
     Ok(line_no.saturating_sub(resume))
 }
 
-/// Runs a stream job until `shutdown` (or, for a file source without
-/// `serve_after_file`, until the file is done).
-pub async fn run(
-    config: StreamConfig,
-    api_runtime: tokio::runtime::Handle,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()> {
-    let (job, data, retention) = (config.job.clone(), config.data.clone(), config.retention);
-    let node = tokio::task::spawn_blocking(move || StreamNode::open(job, &data, retention))
-        .await
-        .step("opening the stream")??;
+/// Binds and starts the job's API on `api_runtime`, until `stop`.
+fn start_api(
+    node: &Arc<StreamNode>,
+    config: &StreamConfig,
+    api_runtime: &tokio::runtime::Handle,
+    stop: trawler_common::shutdown::Shutdown,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let api = config
         .api
         .clone()
@@ -1024,14 +1141,30 @@ pub async fn run(
     let addr = listener.local_addr().step("binding the API")?;
     tracing::info!(%addr, job = %config.job.name, "API listening");
     println!("listening on http://{addr}");
-    let (stop_tx, stop_rx) = trawler_common::shutdown::channel();
     let stopped = {
-        let mut rx = stop_rx.clone();
-        async move { rx.wait().await }
+        let mut stop = stop;
+        async move { stop.wait().await }
     };
-    let api_task = api
-        .spawn_on(&api_runtime, listener, stopped)
-        .step("starting the API")?;
+    api.spawn_on(api_runtime, listener, stopped)
+        .step("starting the API")
+}
+
+/// Runs a stream job until `shutdown` (or, for a file source without
+/// `serve_after_file`, until the file is done).
+pub async fn run(
+    config: StreamConfig,
+    api_runtime: tokio::runtime::Handle,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    if let Some(cluster_config) = config.cluster.clone() {
+        return cluster::run(config, cluster_config, api_runtime, shutdown).await;
+    }
+    let (job, data, retention) = (config.job.clone(), config.data.clone(), config.retention);
+    let node = tokio::task::spawn_blocking(move || StreamNode::open(job, &data, retention))
+        .await
+        .step("opening the stream")??;
+    let (stop_tx, stop_rx) = trawler_common::shutdown::channel();
+    let api_task = start_api(&node, &config, &api_runtime, stop_rx.clone())?;
 
     let mut source_task = None;
     match &config.job.source {

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 pub use agg::Num;
 pub use decode::{Batch, DecodeStats, Decoder};
 pub use spec::{Source, SpecError, StreamJob, StreamJobConfig, TopNSpec};
-pub use topn::{Publish, TopList, TopN, TopPipeline};
+pub use topn::{KeyFilter, Publish, Replay, ReplayPlan, TopList, TopN, TopPipeline, TopRecord};
 pub use window::{Accepted, Admitted, Engine, Groups, Sample};
 
 /// What the sequencer drives, whatever the job computes: tumbling windows

@@ -160,7 +160,8 @@ impl TopRecord {
         self.position = 0;
     }
 
-    fn push(&mut self, ts: i64, key: &str, member: &str, value: u32) {
+    /// Appends one event.
+    pub fn push(&mut self, ts: i64, key: &str, member: &str, value: u32) {
         self.text.push_str(key);
         let k = self.text.len() as u32;
         self.text.push_str(member);
@@ -409,6 +410,67 @@ impl TopN {
         }
     }
 
+    /// An empty state whose horizon is `horizon`: admits as a state that
+    /// has seen the stream up to a point where its horizon was that (a
+    /// cluster node's replay from a mark).
+    pub fn with_horizon(job: &StreamJob, horizon: i64) -> TopN {
+        let mut t = TopN::new(job);
+        t.horizon = horizon;
+        t
+    }
+
+    /// Moves the window's end to the horizon's slide. Needed where accepted
+    /// events are not all applied (a cluster node applies only its keys'):
+    /// the window must slide with every accepted event, applied or not.
+    pub fn catch_up(&mut self) {
+        if self.horizon != i64::MIN {
+            self.move_end(self.slide_of(self.horizon) + 1);
+        }
+    }
+
+    /// Forgets every key `drop` names: their entries, pairs and names are
+    /// freed at once and no change of theirs is reported any more (a
+    /// cluster node that lost their partition).
+    pub fn drop_keys(&mut self, drop: impl Fn(&str) -> bool) -> usize {
+        let gone: Vec<u32> = self
+            .keys
+            .ids
+            .iter()
+            .filter(|(name, _)| drop(name))
+            .map(|(_, &k)| k)
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        let mut is_gone = vec![false; self.state.len()];
+        for &k in &gone {
+            is_gone[k as usize] = true;
+        }
+        for slide in &mut self.slides {
+            let before = slide.len();
+            slide.retain(|e| {
+                if !is_gone[e.key as usize] {
+                    return true;
+                }
+                if self.members.release(e.member) {
+                    self.members.remove(e.member);
+                }
+                false
+            });
+            self.entries -= before - slide.len();
+        }
+        for &k in &gone {
+            self.pairs -= self.state[k as usize].members.len();
+            self.state[k as usize] = KeyState::default();
+            self.keys.refs[k as usize] = 0;
+            self.keys.remove(k);
+        }
+        let is_gone = |k: &u32| is_gone.get(*k as usize).copied().unwrap_or(false);
+        self.changed.retain(|k| !is_gone(k));
+        self.emptied.retain(|k| !is_gone(k));
+        gone.len()
+    }
+
     /// The horizon (unix ms; `i64::MIN` before any event).
     pub fn horizon(&self) -> i64 {
         self.horizon
@@ -556,6 +618,22 @@ impl TopN {
         max_future_ms: i64,
         out: &mut TopRecord,
     ) -> (u64, u64, u64) {
+        self.admit_batch_where(batch, weighted, now_ms, max_future_ms, out, &|_| true)
+    }
+
+    /// [`TopN::admit_batch`], recording only the accepted events whose key
+    /// `keep` names (a cluster node's partitions). Every event is admitted
+    /// — the horizon is the whole stream's, so every node decides every
+    /// event as one node would — and counted.
+    pub fn admit_batch_where(
+        &mut self,
+        batch: &Batch,
+        weighted: bool,
+        now_ms: i64,
+        max_future_ms: i64,
+        out: &mut TopRecord,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> (u64, u64, u64) {
         let n = usize::from(weighted);
         let (mut accepted, mut late, mut future) = (0, 0, 0);
         for (i, ev) in batch.events.iter().enumerate() {
@@ -569,7 +647,9 @@ impl TopN {
                         1
                     };
                     if let Some((key, member)) = batch.members(ev).next() {
-                        out.push(ev.ts, key, member, value);
+                        if keep(key) {
+                            out.push(ev.ts, key, member, value);
+                        }
                         accepted += 1;
                     }
                 }
@@ -591,6 +671,67 @@ impl TopN {
     }
 }
 
+/// Where a cluster node's replay starts. Every event accepted at or before
+/// stream sequence `from` has left the window (the horizon then was before
+/// the window's start), so replaying the messages after it — admitted by a
+/// [`TopN::with_horizon`] at `horizon`, raised to each floor's horizon once
+/// its sequence is passed (the idle rule's moves) — up to
+/// [`Processor::position`] decides every event as the node did.
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    /// The last sequence not to replay.
+    pub from: u64,
+    /// The horizon after it.
+    pub horizon: i64,
+    /// (sequence, horizon after it), later marks.
+    pub floors: Vec<(u64, i64)>,
+}
+
+/// Rebuilds a cluster node's keys from the stream: re-admits the messages
+/// after a [`TopPipeline::replay_plan`] start, one message at a time in
+/// stream order, as the node admitted them, keeping the accepted events of
+/// the keys asked for.
+pub struct Replay {
+    sim: TopN,
+    floors: VecDeque<(u64, i64)>,
+    weighted: bool,
+    max_future_ms: i64,
+    /// The accepted events of the keys asked for, to apply.
+    pub record: TopRecord,
+}
+
+impl Replay {
+    /// A replay of `job` from `plan`.
+    pub fn new(job: &StreamJob, plan: ReplayPlan) -> Replay {
+        Replay {
+            sim: TopN::with_horizon(job, plan.horizon),
+            floors: plan.floors.into(),
+            weighted: job.topn.as_ref().is_some_and(|t| t.weighted),
+            max_future_ms: 10 * 60_000,
+            record: TopRecord::default(),
+        }
+    }
+
+    /// Admits the events of message `seq` (decoded into `batch`).
+    pub fn feed(&mut self, seq: u64, batch: &Batch, now_ms: i64, keep: &dyn Fn(&str) -> bool) {
+        while let Some(&(at, horizon)) = self.floors.front() {
+            if at >= seq {
+                break;
+            }
+            self.sim.advance(horizon);
+            self.floors.pop_front();
+        }
+        self.sim.admit_batch_where(
+            batch,
+            self.weighted,
+            now_ms,
+            self.max_future_ms,
+            &mut self.record,
+            keep,
+        );
+    }
+}
+
 /// Where a top-N job's changes go: the subscribers' hub. It takes the
 /// changed keys it has subscribers for from the engine (one lock of its
 /// own state for the whole batch of changes).
@@ -600,11 +741,28 @@ pub trait Publish: Send {
     fn publish(&mut self, engine: &mut TopN, now_ms: i64, interval_ms: i64);
 }
 
+/// Which keys a cluster node applies (those of the partitions it holds).
+pub type KeyFilter = Box<dyn Fn(&str) -> bool + Send>;
+
+/// How a top-N pipeline keeps its state.
+enum Durability {
+    /// One node: the write-ahead log is the state.
+    Log(Log),
+    /// A cluster node: the JetStream stream is the log. Only the keys the
+    /// filter names are applied; `marks` are (stream sequence, horizon
+    /// after it) — one per slide the horizon entered — from which a
+    /// partition gained later is rebuilt (see [`TopPipeline::replay_plan`]).
+    Stream {
+        keep: KeyFilter,
+        marks: VecDeque<(u64, i64)>,
+    },
+}
+
 /// The sequencer's state of a top-N job: the engine, its log and the hub.
 pub struct TopPipeline {
     job: Arc<StreamJob>,
     engine: TopN,
-    log: Log,
+    durability: Durability,
     publish: Box<dyn Publish>,
     counters: Arc<Counters>,
     record: TopRecord,
@@ -659,7 +817,7 @@ impl TopPipeline {
             accepted_max: engine.horizon(),
             checkpointed: i64::MIN,
             engine,
-            log,
+            durability: Durability::Log(log),
             publish,
             counters,
             record: TopRecord::default(),
@@ -675,9 +833,93 @@ impl TopPipeline {
         Ok((p, replayed))
     }
 
+    /// A cluster node's pipeline: no log (the JetStream stream is one),
+    /// every event admitted, only the keys `keep` names applied. It starts
+    /// empty, at the stream's beginning.
+    pub fn partitioned(
+        job: Arc<StreamJob>,
+        keep: KeyFilter,
+        publish: Box<dyn Publish>,
+        counters: Arc<Counters>,
+    ) -> TopPipeline {
+        let lateness = job.lateness_ms.max(1_000);
+        TopPipeline {
+            engine: TopN::new(&job),
+            durability: Durability::Stream {
+                keep,
+                marks: VecDeque::from([(0, i64::MIN)]),
+            },
+            publish,
+            counters,
+            record: TopRecord::default(),
+            payload: Vec::new(),
+            position: 0,
+            last_accept_ms: trawler_common::clock::unix_ms(),
+            accepted_max: i64::MIN,
+            next_tick_ms: 0,
+            checkpointed: i64::MIN,
+            max_future_ms: 10 * 60_000,
+            idle_ms: lateness,
+            job,
+        }
+    }
+
     /// The engine, for reads.
     pub fn engine(&self) -> &TopN {
         &self.engine
+    }
+
+    /// Where a replay that rebuilds keys must start, for a cluster node
+    /// (`None` for a one-node pipeline).
+    pub fn replay_plan(&self) -> Option<ReplayPlan> {
+        let Durability::Stream { marks, .. } = &self.durability else {
+            return None;
+        };
+        let (from, horizon) = marks[0];
+        Some(ReplayPlan {
+            from,
+            horizon,
+            floors: marks.iter().skip(1).copied().collect(),
+        })
+    }
+
+    /// Applies a replay's record (events of keys just gained), then slides
+    /// the window to where it is.
+    pub fn apply_replayed(&mut self, record: &TopRecord) -> u64 {
+        let applied = self.engine.apply_record(record);
+        self.engine.catch_up();
+        self.publish_counters();
+        applied
+    }
+
+    /// Forgets the keys `drop` names (a partition lost).
+    pub fn drop_keys(&mut self, drop: impl Fn(&str) -> bool) -> usize {
+        let n = self.engine.drop_keys(drop);
+        self.publish_counters();
+        n
+    }
+
+    /// Records a mark when the horizon entered a new slide, and forgets
+    /// the marks a replay no longer needs (it starts from the last one
+    /// whose horizon is before the window's start).
+    fn mark(&mut self) {
+        let Durability::Stream { marks, .. } = &mut self.durability else {
+            return;
+        };
+        let (horizon, slide) = (self.engine.horizon(), self.engine.slide_ms);
+        let last = marks.back().map_or(i64::MIN, |m| m.1);
+        if horizon != i64::MIN
+            && (last == i64::MIN || horizon.div_euclid(slide) > last.div_euclid(slide))
+        {
+            marks.push_back((self.position, horizon));
+        }
+        let end = self.engine.window_end();
+        if end != i64::MIN {
+            let start = end - self.job.window_ms;
+            while marks.len() >= 2 && marks[1].1 < start {
+                marks.pop_front();
+            }
+        }
     }
 
     fn publish_counters(&self) {
@@ -700,7 +942,10 @@ impl TopPipeline {
         if start < self.checkpointed + 1_000 {
             return Ok(());
         }
-        self.log.checkpoint(crate::wal::Checkpoint {
+        let Durability::Log(log) = &mut self.durability else {
+            return Ok(());
+        };
+        log.checkpoint(crate::wal::Checkpoint {
             closed_before: start,
             max_ts: self.engine.horizon(),
             position: self.position,
@@ -714,23 +959,31 @@ impl Processor for TopPipeline {
     fn ingest(&mut self, batch: &Batch, now_ms: i64) -> io::Result<Admitted> {
         self.record.clear();
         let weighted = self.job.topn.as_ref().is_some_and(|t| t.weighted);
-        let (accepted, late, future) = self.engine.admit_batch(
+        let keep: &dyn Fn(&str) -> bool = match &self.durability {
+            Durability::Log(_) => &|_| true,
+            Durability::Stream { keep, .. } => keep,
+        };
+        let (accepted, late, future) = self.engine.admit_batch_where(
             batch,
             weighted,
             now_ms,
             self.max_future_ms,
             &mut self.record,
+            keep,
         );
         self.record.position = batch.position.max(self.position);
-        if !self.record.events.is_empty() || self.record.position > self.position {
-            self.payload.clear();
-            self.record.encode(&mut self.payload);
-            let max = self.record.events.iter().map(|e| e.0).max();
-            self.log
-                .append(&self.payload, max.unwrap_or(self.engine.horizon()))?;
+        if let Durability::Log(log) = &mut self.durability {
+            if !self.record.events.is_empty() || self.record.position > self.position {
+                self.payload.clear();
+                self.record.encode(&mut self.payload);
+                let max = self.record.events.iter().map(|e| e.0).max();
+                log.append(&self.payload, max.unwrap_or(self.engine.horizon()))?;
+            }
         }
         self.position = self.record.position;
         self.engine.apply_record(&self.record);
+        self.engine.catch_up();
+        self.mark();
         if accepted > 0 {
             self.last_accept_ms = now_ms;
             self.accepted_max = self.engine.horizon();
@@ -753,16 +1006,21 @@ impl Processor for TopPipeline {
     }
 
     fn tick(&mut self, now_ms: i64) -> Result<usize, String> {
-        let t = self.job.topn.as_ref().expect("a top-N job");
+        let interval_ms = self
+            .job
+            .topn
+            .as_ref()
+            .expect("a top-N job")
+            .push_interval_ms;
         // Pushes go out at a tenth of the coalescing interval: a quiet
         // key's change waits at most that.
-        self.next_tick_ms = now_ms + (t.push_interval_ms / 10).clamp(5, 50);
+        self.next_tick_ms = now_ms + (interval_ms / 10).clamp(5, 50);
         let quiet = now_ms - self.last_accept_ms;
         if self.accepted_max != i64::MIN && quiet >= self.idle_ms {
             self.engine.advance(self.accepted_max.saturating_add(quiet));
+            self.mark();
         }
-        self.publish
-            .publish(&mut self.engine, now_ms, t.push_interval_ms);
+        self.publish.publish(&mut self.engine, now_ms, interval_ms);
         self.checkpoint().map_err(|e| format!("checkpoint: {e}"))?;
         self.publish_counters();
         Ok(0)
@@ -934,6 +1192,92 @@ mod tests {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = TopRecord::decode(&bytes);
+        }
+    }
+
+    struct Discard;
+
+    impl Publish for Discard {
+        fn publish(&mut self, engine: &mut TopN, now_ms: i64, interval_ms: i64) {
+            let _ = engine.take_changed(now_ms, interval_ms, |_| false);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100))]
+        /// Two cluster nodes over one stream: one holds the even keys from
+        /// the start, the other gains the odd keys part-way and rebuilds
+        /// them by a replay from its marks. Each equals one node that saw
+        /// everything, for its keys; then the first loses its keys.
+        #[test]
+        fn partitioned_pipelines_and_a_replay_equal_one_node(
+            steps in proptest::collection::vec((-3_000i64..2_000, 0u8..6, 0u8..8, 0u8..10), 1..200),
+            gain_at in 0usize..200,
+        ) {
+            use std::sync::atomic::AtomicBool;
+            let job = Arc::new(job("10s", "1s", "2s", 3));
+            let decoder = crate::Decoder::new(&job);
+            let even = |k: &str| k.as_bytes()[1].is_multiple_of(2);
+            let odd_owned = Arc::new(AtomicBool::new(false));
+            let mut one = TopN::new(&job);
+            let mut a = TopPipeline::partitioned(job.clone(), Box::new(move |k: &str| even(k)), Box::new(Discard), Arc::default());
+            let owned = odd_owned.clone();
+            let mut b = TopPipeline::partitioned(job.clone(), Box::new(move |k: &str| !even(k) && owned.load(Ordering::Relaxed)), Box::new(Discard), Arc::default());
+            let now = i64::MAX / 4;
+            let mut clock = 1_000_000i64;
+            let mut messages = Vec::new();
+            for (i, &(dt, key, member, idle)) in steps.iter().enumerate() {
+                clock += dt.max(0);
+                let ts = clock + dt.min(0);
+                let line = format!("{{\"ts\":{ts},\"post\":\"p{key}\",\"user\":\"u{member}\",\"words\":{}}}\n", member % 3);
+                let mut batch = Batch::default();
+                decoder.decode(line.as_bytes(), &mut batch);
+                batch.position = i as u64 + 1;
+                let mut r = TopRecord::default();
+                one.admit_batch(&batch, true, now, 0, &mut r);
+                one.apply_record(&r);
+                a.ingest(&batch, now).unwrap();
+                b.ingest(&batch, now).unwrap();
+                messages.push(line);
+                if idle == 0 {
+                    // The idle rule: event time passes with the clock.
+                    clock += 4_000;
+                    for p in [&mut a, &mut b] {
+                        p.engine.advance(clock);
+                        p.mark();
+                    }
+                    one.advance(clock);
+                }
+                if i == gain_at {
+                    let plan = b.replay_plan().unwrap();
+                    let from = plan.from;
+                    let mut replay = Replay::new(&job, plan);
+                    for (seq, line) in messages.iter().enumerate().map(|(i, l)| (i as u64 + 1, l)) {
+                        if seq > from && seq <= b.position() {
+                            let mut batch = Batch::default();
+                            decoder.decode(line.as_bytes(), &mut batch);
+                            replay.feed(seq, &batch, now, &|k| !even(k));
+                        }
+                    }
+                    odd_owned.store(true, Ordering::Relaxed);
+                    b.apply_replayed(&replay.record);
+                }
+            }
+            let _ = one.take_changed(0, 0, |_| true);
+            for k in 0..6 {
+                let key = format!("p{k}");
+                let p = if even(&key) { &a } else { &b };
+                if !even(&key) && !odd_owned.load(Ordering::Relaxed) {
+                    prop_assert_eq!(p.engine().top(&key).total, 0);
+                    continue;
+                }
+                let (want, got) = (one.top(&key), p.engine().top(&key));
+                prop_assert_eq!((got.total, got.events, &got.top), (want.total, want.events, &want.top), "key {}", key);
+            }
+            // Losing the keys frees their state at once.
+            a.drop_keys(|_| true);
+            let _ = a.engine.take_changed(0, 0, |_| true);
+            prop_assert_eq!(a.engine().sizes(), (0, 0, 0, 0));
         }
     }
 

@@ -9,6 +9,12 @@
 //! with `try_send`: a subscriber whose queue is full has stopped reading;
 //! it is dropped (its stream ends) and counted, and nobody waits for it.
 //!
+//! In cluster mode ([`super::cluster`]) the lists come from the owners of
+//! the keys over NATS instead ([`Hub::deliver`]): the hub keeps the latest
+//! list of every key it has a subscriber for, a new subscription is
+//! registered first and gets its snapshot (from those lists, or asked of
+//! the owners) before any update ([`Hub::complete`]).
+//!
 //! Lock order: the pipeline's, then the hub's (the sequencer holds the
 //! pipeline while publishing; a new subscription registers first, then
 //! takes the pipeline to send its snapshot, so the snapshot is never older
@@ -46,6 +52,9 @@ struct Sub {
     public: String,
     keys: Vec<String>,
     tx: mpsc::Sender<TopMessage>,
+    /// Its snapshot is sent: updates may follow (cluster mode registers a
+    /// subscriber before its snapshot arrives).
+    ready: bool,
 }
 
 #[derive(Default)]
@@ -53,6 +62,8 @@ struct State {
     subs: HashMap<u64, Sub>,
     by_key: HashMap<String, Vec<u64>>,
     by_public: HashMap<String, u64>,
+    /// Cluster mode: the latest list received of each followed key.
+    latest: HashMap<String, Arc<str>>,
     next: u64,
 }
 
@@ -69,6 +80,7 @@ impl State {
                 list.retain(|&s| s != sub);
                 if list.is_empty() {
                     self.by_key.remove(k);
+                    self.latest.remove(k);
                 }
             }
         }
@@ -138,6 +150,16 @@ impl Hub {
 
     /// Registers a subscriber to `keys`; 503 at the cap.
     pub fn register(&self, keys: &[String]) -> Result<Registered, ApiError> {
+        self.register_as(keys, true)
+    }
+
+    /// Registers a subscriber whose snapshot is still to come: no update
+    /// goes to it before [`Hub::complete`].
+    pub fn register_pending(&self, keys: &[String]) -> Result<Registered, ApiError> {
+        self.register_as(keys, false)
+    }
+
+    fn register_as(&self, keys: &[String], ready: bool) -> Result<Registered, ApiError> {
         let mut st = self.lock();
         if st.subs.len() >= self.max_subscribers {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -163,6 +185,7 @@ impl Hub {
                 public: public.clone(),
                 keys: keys.to_vec(),
                 tx: tx.clone(),
+                ready,
             },
         );
         self.counters
@@ -204,11 +227,13 @@ impl Hub {
             ApiError::not_found("no_subscription", "no live subscription has this id")
         })?;
         let old = std::mem::take(&mut st.subs.get_mut(&sub).expect("registered").keys);
-        st.remove_keys(sub, &old);
-        st.add_keys(sub, keys);
+        // Kept keys stay registered (and keep their latest list).
+        let gone: Vec<String> = old.iter().filter(|k| !keys.contains(k)).cloned().collect();
+        let added: Vec<String> = keys.iter().filter(|k| !old.contains(k)).cloned().collect();
+        st.remove_keys(sub, &gone);
+        st.add_keys(sub, &added);
         let s = st.subs.get_mut(&sub).expect("registered");
         s.keys = keys.to_vec();
-        let added = keys.iter().filter(|k| !old.contains(k)).cloned().collect();
         Ok((s.tx.clone(), added))
     }
 
@@ -242,6 +267,145 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Cluster mode: lists from the keys' owners. Each followed key's is
+    /// kept as its latest, and every ready subscriber gets one update with
+    /// its keys among them.
+    pub fn deliver(&self, lists: &[(String, Arc<str>)]) {
+        let mut st = self.lock();
+        let mut followed = Vec::new();
+        for (key, json) in lists {
+            if st.by_key.contains_key(key) {
+                st.latest.insert(key.clone(), json.clone());
+                followed.push((key.as_str(), json.clone()));
+            }
+        }
+        self.fan_out(&mut st, &followed);
+    }
+
+    /// The keys among `keys` with no latest list (to ask their owners).
+    pub fn missing(&self, keys: &[String]) -> Vec<String> {
+        let st = self.lock();
+        keys.iter()
+            .filter(|k| !st.latest.contains_key(*k))
+            .cloned()
+            .collect()
+    }
+
+    /// The followed keys `pick` names (a partition whose owner changed).
+    pub fn followed(&self, pick: impl Fn(&str) -> bool) -> Vec<String> {
+        let st = self.lock();
+        st.by_key.keys().filter(|k| pick(k)).cloned().collect()
+    }
+
+    /// Cluster mode: sends subscriber `sub` the snapshot of `keys` — each
+    /// key's latest list, else its owner's `answered` one — and lets
+    /// updates flow to it. Returns the keys with neither (their owner is
+    /// being replaced); they are named in a `rebuilding` event and their
+    /// lists come as updates.
+    pub fn complete(
+        &self,
+        public: &str,
+        keys: &[String],
+        answered: &HashMap<String, Arc<str>>,
+    ) -> Vec<String> {
+        let mut st = self.lock();
+        let mut lists = Vec::new();
+        let mut missing = Vec::new();
+        for k in keys {
+            match st.latest.get(k).or_else(|| answered.get(k)).cloned() {
+                Some(json) => {
+                    if st.by_key.contains_key(k) {
+                        st.latest.insert(k.clone(), json.clone());
+                    }
+                    lists.push(json);
+                }
+                None => missing.push(k.clone()),
+            }
+        }
+        let Some(s) = st
+            .by_public
+            .get(public)
+            .copied()
+            .and_then(|sub| st.subs.get_mut(&sub))
+        else {
+            return Vec::new();
+        };
+        s.ready = true;
+        let tx = s.tx.clone();
+        self.send_json(&tx, "snapshot", lists);
+        if !missing.is_empty() {
+            let keys = missing
+                .iter()
+                .map(|k| serde_json::to_string(k).expect("a string").into())
+                .collect();
+            self.send_json(&tx, "rebuilding", keys);
+        }
+        missing
+    }
+
+    fn send_json(&self, tx: &mpsc::Sender<TopMessage>, event: &'static str, lists: Vec<Arc<str>>) {
+        let m = TopMessage {
+            id: self.next_id(),
+            event,
+            lists,
+        };
+        if tx.try_send(m).is_ok() {
+            self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One update to each ready subscriber of some of `lists`' keys; the
+    /// slow ones (full queue) are dropped.
+    fn fan_out(&self, st: &mut State, lists: &[(&str, Arc<str>)]) {
+        if lists.is_empty() {
+            return;
+        }
+        let mut per_sub: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, (key, _)) in lists.iter().enumerate() {
+            for &sub in st.by_key.get(*key).into_iter().flatten() {
+                per_sub.entry(sub).or_default().push(i);
+            }
+        }
+        let id = self.next_id();
+        let mut slow = Vec::new();
+        for (sub, idx) in per_sub {
+            let Some(s) = st.subs.get(&sub) else { continue };
+            if !s.ready {
+                continue;
+            }
+            let m = TopMessage {
+                id,
+                event: "update",
+                lists: idx.iter().map(|&i| lists[i].1.clone()).collect(),
+            };
+            match s.tx.try_send(m) {
+                Ok(()) => {
+                    self.counters.messages.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .lists
+                        .fetch_add(idx.len() as u64, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => slow.push(sub),
+                // Gone: its guard unsubscribes it.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        for sub in slow {
+            if st.remove(sub) {
+                self.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    sub,
+                    "top-N subscriber dropped: its queue is full (it stopped reading)"
+                );
+            }
+        }
+        self.counters
+            .subscribers
+            .store(st.subs.len() as u64, Ordering::Relaxed);
+    }
+}
+
 /// The answer type of one list.
 pub fn answer(l: &TopList) -> TopAnswer {
     TopAnswer {
@@ -262,7 +426,8 @@ pub fn answer(l: &TopList) -> TopAnswer {
     }
 }
 
-fn list_json(l: &TopList) -> String {
+/// One list as the JSON subscribers receive.
+pub fn list_json(l: &TopList) -> String {
     serde_json::to_string(&answer(l)).expect("a list serializes")
 }
 
@@ -277,45 +442,50 @@ impl Publish for HubPublisher {
         if lists.is_empty() {
             return;
         }
-        let json: Vec<Arc<str>> = lists.iter().map(|l| list_json(l).into()).collect();
-        let mut per_sub: HashMap<u64, Vec<usize>> = HashMap::new();
-        for (i, l) in lists.iter().enumerate() {
-            for &sub in st.by_key.get(&l.key).into_iter().flatten() {
-                per_sub.entry(sub).or_default().push(i);
-            }
-        }
-        let id = hub.next_id();
-        let mut slow = Vec::new();
-        for (sub, idx) in per_sub {
-            let Some(s) = st.subs.get(&sub) else { continue };
-            let m = TopMessage {
-                id,
-                event: "update",
-                lists: idx.iter().map(|&i| json[i].clone()).collect(),
-            };
-            match s.tx.try_send(m) {
-                Ok(()) => {
-                    hub.counters.messages.fetch_add(1, Ordering::Relaxed);
-                    hub.counters
-                        .lists
-                        .fetch_add(idx.len() as u64, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => slow.push(sub),
-                // Gone: its guard unsubscribes it.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
-        for sub in slow {
-            if st.remove(sub) {
-                hub.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    sub,
-                    "top-N subscriber dropped: its queue is full (it stopped reading)"
-                );
-            }
-        }
-        hub.counters
-            .subscribers
-            .store(st.subs.len() as u64, Ordering::Relaxed);
+        let json: Vec<(&str, Arc<str>)> = lists
+            .iter()
+            .map(|l| (l.key.as_str(), list_json(l).into()))
+            .collect();
+        hub.fan_out(&mut st, &json);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(key: &str, total: u64) -> (String, Arc<str>) {
+        (
+            key.to_owned(),
+            format!("{{\"key\":\"{key}\",\"total\":{total}}}").into(),
+        )
+    }
+
+    #[test]
+    fn a_cluster_snapshot_is_never_older_than_an_update_and_precedes_them() {
+        let hub = Hub::new(10);
+        let keys: Vec<String> = ["p1", "p2", "p3"].map(String::from).to_vec();
+        let mut r = hub.register_pending(&keys).unwrap();
+        // An update while the owners are asked: kept, not sent.
+        hub.deliver(&[list("p1", 5), list("zz", 1)]);
+        assert!(r.rx.try_recv().is_err());
+        // The owners' answer for p1 is older than the update received.
+        let answered: HashMap<String, Arc<str>> = [list("p1", 4), list("p2", 7)].into();
+        assert_eq!(hub.complete(&r.public, &keys, &answered), ["p3"]);
+        let snapshot = r.rx.try_recv().unwrap();
+        assert_eq!(snapshot.event, "snapshot");
+        assert_eq!(
+            snapshot.data(),
+            "{\"lists\":[{\"key\":\"p1\",\"total\":5},{\"key\":\"p2\",\"total\":7}]}"
+        );
+        let rebuilding = r.rx.try_recv().unwrap();
+        assert_eq!(
+            (rebuilding.event, rebuilding.data()),
+            ("rebuilding", "{\"keys\":[\"p3\"]}".to_owned())
+        );
+        // Then updates flow; a key nobody follows is not kept.
+        hub.deliver(&[list("p3", 2)]);
+        assert_eq!(r.rx.try_recv().unwrap().event, "update");
+        assert_eq!(hub.missing(&["zz".to_owned(), "p3".to_owned()]), ["zz"]);
     }
 }

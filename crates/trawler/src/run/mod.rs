@@ -97,7 +97,9 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000, help_heading = "Prometheus API")]
     pub remote_write_max_series: usize,
     /// Run as one node of a cluster: NATS servers, comma-separated
-    /// (`nats://127.0.0.1:4222,nats://…`). Needs --store and --target.
+    /// (`nats://127.0.0.1:4222,nats://…`). Needs --store and --target; a
+    /// top-N stream job needs neither (its keys are sharded over the nodes,
+    /// docs/TOPN.md).
     #[arg(long, help_heading = "Cluster mode")]
     pub cluster: Option<String>,
     /// Where a cluster stores series: `victoriametrics=http://HOST:PORT`.
@@ -106,7 +108,8 @@ pub struct Args {
     /// This node's name in the cluster (default: host name and pid).
     #[arg(long, help_heading = "Cluster mode")]
     pub node_id: Option<String>,
-    /// Shards the ids are split into (default 256; the same on every node).
+    /// Shards the ids (or a top-N job's keys) are split into (default 256;
+    /// the same on every node).
     #[arg(long, help_heading = "Cluster mode")]
     pub shards: Option<u32>,
     /// A dead node's shards are taken over after about this (default 5s).
@@ -312,6 +315,14 @@ fn run_stream(args: &Args, job: std::sync::Arc<trawler_stream::StreamJob>) -> an
         prometheus: args.prometheus(),
         ..trawler_api::ApiConfig::default()
     };
+    let cluster = trawler_node::config::ClusterFlags {
+        servers: args.cluster.clone(),
+        store: args.store.clone(),
+        node_id: args.node_id.clone(),
+        shards: args.shards,
+        lease_ttl: args.lease_ttl,
+    }
+    .for_stream()?;
     if let Some(rate) = args.gen {
         start_generator(args, &job, rate)?;
     }
@@ -321,6 +332,7 @@ fn run_stream(args: &Args, job: std::sync::Arc<trawler_stream::StreamJob>) -> an
         api,
         retention: args.retention,
         serve_after_file: !args.exit_when_done,
+        cluster,
     };
     let (runtime, api_runtime) = runtimes(args.api_nice)?;
     let result = runtime.block_on(trawler_node::stream::run(
