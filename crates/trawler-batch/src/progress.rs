@@ -299,9 +299,10 @@ impl Progress {
         let dt = now.duration_since(r.at).as_secs_f64();
         if dt >= 1.0 {
             let w = 1.0 - (-dt / hosts::RATE_WINDOW.as_secs_f64()).exp();
-            for i in 0..3 {
-                let now_per_s = counts[i].saturating_sub(r.marks[i]) as f64 / dt;
-                r.per_s[i] += w * (now_per_s - r.per_s[i]);
+            let r = &mut *r;
+            for ((count, mark), per_s) in counts.iter().zip(&r.marks).zip(&mut r.per_s) {
+                let now_per_s = count.saturating_sub(*mark) as f64 / dt;
+                *per_s += w * (now_per_s - *per_s);
             }
             r.marks = counts;
             r.at = now;
