@@ -376,7 +376,7 @@ impl HostTicket {
         self.open = false;
         self.table.with(self.slot, |c| {
             c.done += 1;
-            c.in_flight -= 1;
+            c.in_flight = c.in_flight.saturating_sub(1);
         });
     }
 
@@ -385,7 +385,7 @@ impl HostTicket {
         self.open = false;
         self.table.with(self.slot, |c| {
             c.dead += 1;
-            c.in_flight -= 1;
+            c.in_flight = c.in_flight.saturating_sub(1);
         });
     }
 }
@@ -393,7 +393,8 @@ impl HostTicket {
 impl Drop for HostTicket {
     fn drop(&mut self) {
         if self.open {
-            self.table.with(self.slot, |c| c.in_flight -= 1);
+            self.table
+                .with(self.slot, |c| c.in_flight = c.in_flight.saturating_sub(1));
         }
     }
 }
