@@ -24,6 +24,8 @@ const STREAM_HTML: &str = include_str!("../assets/stream.html");
 const STREAM_JS: &str = include_str!("../assets/stream.js");
 const TOPN_HTML: &str = include_str!("../assets/topn.html");
 const TOPN_JS: &str = include_str!("../assets/topn.js");
+const BATCH_HTML: &str = include_str!("../assets/batch.html");
+const BATCH_JS: &str = include_str!("../assets/batch.js");
 const UPLOT_JS: &str = include_str!("../assets/vendor/uplot/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../assets/vendor/uplot/uPlot.min.css");
 
@@ -49,6 +51,16 @@ pub(crate) fn stream_router<S: Clone + Send + Sync + 'static>(
         &info.name,
         info,
         ("/assets/stream.js", STREAM_JS),
+    )
+}
+
+/// The page of a batch job (`/`), its script, and the shared assets.
+pub(crate) fn batch_router<S: Clone + Send + Sync + 'static>(job: &str) -> Router<S> {
+    page(
+        BATCH_HTML,
+        job,
+        &serde_json::json!({ "name": job }),
+        ("/assets/batch.js", BATCH_JS),
     )
 }
 
@@ -154,18 +166,21 @@ mod tests {
     }
 
     #[test]
-    fn the_stream_page_runs_nothing_inline() {
+    fn the_stream_and_batch_pages_run_nothing_inline() {
         // The CSP allows scripts from this origin only: an inline script
         // or handler would be blocked (and must not be needed).
-        let page = super::STREAM_HTML.to_ascii_lowercase();
-        assert!(!page.contains("<script>"), "inline script");
-        assert!(
-            !page.contains(" onclick=") && !page.contains(" onload="),
-            "inline handler"
-        );
-        assert!(
-            !super::STREAM_JS.contains("innerHTML"),
-            "values go in with textContent"
-        );
+        for (html, js, script) in [
+            (super::STREAM_HTML, super::STREAM_JS, "/assets/stream.js"),
+            (super::BATCH_HTML, super::BATCH_JS, "/assets/batch.js"),
+        ] {
+            let page = html.to_ascii_lowercase();
+            assert!(page.contains(script), "{script}");
+            assert!(!page.contains("<script>"), "inline script");
+            assert!(
+                !page.contains(" onclick=") && !page.contains(" onload="),
+                "inline handler"
+            );
+            assert!(!js.contains("innerHTML"), "values go in with textContent");
+        }
     }
 }

@@ -45,6 +45,15 @@ pub use answers::{
     Mover, Named, RankedEntry, Sample, Schema, Series, Stats, TopAnswer, TopEntries, TrackOutcome,
 };
 pub use error::ApiError;
+
+/// The dashboard page of a batch job (`trawler crawl`) at `/`, with its
+/// script and the shared styles and chart library: a progress bar, rates,
+/// ETA, dead letters by kind and the busiest hosts, read every second
+/// from `GET /api/v1/batch/{job}` and `GET /api/v1/batch/{job}/hosts`
+/// (which the binary serves: this crate does not know batch jobs).
+pub fn batch_dashboard<S: Clone + Send + Sync + 'static>(job: &str) -> axum::Router<S> {
+    dashboard::batch_router(job)
+}
 pub use metrics::HttpMetrics;
 
 /// Points of a series, as `[[unix_ms, value], …]`.

@@ -1,14 +1,27 @@
 //! The figures of a running batch: atomic counters updated by the
 //! pipeline, read as a [`Status`] (the progress line, the JSON API, the
-//! summary) or as Prometheus text (`/metrics`).
+//! summary) or as Prometheus text (`/metrics`); per host in a bounded
+//! table ([`hosts`]).
+//!
+//! Rates come two ways: since the start (`urls_per_s`, what the ETA is
+//! computed from), and recent (`done_per_s`, `dead_per_s`,
+//! `retries_per_s`: exponentially weighted with a 10 s time constant,
+//! brought up to date when read, at most once a second).
+
+pub mod hosts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::log::DeadKind;
+use hosts::HostTable;
+
+/// Hosts listed in `/metrics` (the rest in one `host="other"` series), so
+/// the label set stays bounded.
+pub const METRICS_HOSTS: usize = 20;
 
 /// The counters (all since the process started, except `*_earlier`).
 #[derive(Debug)]
@@ -60,7 +73,19 @@ pub struct Progress {
     pub seen: AtomicU64,
     /// See `seen`.
     pub seen_bytes: AtomicU64,
+    /// Per-host figures, bounded.
+    pub per_host: Arc<HostTable>,
+    recent: Mutex<Recent>,
     finished_at: Mutex<Option<f64>>,
+}
+
+/// The recent rates and the counters they were last brought up to date at.
+#[derive(Debug)]
+struct Recent {
+    at: Instant,
+    /// done, dead, retries at `at`.
+    marks: [u64; 3],
+    per_s: [f64; 3],
 }
 
 /// A snapshot, as served at `/api/v1/batch/{job}`.
@@ -94,8 +119,18 @@ pub struct Status {
     pub bytes: u64,
     /// (done + dead) per second since the start.
     pub urls_per_s: f64,
+    /// URLs committed per second, recently (10 s time constant).
+    pub done_per_s: f64,
+    /// Dead letters per second, recently.
+    pub dead_per_s: f64,
+    /// Failed attempts (retried) per second, recently.
+    pub retries_per_s: f64,
     /// Estimated seconds left (`null` until it can be told).
     pub eta_s: Option<f64>,
+    /// Share of this run's URLs with an outcome (0–1): done and dead over
+    /// those plus the URLs in flight and the unread input's estimated
+    /// share (the same estimate as the ETA's).
+    pub fraction_done: f64,
     /// Share of the input read (0–1).
     pub input_fraction: f64,
     /// Distinct hosts.
@@ -146,6 +181,12 @@ impl Progress {
             log_bytes: AtomicU64::new(0),
             seen: AtomicU64::new(0),
             seen_bytes: AtomicU64::new(0),
+            per_host: Arc::default(),
+            recent: Mutex::new(Recent {
+                at: Instant::now(),
+                marks: [0; 3],
+                per_s: [0.0; 3],
+            }),
             finished_at: Mutex::new(None),
         }
     }
@@ -188,13 +229,27 @@ impl Progress {
         // URLs still to come: those admitted and not finished, plus the
         // unread input's share of what the read part admitted.
         let in_flight = admitted.saturating_sub(finished_now);
+        let [done_per_s, dead_per_s, retries_per_s] =
+            self.recent([done, dead, get(&self.retries)], finished.is_some());
+        let to_come = if fraction > 0.0 {
+            admitted as f64 * (1.0 - fraction) / fraction
+        } else {
+            0.0
+        };
         let eta = if finished.is_some() {
             Some(0.0)
         } else if rate > 0.0 && fraction > 0.0 {
-            let to_come = admitted as f64 * (1.0 - fraction) / fraction;
             Some((in_flight as f64 + to_come) / rate)
         } else {
             None
+        };
+        let left = finished_now as f64 + in_flight as f64 + to_come;
+        let fraction_done = if finished.is_some() {
+            1.0
+        } else if left > 0.0 {
+            (finished_now as f64 / left).min(1.0)
+        } else {
+            0.0
         };
         Status {
             job: self.job.clone(),
@@ -215,7 +270,11 @@ impl Progress {
             downloading: get(&self.downloading),
             bytes: get(&self.bytes),
             urls_per_s: rate,
+            done_per_s,
+            dead_per_s,
+            retries_per_s,
             eta_s: eta,
+            fraction_done,
             input_fraction: fraction,
             hosts: get(&self.hosts),
             detector_calls: get(&self.detector_calls),
@@ -229,13 +288,35 @@ impl Progress {
         }
     }
 
+    /// The recent rates of `counts` (done, dead, retries); zero once
+    /// the run is over.
+    fn recent(&self, counts: [u64; 3], over: bool) -> [f64; 3] {
+        let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if over {
+            return [0.0; 3];
+        }
+        let now = Instant::now();
+        let dt = now.duration_since(r.at).as_secs_f64();
+        if dt >= 1.0 {
+            let w = 1.0 - (-dt / hosts::RATE_WINDOW.as_secs_f64()).exp();
+            let r = &mut *r;
+            for ((count, mark), per_s) in counts.iter().zip(&r.marks).zip(&mut r.per_s) {
+                let now_per_s = count.saturating_sub(*mark) as f64 / dt;
+                *per_s += w * (now_per_s - *per_s);
+            }
+            r.marks = counts;
+            r.at = now;
+        }
+        r.per_s
+    }
+
     /// The figures in Prometheus text format.
     pub fn prometheus(&self) -> String {
         use trawler_common::prom::{family, Kind};
         let s = self.status();
         let job = [("job", s.job.as_str())];
         let mut out = String::new();
-        let figures: [(&str, Kind, &str, f64); 15] = [
+        let figures: [(&str, Kind, &str, f64); 18] = [
             (
                 "trawler_batch_lines_total",
                 Kind::Counter,
@@ -283,6 +364,24 @@ impl Progress {
                 Kind::Gauge,
                 "URLs finished per second since the start.",
                 s.urls_per_s,
+            ),
+            (
+                "trawler_batch_done_per_second",
+                Kind::Gauge,
+                "URLs committed per second, recently (10 s time constant).",
+                s.done_per_s,
+            ),
+            (
+                "trawler_batch_dead_per_second",
+                Kind::Gauge,
+                "Dead letters per second, recently (10 s time constant).",
+                s.dead_per_s,
+            ),
+            (
+                "trawler_batch_retries_per_second",
+                Kind::Gauge,
+                "Failed attempts retried per second, recently (10 s time constant).",
+                s.retries_per_s,
             ),
             (
                 "trawler_batch_eta_seconds",
@@ -339,13 +438,74 @@ impl Progress {
         for (kind, n) in &s.dead_by_kind {
             dead.sample(&[("job", s.job.as_str()), ("kind", kind)], *n);
         }
+        // Per host: the busiest METRICS_HOSTS, and the rest as "other".
+        let top = self.per_host.top(&s.job, METRICS_HOSTS);
+        type Figure = fn(&hosts::HostFigures) -> f64;
+        let per_host: [(&str, Kind, &str, Figure); 7] = [
+            (
+                "trawler_batch_host_urls_total",
+                Kind::Counter,
+                "URLs started, per host (the busiest; the rest as host=\"other\").",
+                |h| h.urls as f64,
+            ),
+            (
+                "trawler_batch_host_done_total",
+                Kind::Counter,
+                "URLs committed, per host.",
+                |h| h.done as f64,
+            ),
+            (
+                "trawler_batch_host_dead_total",
+                Kind::Counter,
+                "Dead letters, per host.",
+                |h| h.dead as f64,
+            ),
+            (
+                "trawler_batch_host_retries_total",
+                Kind::Counter,
+                "Failed attempts retried, per host.",
+                |h| h.retries as f64,
+            ),
+            (
+                "trawler_batch_host_bytes_total",
+                Kind::Counter,
+                "Body bytes downloaded, per host.",
+                |h| h.bytes as f64,
+            ),
+            (
+                "trawler_batch_host_in_flight",
+                Kind::Gauge,
+                "URLs started without an outcome yet, per host.",
+                |h| h.in_flight as f64,
+            ),
+            (
+                "trawler_batch_host_urls_per_second",
+                Kind::Gauge,
+                "URLs finished per second, recently, per host.",
+                |h| h.per_s,
+            ),
+        ];
+        for (name, kind, help, value) in per_host {
+            let mut f = family(&mut out, name, kind, help);
+            for h in top.hosts.iter().chain([&top.rest]) {
+                f.sample(&[("job", s.job.as_str()), ("host", &h.host)], value(h));
+            }
+        }
         out
     }
 }
 
 impl Status {
-    /// The one-line progress figure: `done 12,345 dead 12 dup 600 · 3,400/s · ETA 1m12s`.
+    /// The one-line progress figure: `[#####·····] 50% done 12345 dead 12 … · 3400 URLs/s · … ETA 1m12s`.
     pub fn line(&self) -> String {
+        const WIDTH: usize = 20;
+        let filled = ((self.fraction_done * WIDTH as f64).round() as usize).min(WIDTH);
+        let bar = format!(
+            "[{}{}] {:>3.0}% ",
+            "#".repeat(filled),
+            "·".repeat(WIDTH - filled),
+            self.fraction_done * 100.0
+        );
         let eta = match self.eta_s {
             Some(s) if s.is_finite() => {
                 let s = s.round() as u64;
@@ -354,7 +514,7 @@ impl Status {
             _ => "?".into(),
         };
         format!(
-            "done {} dead {} dup {} retries {} in flight {} · {:.0} URLs/s · {:.1} MB · input {:.0}% · ETA {eta}",
+            "{bar}done {} dead {} dup {} retries {} in flight {} · {:.0} URLs/s · {:.1} MB · input {:.0}% · ETA {eta}",
             self.done,
             self.dead,
             self.duplicates,

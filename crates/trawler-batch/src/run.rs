@@ -55,6 +55,7 @@ use crate::input::{self, InputError, Lines, Manifest};
 use crate::log::{DeadKind, LogError, Record, StateLog};
 use crate::output::{self, OutputError, ResultRow};
 use crate::process::Pool;
+use crate::progress::hosts::HostTicket;
 use crate::progress::{Progress, Status};
 use crate::spec::{BatchJob, DetectorSettings};
 
@@ -167,6 +168,7 @@ impl Ctx {
         kind: DeadKind,
         message: String,
         writer_tx: &mpsc::Sender<ToWriter>,
+        ticket: Option<HostTicket>,
     ) {
         tracing::debug!(url = %item.url, kind = kind.name(), %message, "dead letter");
         let record = Record::Dead {
@@ -179,7 +181,7 @@ impl Ctx {
         };
         if self.cluster.is_some() {
             // Counted and exported with its segment's commit.
-            let _ = writer_tx.send(ToWriter::Dead(record)).await;
+            let _ = writer_tx.send(ToWriter::Dead(record, ticket)).await;
             return;
         }
         let mut t = self.tracker();
@@ -193,13 +195,17 @@ impl Ctx {
             .store(t.log.bytes(), Ordering::Relaxed);
         drop(t);
         self.progress.dead_one(kind);
+        if let Some(t) = ticket {
+            t.dead();
+        }
         if let Err(e) = r {
             self.fail(e);
         }
     }
 
-    fn failed_attempt(&self, item: &Item, attempts: u16) {
+    fn failed_attempt(&self, item: &Item, attempts: u16, ticket: &HostTicket) {
         self.progress.retries.fetch_add(1, Ordering::Relaxed);
+        ticket.retry();
         if self.cluster.is_some() {
             // A segment is redone whole by whoever takes it over: its
             // attempts start again there.
@@ -220,12 +226,15 @@ impl Ctx {
 struct Pending {
     row: ResultRow,
     image: Bytes,
+    ticket: HostTicket,
 }
 
+/// What the writer gets. A row or dead letter carries its URL's place in
+/// the per-host table, counted at its commit.
 enum ToWriter {
-    Row(ResultRow),
+    Row(ResultRow, HostTicket),
     /// A dead letter (cluster mode; the single-node mode logs it at once).
-    Dead(Record),
+    Dead(Record, Option<HostTicket>),
     /// Every URL of `segment` under `claim` was admitted: `urls` of them
     /// (cluster mode).
     Read {
@@ -542,10 +551,14 @@ async fn run_with(
     let json = serde_json::json!({
         "interrupted": interrupted,
         "status": summary.status,
+        "hosts": progress.per_host.top(&progress.job, SUMMARY_HOSTS),
     });
     let _ = std::fs::write(data.join("summary.json"), format!("{json:#}\n"));
     Ok(summary)
 }
+
+/// The busiest hosts written into `summary.json` (the rest in one row).
+const SUMMARY_HOSTS: usize = 100;
 
 /// Locks the data folder (released when the process dies) and checks that
 /// it belongs to this job and this input.
@@ -724,7 +737,14 @@ async fn url_task(
         Ok(t) => t.clone(),
         Err((kind, message)) => {
             return ctx
-                .dead(&item, item.attempts, *kind, message.clone(), &writer_tx)
+                .dead(
+                    &item,
+                    item.attempts,
+                    *kind,
+                    message.clone(),
+                    &writer_tx,
+                    None,
+                )
                 .await
         }
     };
@@ -732,6 +752,7 @@ async fn url_task(
     if new {
         ctx.progress.hosts.fetch_add(1, Ordering::Relaxed);
     }
+    let ticket = ctx.progress.per_host.start(&target.host);
     let http = &ctx.job.http;
     let max = http.max_attempts.min(u32::from(u16::MAX)) as u16;
     let mut attempts = item.attempts;
@@ -744,6 +765,7 @@ async fn url_task(
                     DeadKind::GaveUp,
                     format!("{attempts} attempts made by earlier runs"),
                     &writer_tx,
+                    Some(ticket),
                 )
                 .await;
         }
@@ -759,7 +781,9 @@ async fn url_task(
         match result {
             Ok(d) => break d,
             Err(FetchError::Dead(kind, message)) => {
-                return ctx.dead(&item, attempts, kind, message, &writer_tx).await
+                return ctx
+                    .dead(&item, attempts, kind, message, &writer_tx, Some(ticket))
+                    .await
             }
             Err(FetchError::Retry { message, after }) => {
                 if attempts >= max {
@@ -770,13 +794,14 @@ async fn url_task(
                             DeadKind::GaveUp,
                             format!("{attempts} attempts, the last: {message}"),
                             &writer_tx,
+                            Some(ticket),
                         )
                         .await;
                 }
                 if let Some(after) = after {
                     host.polite.pause_for(after);
                 }
-                ctx.failed_attempt(&item, attempts);
+                ctx.failed_attempt(&item, attempts, &ticket);
                 // Exponential, with a jitter from the fingerprint so that
                 // URLs failing together do not come back together.
                 let base = http.backoff.saturating_mul(1 << (attempts - 1).min(10));
@@ -791,11 +816,19 @@ async fn url_task(
     ctx.progress
         .bytes
         .fetch_add(downloaded.body.len() as u64, Ordering::Relaxed);
+    ticket.bytes(downloaded.body.len() as u64);
     let processed = match ctx.pool.process(downloaded.body.clone()).await {
         Ok(p) => p,
         Err(message) => {
             return ctx
-                .dead(&item, attempts, DeadKind::NotAnImage, message, &writer_tx)
+                .dead(
+                    &item,
+                    attempts,
+                    DeadKind::NotAnImage,
+                    message,
+                    &writer_tx,
+                    Some(ticket),
+                )
                 .await
         }
     };
@@ -816,11 +849,12 @@ async fn url_task(
                 .send(Pending {
                     row,
                     image: downloaded.body,
+                    ticket,
                 })
                 .await;
         }
         None => {
-            let _ = writer_tx.send(ToWriter::Row(row)).await;
+            let _ = writer_tx.send(ToWriter::Row(row, ticket)).await;
         }
     }
 }
@@ -921,7 +955,7 @@ async fn detect(
                 for (p, faces) in batch.into_iter().zip(faces) {
                     let mut row = p.row;
                     row.faces = faces;
-                    if writer_tx.send(ToWriter::Row(row)).await.is_err() {
+                    if writer_tx.send(ToWriter::Row(row, p.ticket)).await.is_err() {
                         return;
                     }
                 }
@@ -954,6 +988,7 @@ async fn detect(
                 settings.max_attempts
             ),
             writer_tx,
+            Some(p.ticket),
         )
         .await;
     }
@@ -982,8 +1017,10 @@ pub fn parse_faces(body: &[u8], n: usize) -> Result<Vec<Vec<[u32; 4]>>, String> 
 fn writer_thread(ctx: &Ctx, mut writer: output::Writer, mut rx: mpsc::Receiver<ToWriter>) {
     let roll_bytes = ctx.job.output.roll_bytes;
     let roll_after = ctx.job.output.roll_after;
-    let mut open: Option<output::OpenFile> = None;
-    let commit = |file: output::OpenFile| -> Result<(), BatchError> {
+    // The open file and its URLs' places in the per-host table.
+    type Open = Option<(output::OpenFile, Vec<HostTicket>)>;
+    let mut open: Open = None;
+    let commit = |(file, tickets): (output::OpenFile, Vec<HostTicket>)| -> Result<(), BatchError> {
         let finished = file.finish()?;
         {
             let mut t = ctx.tracker();
@@ -1006,41 +1043,44 @@ fn writer_thread(ctx: &Ctx, mut writer: output::Writer, mut rx: mpsc::Receiver<T
             .done
             .fetch_add(finished.urls.len() as u64, Ordering::Relaxed);
         ctx.progress.files.fetch_add(1, Ordering::Relaxed);
+        for t in tickets {
+            t.done();
+        }
         Ok(())
     };
-    let mut step =
-        |msg: ToWriter, open: &mut Option<output::OpenFile>| -> Result<bool, BatchError> {
-            match msg {
-                ToWriter::Row(row) => {
-                    if open.is_none() {
-                        *open = Some(writer.open()?);
-                    }
-                    let file = open.as_mut().expect("just opened");
-                    file.push(row)?;
-                    if file.bytes() >= roll_bytes {
-                        commit(open.take().expect("open"))?;
-                    }
+    let mut step = |msg: ToWriter, open: &mut Open| -> Result<bool, BatchError> {
+        match msg {
+            ToWriter::Row(row, ticket) => {
+                if open.is_none() {
+                    *open = Some((writer.open()?, Vec::new()));
                 }
-                // Only the cluster mode's writer gets these.
-                ToWriter::Dead(_) | ToWriter::Read { .. } => {}
-                ToWriter::Tick => {
-                    if open
-                        .as_ref()
-                        .is_some_and(|f| f.opened.elapsed() >= roll_after)
-                    {
-                        commit(open.take().expect("open"))?;
-                    }
-                }
-                ToWriter::Close(reply) => {
-                    if let Some(f) = open.take() {
-                        commit(f)?;
-                    }
-                    let _ = reply.send(());
-                    return Ok(false);
+                let (file, tickets) = open.as_mut().expect("just opened");
+                file.push(row)?;
+                tickets.push(ticket);
+                if file.bytes() >= roll_bytes {
+                    commit(open.take().expect("open"))?;
                 }
             }
-            Ok(true)
-        };
+            // Only the cluster mode's writer gets these.
+            ToWriter::Dead(..) | ToWriter::Read { .. } => {}
+            ToWriter::Tick => {
+                if open
+                    .as_ref()
+                    .is_some_and(|(f, _)| f.opened.elapsed() >= roll_after)
+                {
+                    commit(open.take().expect("open"))?;
+                }
+            }
+            ToWriter::Close(reply) => {
+                if let Some(f) = open.take() {
+                    commit(f)?;
+                }
+                let _ = reply.send(());
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
     let started = Instant::now();
     while let Some(msg) = rx.blocking_recv() {
         match step(msg, &mut open) {

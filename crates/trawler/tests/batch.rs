@@ -549,3 +549,169 @@ fn a_cluster_node_over_another_input_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another input"), "{err}");
 }
+
+/// The host of a URL of the generated lists (`http://HOST/…`).
+fn host_of(url: &str) -> &str {
+    url.split('/').nth(2).unwrap_or("")
+}
+
+/// Per-host figures: more hosts (1,500) than the table's bound (1,000),
+/// checked while the crawl runs (the API, its 4xx answers, `/metrics`)
+/// and at its end (`summary.json`) against the results, the dead letters
+/// and the requests the simulator saw.
+#[test]
+fn per_host_figures_match_the_results_and_the_simulator_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.txt.gz");
+    let lines = gen(
+        &list,
+        3_000,
+        &[
+            "--hosts",
+            "1500",
+            "--down-hosts",
+            "3",
+            "--duplicates",
+            "0.05",
+            "--bad",
+            "0.01",
+            "--faults",
+            "0.08",
+        ],
+    );
+    let expect = expected(&lines, 3, 2);
+    let (_sim, sim) = start_sim("50ms");
+    let data = dir.path().join("data");
+    let (l, d, s, det) = (
+        list.display().to_string(),
+        data.display().to_string(),
+        sim.to_string(),
+        format!("http://{sim}/detect"),
+    );
+    let mut args = crawl_args(&l, &d, &s, &det);
+    // Retries of the down hosts 5 s apart: the crawl lasts long enough for
+    // the checks below while it runs.
+    let at = args.iter().position(|a| *a == "--backoff").unwrap();
+    args[at + 1] = "5s";
+    let crawl = Proc::start(&args);
+    let api = addr_of(&crawl.wait_line("listening on ", MINUTE));
+
+    let hosts = get(api, "/api/v1/batch/batch/hosts?limit=1000");
+    assert!(hosts["tracked"].as_u64().unwrap() <= 1000, "{hosts}");
+    assert_eq!(hosts["capacity"], 1000, "{hosts}");
+    assert!(hosts["hosts"].as_array().unwrap().len() <= 1000);
+    let default = get(api, "/api/v1/batch/batch/hosts");
+    assert!(
+        default["hosts"].as_array().unwrap().len() <= 20,
+        "{default}"
+    );
+    assert_eq!(default["rest"]["host"], "other", "{default}");
+    for (path, status, code) in [
+        ("/api/v1/batch/batch/hosts?limit=0", 400, "bad_limit"),
+        ("/api/v1/batch/batch/hosts?limit=1001", 400, "bad_limit"),
+        ("/api/v1/batch/batch/hosts?limit=many", 400, "bad_limit"),
+        ("/api/v1/batch/batch/hosts?top=3", 400, "bad_query"),
+        ("/api/v1/batch/nope/hosts", 404, "not_found"),
+        ("/api/v1/batch/batch/nope", 404, "no_route"),
+    ] {
+        let r = http(api, "GET", path, None);
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], code, "{path}: {}", r.body);
+    }
+    let st = get(api, "/api/v1/batch/batch");
+    for figure in ["done_per_s", "dead_per_s", "retries_per_s", "fraction_done"] {
+        assert!(st[figure].is_number(), "{figure}: {st}");
+    }
+    let metrics = http(api, "GET", "/metrics", None).body;
+    let host_lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("trawler_batch_host_urls_total{"))
+        .collect();
+    assert!(
+        !host_lines.is_empty() && host_lines.len() <= 21,
+        "{host_lines:?}"
+    );
+    assert!(
+        host_lines.iter().any(|l| l.contains("host=\"other\"")),
+        "{host_lines:?}"
+    );
+    for name in [
+        "trawler_batch_done_per_second",
+        "trawler_batch_host_done_total{",
+        "trawler_batch_host_in_flight{",
+        "trawler_batch_host_urls_per_second{",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    let summary = crawl.wait_line("batch: ", 3 * MINUTE);
+    assert!(summary.starts_with("state=finished"), "{summary}");
+    check_outcomes(&data, &expect);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("summary.json")).unwrap()).unwrap();
+    let (status, hosts) = (&json["status"], &json["hosts"]);
+    assert!(hosts["tracked"].as_u64().unwrap() <= 1000, "{hosts}");
+    // Rows and the rest add up to the totals.
+    let rows: Vec<&serde_json::Value> = hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain([&hosts["rest"]])
+        .collect();
+    let total = |k: &str| rows.iter().map(|h| h[k].as_u64().unwrap()).sum::<u64>();
+    let invalid = expect.values().filter(|k| *k == "invalid_url").count() as u64;
+    assert_eq!(total("done"), status["done"].as_u64().unwrap());
+    assert_eq!(total("dead"), status["dead"].as_u64().unwrap() - invalid);
+    assert_eq!(total("retries"), status["retries"].as_u64().unwrap());
+    assert_eq!(total("bytes"), status["bytes"].as_u64().unwrap());
+    assert_eq!(total("in_flight"), 0);
+    assert_eq!(total("urls"), total("done") + total("dead"));
+
+    // Each host counted from its first URL: as many done as it has rows in
+    // the results, dead as in the dead letters, and as many requests as the
+    // simulator answered it (one per attempt, one more per redirect).
+    let done = results(&data);
+    let mut done_of: HashMap<&str, u64> = HashMap::new();
+    for url in &done {
+        *done_of.entry(host_of(url)).or_default() += 1;
+    }
+    let dead = dead_letters(&data);
+    let mut dead_of: HashMap<&str, u64> = HashMap::new();
+    for (url, kind) in &dead {
+        if kind != "invalid_url" {
+            *dead_of.entry(host_of(url)).or_default() += 1;
+        }
+    }
+    let (mut moved_of, mut looped): (HashMap<&str, u64>, HashSet<&str>) = Default::default();
+    for url in expect.keys() {
+        match url.split('/').nth(3) {
+            Some("moved") => *moved_of.entry(host_of(url)).or_default() += 1,
+            Some("loop") => {
+                looped.insert(host_of(url));
+            }
+            _ => {}
+        }
+    }
+    let served = get(sim, "/_sim/images/stats");
+    let mut compared = 0;
+    for h in hosts["hosts"].as_array().unwrap() {
+        if h["complete"] != true {
+            continue;
+        }
+        let name = h["host"].as_str().unwrap();
+        let n = |k: &str| h[k].as_u64().unwrap();
+        assert_eq!(n("done"), done_of.get(name).copied().unwrap_or(0), "{h}");
+        assert_eq!(n("dead"), dead_of.get(name).copied().unwrap_or(0), "{h}");
+        if !looped.contains(name) {
+            let requests = served["hosts"][name]["requests"].as_u64().unwrap();
+            let moved = moved_of.get(name).copied().unwrap_or(0);
+            assert_eq!(requests, n("urls") + n("retries") + moved, "{name}: {h}");
+        }
+        compared += 1;
+    }
+    assert!(
+        compared >= 50,
+        "only {compared} hosts with every URL counted"
+    );
+}

@@ -266,6 +266,63 @@ fn the_top_n_dashboard_shows_the_hottest_lists_and_pushed_changes_in_a_real_brow
     drop(run);
 }
 
+/// The batch job's page (`trawler crawl` over the image simulator, slow
+/// hosts one request at a time, so it runs for a minute): the browser
+/// checks that the figures are the API's, that done, the bar and the rate
+/// move without a reload, the busiest hosts and the dead-letter kinds.
+#[test]
+fn the_batch_dashboard_shows_progress_rates_and_hosts_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.txt.gz");
+    let out = Command::new(env!("CARGO_BIN_EXE_trawler"))
+        .args(["gen", "urls", "--count", "3000", "--hosts", "2"])
+        .args(["--slow-hosts", "10", "--faults", "0.05", "--bad", "0.01"])
+        .arg("--out")
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sim = Proc::start(&["sim", "images", "--listen", "127.0.0.1:0"]);
+    let sim = common::addr_of(&sim.wait_line("listening on ", Duration::from_secs(60)));
+    let (sim_addr, detector) = (sim.to_string(), format!("http://{sim}/detect"));
+    let data = dir.path().join("data");
+    let crawl = Proc::start(&[
+        "crawl",
+        "--urls",
+        list.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--connect-to",
+        &sim_addr,
+        "--detector",
+        &detector,
+        "--per-host",
+        "1",
+        "--backoff",
+        "100ms",
+        "--roll-after",
+        "500ms",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let api = crawl.wait_line("listening on ", Duration::from_secs(60));
+    let seen = run_script(
+        "batch.mjs",
+        &[&api, "batch"],
+        &["batch.png".to_owned(), "batch-phone.png".to_owned()],
+    );
+    assert_eq!(seen["job"], "batch", "{seen}");
+    assert!(seen["moved"].as_u64() > seen["done"].as_u64(), "{seen}");
+    assert!(seen["donePerS"].as_f64() > Some(0.0), "{seen}");
+    assert!(seen["hosts"].as_u64() >= Some(2), "{seen}");
+    assert!(!seen["deadKinds"].as_array().unwrap().is_empty(), "{seen}");
+    drop(crawl);
+}
+
 /// Playwright's `waitForFunction` takes the Promise an async predicate
 /// returns as true at once, so such a wait never waits: it once let the
 /// dashboard check open an account before it had a stored point (an empty

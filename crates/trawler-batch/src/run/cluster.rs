@@ -49,6 +49,7 @@ use crate::frontier::{Admit, Decide, Decision, Earlier, FpSet, Frontier};
 use crate::input::Lines;
 use crate::log::Record;
 use crate::output::{self, OpenFile, OutputError};
+use crate::progress::hosts::HostTicket;
 
 /// Segments a node works on at once: the next one starts while the last
 /// URLs of the one before (slow hosts, retries) finish.
@@ -283,6 +284,10 @@ struct Open {
     claim: u64,
     file: Option<OpenFile>,
     dead: Vec<Record>,
+    /// The places of its URLs with an outcome in the per-host table
+    /// (counted at the commit; released when the segment is dropped).
+    rows: Vec<HostTicket>,
+    dead_hosts: Vec<HostTicket>,
     /// URLs with an outcome (a late outcome of an earlier claim counts
     /// once, like the current claim's).
     outcomes: FpSet,
@@ -360,6 +365,8 @@ fn current<'a>(
         claim,
         file: None,
         dead: Vec::new(),
+        rows: Vec::new(),
+        dead_hosts: Vec::new(),
         outcomes: FpSet::default(),
         expected: None,
     }))
@@ -375,7 +382,7 @@ fn step(
 ) -> Result<Option<oneshot::Sender<()>>, BatchError> {
     let leases = &c.leases;
     let segment = match msg {
-        ToWriter::Row(row) => {
+        ToWriter::Row(row, ticket) => {
             let segment = row.segment;
             if let Some(o) = current(leases, open, segment) {
                 if o.outcomes.insert(row.fp) {
@@ -384,17 +391,19 @@ fn step(
                         o.file = Some(writer.open_at(segment, tmp)?);
                     }
                     o.file.as_mut().expect("just opened").push(row)?;
+                    o.rows.push(ticket);
                 }
             }
             segment
         }
-        ToWriter::Dead(record) => {
+        ToWriter::Dead(record, ticket) => {
             let Record::Dead { segment, fp, .. } = record else {
                 return Ok(None);
             };
             if let Some(o) = current(leases, open, segment) {
                 if o.outcomes.insert(fp) {
                     o.dead.push(record);
+                    o.dead_hosts.extend(ticket);
                 }
             }
             segment
@@ -499,6 +508,12 @@ fn commit(
         if let Record::Dead { kind, .. } = r {
             p.dead_one(*kind);
         }
+    }
+    for t in o.rows {
+        t.done();
+    }
+    for t in o.dead_hosts {
+        t.dead();
     }
     p.files.fetch_add(1, Ordering::Relaxed);
     p.segments_done.fetch_add(1, Ordering::Relaxed);

@@ -1,5 +1,14 @@
 //! `trawler crawl`: a batch job (`trawler_batch`) from flags or a job file,
-//! with its progress on stderr, `/metrics` and `GET /api/v1/batch/{job}`.
+//! with its progress on stderr, `/metrics`, the JSON API and the dashboard
+//! page:
+//!
+//! * `GET /api/v1/batch` — the job this process runs;
+//! * `GET /api/v1/batch/{job}` — its figures (`trawler_batch::Status`);
+//! * `GET /api/v1/batch/{job}/hosts?limit=N` — the `N` busiest hosts
+//!   (default 20, at most the table's bound) and the rest in one row
+//!   (`trawler_batch::progress::hosts::HostsAnswer`);
+//! * `/` — the dashboard page (`trawler_api::batch_dashboard`), which reads
+//!   the two above every second.
 //!
 //! Without `--urls` or a job file's list, and with `--sim`, the built-in
 //! image simulator starts on a loopback port and the job crawls it: every
@@ -14,11 +23,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, StatusCode};
+use std::collections::HashMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use trawler_api::ApiError;
+use trawler_batch::progress::hosts::TABLE_HOSTS;
 use trawler_batch::spec::DetectorSection;
 use trawler_batch::{BatchJobConfig, Progress};
 use trawler_sim::images::{ImagesConfig, UrlMix};
@@ -280,7 +294,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .route("/metrics", get(metrics))
             .route("/api/v1/batch", get(list))
             .route("/api/v1/batch/{job}", get(status))
-            .with_state(progress.clone());
+            .route("/api/v1/batch/{job}/hosts", get(hosts))
+            .fallback(|| async { ApiError::not_found("no_route", "no such route") })
+            .with_state(progress.clone())
+            .merge(trawler_api::batch_dashboard(&job.name));
         let mut api_stop = shutdown.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -385,13 +402,52 @@ async fn list(State(p): State<Arc<Progress>>) -> Response {
     axum::Json(serde_json::json!({ "jobs": [p.job] })).into_response()
 }
 
-async fn status(State(p): State<Arc<Progress>>, UrlPath(job): UrlPath<String>) -> Response {
+fn known(p: &Progress, job: &str) -> Result<(), ApiError> {
     if job != p.job {
-        return (
-            StatusCode::NOT_FOUND,
-            axum::Json(serde_json::json!({"error": {"code": "not_found", "message": format!("no batch job {job:?}; this process runs {:?}", p.job)}})),
-        )
-            .into_response();
+        return Err(ApiError::not_found(
+            "not_found",
+            format!("no batch job {job:?}; this process runs {:?}", p.job),
+        ));
     }
-    axum::Json(p.status()).into_response()
+    Ok(())
+}
+
+async fn status(
+    State(p): State<Arc<Progress>>,
+    UrlPath(job): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    known(&p, &job)?;
+    Ok(axum::Json(p.status()).into_response())
+}
+
+/// Hosts listed when no `limit` is given.
+const DEFAULT_HOSTS: usize = 20;
+
+async fn hosts(
+    State(p): State<Arc<Progress>>,
+    UrlPath(job): UrlPath<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    known(&p, &job)?;
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request("bad_query", format!("malformed query: {e}")))?;
+    if let Some(other) = query.keys().find(|k| *k != "limit") {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("unknown parameter {other:?}: the only one is limit"),
+        ));
+    }
+    let limit = match query.get("limit") {
+        None => DEFAULT_HOSTS,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=TABLE_HOSTS).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad_limit",
+                    format!("limit={v:?}: a whole number from 1 to {TABLE_HOSTS}"),
+                ))
+            }
+        },
+    };
+    Ok(axum::Json(p.per_host.top(&p.job, limit)).into_response())
 }
