@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper::Uri;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 
 /// A batch job file as written.
@@ -134,6 +136,11 @@ pub struct HttpSection {
     /// URL's host in the `Host` header (the image simulator's hosts).
     #[serde(default)]
     pub connect_to: Option<String>,
+    /// A PEM file of CA certificates trusted for `https` besides the
+    /// built-in (Mozilla's) roots: private hosts, test servers. Relative to
+    /// the job file.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn d_in_flight() -> usize {
@@ -170,6 +177,7 @@ impl Default for HttpSection {
             max_attempts: d_attempts(),
             backoff: d_backoff(),
             connect_to: None,
+            ca_file: None,
         }
     }
 }
@@ -374,6 +382,8 @@ pub struct HttpSettings {
     pub backoff: Duration,
     /// See [`HttpSection::connect_to`].
     pub connect_to: Option<SocketAddr>,
+    /// The certificates of [`HttpSection::ca_file`], read and checked.
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 /// `[process]`, checked.
@@ -411,6 +421,31 @@ pub struct OutputSettings {
     pub roll_bytes: u64,
     /// See [`OutputSection::roll_after`].
     pub roll_after: Duration,
+}
+
+/// The CA certificates of a PEM file, each checked to be usable as a
+/// trust anchor.
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no CERTIFICATE block (a PEM file like ca.pem is expected)",
+            path.display()
+        ));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &certs {
+        store.add(cert.clone()).map_err(|e| {
+            format!(
+                "{}: a certificate is not usable as a CA: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(certs)
 }
 
 /// Parses `4MiB`, `512KiB`, `64MB`, `1GiB` or a plain number of bytes.
@@ -476,6 +511,16 @@ impl BatchJobConfig {
         }
     }
 
+    /// A path of the job file, relative to its folder.
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
     /// Checks every value.
     pub fn build(&self) -> Result<BatchJob, SpecError> {
         let bad = |key: &str, message: String| SpecError::Invalid {
@@ -512,19 +557,7 @@ impl BatchJobConfig {
                 "no URL list: give files or folders (or --urls on the command line)".into(),
             ));
         }
-        let inputs = self
-            .input
-            .urls
-            .iter()
-            .map(|u| {
-                let p = Path::new(u);
-                if p.is_absolute() {
-                    p.to_owned()
-                } else {
-                    self.base.join(p)
-                }
-            })
-            .collect();
+        let inputs = self.input.urls.iter().map(|u| self.resolve(u)).collect();
         let format = match self.input.format.as_str() {
             "auto" => InputFormat::Auto,
             "text" => InputFormat::Text,
@@ -566,6 +599,10 @@ impl BatchJobConfig {
                 )
             })?),
         };
+        let extra_roots = match &h.ca_file {
+            None => Vec::new(),
+            Some(f) => read_ca_file(&self.resolve(f)).map_err(|m| bad("http.ca_file", m))?,
+        };
         let http = HttpSettings {
             max_in_flight: h.max_in_flight,
             per_host_in_flight: h.per_host_in_flight,
@@ -576,6 +613,7 @@ impl BatchJobConfig {
             max_attempts: h.max_attempts,
             backoff: duration("http.backoff", &h.backoff)?,
             connect_to,
+            extra_roots,
         };
         let p = &self.process;
         if !(8..=1024).contains(&p.thumbnail) {
@@ -674,6 +712,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("t.toml:") && e.contains("inptu"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = |ca: &str| {
+            let text = format!("[job]\nname = \"x\"\nkind = \"batch\"\n[input]\nurls = [\"u\"]\n[http]\nca_file = \"{ca}\"\n");
+            BatchJobConfig::parse(&text, "t.toml", dir.path())
+                .unwrap()
+                .build()
+        };
+        let e = job("nope.pem").unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml: http.ca_file: ") && e.contains("nope.pem"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("empty.pem"), "not pem\n").unwrap();
+        let e = job("empty.pem").unwrap_err().to_string();
+        assert!(e.contains("no CERTIFICATE block"), "{e}");
+        let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("../trawler/tests/fixtures/tls/ca.pem");
+        let built = job(&ca.display().to_string()).unwrap();
+        assert_eq!(built.http.extra_roots.len(), 1);
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct Args {
     /// URL's host), e.g. a `trawler sim images` on 127.0.0.1:3100.
     #[arg(long)]
     pub connect_to: Option<SocketAddr>,
+    /// A PEM file of CA certificates trusted for `https://` URLs besides
+    /// the built-in roots (private hosts, a test server).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
     /// The batch detector's URL (`http://127.0.0.1:3100/detect`).
     #[arg(long, conflicts_with = "no_detector")]
     pub detector: Option<String>,
@@ -186,6 +190,11 @@ fn resolve(args: &Args) -> anyhow::Result<(BatchJobConfig, bool)> {
     }
     if let Some(a) = args.connect_to {
         h.connect_to = Some(a.to_string());
+    }
+    if let Some(f) = &args.ca_file {
+        // Relative to the working directory, not to a job file.
+        let f = std::path::absolute(f).with_context(|| format!("--ca-file {}", f.display()))?;
+        h.ca_file = Some(f.display().to_string());
     }
     if let Some(v) = args.segment_urls {
         config.input.segment_urls = v;
