@@ -37,6 +37,9 @@ pub struct BatchJobConfig {
     /// `[output]`: the Parquet files.
     #[serde(default)]
     pub output: OutputSection,
+    /// `[s3]`: the S3-compatible server of `s3://` lists and output.
+    #[serde(default)]
+    pub s3: S3Section,
     /// Where the config came from, for messages.
     #[serde(skip)]
     pub source: String,
@@ -267,6 +270,17 @@ impl DetectorSection {
     }
 }
 
+/// `[s3]`. Credentials and region come from the AWS environment
+/// variables, never from the job file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    /// An S3-compatible server (`http://127.0.0.1:9000`; http allowed);
+    /// absent: AWS (or `AWS_ENDPOINT`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
 /// `[output]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +291,10 @@ pub struct OutputSection {
     /// …or this long after its first row, whichever comes first.
     #[serde(default = "d_roll_after")]
     pub roll_after: String,
+    /// `s3://bucket/prefix`: every committed results file is uploaded
+    /// there (`results/…`), and the dead letters and summary at the end.
+    #[serde(default)]
+    pub remote: Option<String>,
 }
 
 fn d_roll_bytes() -> String {
@@ -291,6 +309,7 @@ impl Default for OutputSection {
         Self {
             roll_bytes: d_roll_bytes(),
             roll_after: d_roll_after(),
+            remote: None,
         }
     }
 }
@@ -332,8 +351,10 @@ pub enum SpecError {
 pub struct BatchJob {
     /// The job's name.
     pub name: String,
-    /// Input files and folders, resolved.
-    pub inputs: Vec<PathBuf>,
+    /// Input files, folders and S3 prefixes, resolved.
+    pub inputs: Vec<Input>,
+    /// The endpoint of `s3://` locations (see [`S3Section::endpoint`]).
+    pub s3_endpoint: Option<String>,
     /// How lines are read.
     pub format: InputFormat,
     /// The NDJSON member holding the URL.
@@ -348,6 +369,15 @@ pub struct BatchJob {
     pub detector: Option<DetectorSettings>,
     /// Output files.
     pub output: OutputSettings,
+}
+
+/// One entry of `[input] urls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A file or folder.
+    Local(PathBuf),
+    /// `s3://bucket/prefix`: the objects under it, in key order.
+    S3(String),
 }
 
 /// How a line of input is read.
@@ -421,6 +451,8 @@ pub struct OutputSettings {
     pub roll_bytes: u64,
     /// See [`OutputSection::roll_after`].
     pub roll_after: Duration,
+    /// See [`OutputSection::remote`].
+    pub remote: Option<String>,
 }
 
 /// The CA certificates of a PEM file, each checked to be usable as a
@@ -557,7 +589,30 @@ impl BatchJobConfig {
                 "no URL list: give files or folders (or --urls on the command line)".into(),
             ));
         }
-        let inputs = self.input.urls.iter().map(|u| self.resolve(u)).collect();
+        let s3_endpoint = self.s3.endpoint.clone();
+        let s3 = |key: &str, url: &str| {
+            crate::remote::Remote::new(url, s3_endpoint.as_deref())
+                .map(|_| ())
+                .map_err(|e| bad(key, e.to_string()))
+        };
+        let mut inputs = Vec::new();
+        for u in &self.input.urls {
+            if crate::remote::is_s3(u) {
+                s3("input.urls", u)?;
+                inputs.push(Input::S3(u.clone()));
+            } else {
+                inputs.push(Input::Local(self.resolve(u)));
+            }
+        }
+        if let Some(r) = &self.output.remote {
+            if !crate::remote::is_s3(r) {
+                return Err(bad(
+                    "output.remote",
+                    format!("{r:?}: an s3://bucket/prefix URL"),
+                ));
+            }
+            s3("output.remote", r)?;
+        }
         let format = match self.input.format.as_str() {
             "auto" => InputFormat::Auto,
             "text" => InputFormat::Text,
@@ -657,10 +712,12 @@ impl BatchJobConfig {
             roll_bytes: parse_size(&self.output.roll_bytes)
                 .map_err(|m| bad("output.roll_bytes", m))?,
             roll_after: duration("output.roll_after", &self.output.roll_after)?,
+            remote: self.output.remote.clone(),
         };
         Ok(BatchJob {
             name: name.clone(),
             inputs,
+            s3_endpoint,
             format,
             field: self.input.field.clone(),
             segment_urls: self.input.segment_urls,
@@ -688,7 +745,7 @@ mod tests {
     fn a_minimal_job_builds_with_defaults() {
         let job = build("[job]\nname = \"img\"\nkind = \"batch\"\n[input]\nurls = [\"u.txt\"]\n")
             .unwrap();
-        assert_eq!(job.inputs, vec![PathBuf::from("/jobs/u.txt")]);
+        assert_eq!(job.inputs, vec![Input::Local(PathBuf::from("/jobs/u.txt"))]);
         assert_eq!(job.http.max_body, 4 << 20);
         assert_eq!(job.http.per_host_in_flight, 8);
         assert!(job.detector.is_none());
@@ -741,7 +798,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../jobs/images.toml");
         let job = BatchJobConfig::load(&path).unwrap().build().unwrap();
         assert_eq!(job.name, "images");
-        assert!(job.inputs[0].ends_with("urls.txt.gz"));
+        assert!(matches!(&job.inputs[0], Input::Local(p) if p.ends_with("urls.txt.gz")));
         assert_eq!(job.detector.unwrap().batch, 64);
     }
 

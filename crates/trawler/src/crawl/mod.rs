@@ -35,7 +35,8 @@ use crate::cli::mockstagram::{parse_duration, shutdown_signal};
 /// stdout.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// URL lists: files or folders (plain text or NDJSON, gzip or not).
+    /// URL lists: files, folders or `s3://bucket/prefix` (every object
+    /// under it, in key order), plain text or NDJSON, gzip or not.
     #[arg(long)]
     pub urls: Vec<PathBuf>,
     /// A batch job file (`[job] kind = "batch"`, see jobs/images.toml);
@@ -104,11 +105,18 @@ pub struct Args {
     /// and leases segments of it; needs --output.
     #[arg(long, help_heading = "Cluster mode", requires = "output")]
     pub cluster: Option<String>,
-    /// The output folder every node of the cluster shares
+    /// Where results go besides --data: `s3://bucket/prefix` (each
+    /// committed results file uploaded to `results/`, then `dead.ndjson`
+    /// and `summary.json`). In cluster mode: the folder every node shares
     /// (`results/seg-*.parquet`, `dead/seg-*.ndjson`); --data keeps only
     /// this node's lock and summary.
-    #[arg(long, help_heading = "Cluster mode", requires = "cluster")]
-    pub output: Option<PathBuf>,
+    #[arg(long)]
+    pub output: Option<String>,
+    /// The S3-compatible server of `s3://` lists and output (e.g.
+    /// `http://127.0.0.1:9000`; http is allowed). Credentials and region:
+    /// the AWS environment variables.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
     /// This node's name in the cluster (default: host name and pid).
     #[arg(long, help_heading = "Cluster mode", requires = "cluster")]
     pub node_id: Option<String>,
@@ -141,7 +149,10 @@ fn cluster_run(args: &Args) -> anyhow::Result<Option<trawler_batch::ClusterRun>>
             std::process::id()
         )
     });
-    let run = trawler_batch::ClusterRun::new(servers, node_id, args.lease_ttl, output.clone())
+    if trawler_batch::remote::is_s3(output) {
+        bail!("--output {output}: cluster mode writes into a shared folder; S3 output is for one node (not built for --cluster yet)");
+    }
+    let run = trawler_batch::ClusterRun::new(servers, node_id, args.lease_ttl, output.into())
         .map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
     Ok(Some(run))
 }
@@ -201,6 +212,18 @@ fn resolve(args: &Args) -> anyhow::Result<(BatchJobConfig, bool)> {
     }
     if let Some(v) = &args.roll_after {
         config.output.roll_after = v.clone();
+    }
+    if let Some(e) = &args.s3_endpoint {
+        config.s3.endpoint = Some(e.clone());
+    }
+    match (&args.output, &args.cluster) {
+        (Some(o), None) if trawler_batch::remote::is_s3(o) => {
+            config.output.remote = Some(o.clone())
+        }
+        (Some(o), None) => bail!(
+            "--output {o}: a folder output is for --cluster; one node writes its results into --data (or give --output s3://bucket/prefix)"
+        ),
+        _ => {}
     }
     if let Some(d) = &args.detector {
         config.detector = Some(match config.detector.take() {
