@@ -320,7 +320,14 @@ async fn run_with(
                 Manifest::of(&files)?.0,
                 job.segment_urls
             );
-            let shared = cluster::Shared::join(c, &job.name, &identity, files.clone()).await?;
+            let shared = cluster::Shared::join(
+                c,
+                &job.name,
+                &identity,
+                files.clone(),
+                job.s3_endpoint.as_deref(),
+            )
+            .await?;
             let results_dir = shared.results.clone();
             (None, Some(shared), results_dir, 0)
         }

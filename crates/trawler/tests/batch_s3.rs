@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{addr_of, free_port, http, spawn, wait_port, Proc};
+use common::{addr_of, free_port, http, program, spawn, wait_port, Proc};
 use trawler_batch::remote::Remote;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -141,31 +141,93 @@ fn an_s3_list_crawled_into_s3_gives_each_url_once() {
     );
 
     // Read every results object back from S3.
-    let back = dir.path().join("back");
-    std::fs::create_dir_all(back.join("results")).unwrap();
-    let dead = runtime.block_on(async {
-        let outp = bucket("out");
-        let objects = outp.list("results").await.unwrap();
-        assert!(objects.len() >= 2, "{objects:?}");
-        for (name, _) in &objects {
-            let bytes = outp.get(name).await.unwrap();
-            std::fs::write(back.join(name), &bytes).unwrap();
+    let read_back = |prefix: &str| -> HashSet<String> {
+        let back = dir.path().join("back").join(prefix);
+        std::fs::create_dir_all(back.join("results")).unwrap();
+        runtime.block_on(async {
+            let out = bucket(prefix);
+            let objects = out.list("results").await.unwrap();
+            assert!(objects.len() >= 2, "{objects:?}");
+            for (name, _) in &objects {
+                let bytes = out.get(name).await.unwrap();
+                std::fs::write(back.join(name), &bytes).unwrap();
+            }
+        });
+        let mut done: HashMap<String, usize> = HashMap::new();
+        for (fp, url) in trawler_batch::output::read_keys(&back.join("results")).unwrap() {
+            assert_eq!(fp, trawler_batch::input::fingerprint(&url));
+            *done.entry(url).or_default() += 1;
         }
-        assert!(outp.exists("summary.json").await.unwrap());
-        outp.get("dead.ndjson").await.unwrap()
-    });
-    let mut done: HashMap<String, usize> = HashMap::new();
-    for (fp, url) in trawler_batch::output::read_keys(&back.join("results")).unwrap() {
-        assert_eq!(fp, trawler_batch::input::fingerprint(&url));
-        *done.entry(url).or_default() += 1;
-    }
-    let twice: Vec<_> = done.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "in the results more than once: {twice:?}");
-    assert!(dead.is_empty(), "{}", String::from_utf8_lossy(&dead));
-    let done: HashSet<String> = done.into_keys().collect();
+        let twice: Vec<_> = done.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "in the results more than once: {twice:?}");
+        done.into_keys().collect()
+    };
     assert_eq!(
-        done, distinct,
+        read_back("out"),
+        distinct,
         "the results are not the distinct URLs of the list"
     );
     assert!(lines.len() > distinct.len(), "the list has duplicates");
+    let dead = runtime.block_on(async {
+        let out = bucket("out");
+        assert!(out.exists("summary.json").await.unwrap());
+        out.get("dead.ndjson").await.unwrap()
+    });
+    assert!(dead.is_empty(), "{}", String::from_utf8_lossy(&dead));
+
+    // Cluster mode: two nodes share the same S3 list through NATS; each
+    // segment is committed with one PUT per file into the bucket.
+    let nats_port = free_port();
+    let _nats = spawn(
+        &program("nats-server"),
+        &[
+            "-js".to_owned(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            nats_port.to_string(),
+            "-sd".into(),
+            dir.path().join("nats").display().to_string(),
+        ],
+        &dir.path().join("nats.log"),
+    );
+    wait_port(nats_port, "nats-server");
+    let nats = format!("nats://127.0.0.1:{nats_port}");
+    let node = |n: usize| {
+        Command::new(env!("CARGO_BIN_EXE_trawler"))
+            .args([
+                "crawl",
+                "--urls",
+                "s3://images/lists",
+                "--output",
+                "s3://images/cluster",
+            ])
+            .args(["--s3-endpoint", &endpoint, "--cluster", &nats])
+            .args(["--node-id", &format!("node-{n}"), "--lease-ttl", "2s"])
+            .arg("--data")
+            .arg(dir.path().join(format!("node-{n}")))
+            .args(["--connect-to", &sim.to_string()])
+            .args(["--detector", &format!("http://{sim}/detect")])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--roll-after",
+                "200ms",
+                "--segment-urls",
+                "100",
+            ])
+            .envs(ENV)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let nodes = [node(1), node(2)];
+    for child in nodes {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("trawler-test-secret"), "{stderr}");
+    }
+    assert_eq!(read_back("cluster"), distinct);
 }

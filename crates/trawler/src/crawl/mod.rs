@@ -107,9 +107,9 @@ pub struct Args {
     pub cluster: Option<String>,
     /// Where results go besides --data: `s3://bucket/prefix` (each
     /// committed results file uploaded to `results/`, then `dead.ndjson`
-    /// and `summary.json`). In cluster mode: the folder every node shares
-    /// (`results/seg-*.parquet`, `dead/seg-*.ndjson`); --data keeps only
-    /// this node's lock and summary.
+    /// and `summary.json`). In cluster mode: the folder or `s3://` prefix
+    /// every node shares (`results/seg-*.parquet`, `dead/seg-*.ndjson`);
+    /// --data keeps only this node's lock, summary and temporary files.
     #[arg(long)]
     pub output: Option<String>,
     /// The S3-compatible server of `s3://` lists and output (e.g.
@@ -149,11 +149,19 @@ fn cluster_run(args: &Args) -> anyhow::Result<Option<trawler_batch::ClusterRun>>
             std::process::id()
         )
     });
-    if trawler_batch::remote::is_s3(output) {
-        bail!("--output {output}: cluster mode writes into a shared folder; S3 output is for one node (not built for --cluster yet)");
-    }
-    let run = trawler_batch::ClusterRun::new(servers, node_id, args.lease_ttl, output.into())
+    // On S3 the shared output is the bucket; the segments' temporary
+    // files stay in this node's data folder.
+    let s3 = trawler_batch::remote::is_s3(output);
+    let folder = if s3 {
+        args.data.join("segments")
+    } else {
+        PathBuf::from(output)
+    };
+    let mut run = trawler_batch::ClusterRun::new(servers, node_id, args.lease_ttl, folder)
         .map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+    if s3 {
+        run.remote = Some(output.clone());
+    }
     Ok(Some(run))
 }
 
