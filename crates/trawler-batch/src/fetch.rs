@@ -10,10 +10,16 @@
 //! * **Connect-to**: with `connect_to`, every connection goes to that
 //!   address while the request keeps its URL's host in `Host` — how the
 //!   image simulator's virtual hosts are reached.
-//! * **What may pass**: a timeout, a connection refused or reset, a `5xx`,
-//!   `408` or `429`. **What will not**: any other `4xx`, too many redirects,
-//!   a body over `max_body` (told by `Content-Length` before reading, or
-//!   while reading).
+//! * **https** ([`ConnectTo`]): rustls (ring) over the same TCP
+//!   connections, trusting Mozilla's roots (`webpki-roots`) and the CA
+//!   certificates of `http.ca_file`; the handshake names the URL's host,
+//!   also under connect-to.
+//! * **What may pass**: a timeout (the handshake's too), a connection
+//!   refused or reset, a `5xx`, `408` or `429`. **What will not**: any other
+//!   `4xx`, too many redirects, a body over `max_body` (told by
+//!   `Content-Length` before reading, or while reading), a TLS handshake
+//!   that rustls refused (an untrusted, expired or misnamed certificate, a
+//!   peer that does not speak TLS).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,35 +33,110 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{CONTENT_LENGTH, LOCATION, RETRY_AFTER, USER_AGENT};
 use hyper::{Request, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsConnector;
 use trawler_crawl::polite::{retry_after, Politeness};
 
 use crate::log::DeadKind;
 use crate::spec::HttpSettings;
 
-/// A connector that sends every connection to one address when set.
-#[derive(Debug, Clone)]
+/// A connector for `http` and `https` that sends every connection to one
+/// address when set. For `https` the TLS handshake names the URL's host
+/// (SNI and the certificate check), wherever the connection goes.
+#[derive(Clone)]
 pub struct ConnectTo {
     inner: HttpConnector,
     to: Option<Uri>,
+    tls: TlsConnector,
 }
 
-type Connecting = Pin<
-    Box<
-        dyn Future<
-                Output = Result<
-                    hyper_util::rt::TokioIo<tokio::net::TcpStream>,
-                    Box<dyn std::error::Error + Send + Sync>,
-                >,
-            > + Send,
-    >,
->;
+impl std::fmt::Debug for ConnectTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectTo").field("to", &self.to).finish()
+    }
+}
+
+/// A TLS handshake that failed for a reason that will not pass by
+/// retrying (a certificate not trusted, expired or for another name, a
+/// peer that does not speak TLS): a dead letter [`DeadKind::Tls`]. A
+/// handshake cut by a reset or a timeout is not one of these.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake with {host}: {error}")]
+pub struct TlsFailed {
+    /// The URL's host.
+    pub host: String,
+    /// rustls's reason.
+    pub error: rustls::Error,
+}
+
+/// A connection: plain TCP or TLS over it.
+#[derive(Debug)]
+pub enum Conn {
+    /// `http`.
+    Plain(TokioIo<TcpStream>),
+    /// `https`.
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        match self {
+            Conn::Plain(s) => s.inner().connected(),
+            Conn::Tls(s) => s.inner().get_ref().0.connected(),
+        }
+    }
+}
+
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<Conn, Box<dyn std::error::Error + Send + Sync>>> + Send>>;
 
 impl tower::Service<Uri> for ConnectTo {
-    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Response = Conn;
     type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Connecting;
 
@@ -64,10 +145,53 @@ impl tower::Service<Uri> for ConnectTo {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let target = self.to.clone().unwrap_or(uri);
-        let connecting = self.inner.call(target);
-        Box::pin(async move { connecting.await.map_err(Into::into) })
+        let https = uri.scheme_str() == Some("https");
+        let host = uri.host().unwrap_or_default().to_owned();
+        let connecting = self.inner.call(self.to.clone().unwrap_or(uri));
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            if !https {
+                return Ok(Conn::Plain(TokioIo::new(tcp)));
+            }
+            // An IPv6 literal is bracketed in the URL, not in a name.
+            let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+                .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?
+                .to_owned();
+            match tls.connect(name, tcp).await {
+                Ok(stream) => Ok(Conn::Tls(Box::new(TokioIo::new(stream)))),
+                Err(e) => {
+                    let failed = e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                        .cloned();
+                    match failed {
+                        Some(error) => Err(Box::new(TlsFailed { host, error }) as _),
+                        None => Err(e.into()),
+                    }
+                }
+            }
+        })
     }
+}
+
+/// The client side of TLS: Mozilla's roots and `extra` (`http.ca_file`),
+/// TLS 1.2 and 1.3 with ring, HTTP/1.1 only.
+pub fn tls_config(extra: &[CertificateDer<'static>]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    // Checked by the spec already: a certificate refused here is skipped.
+    let (_added, _refused) = roots.add_parsable_certificates(extra.iter().cloned());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 /// The limits of one host.
@@ -158,6 +282,8 @@ impl Fetcher {
     pub fn new(settings: &HttpSettings) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
+        // https URLs too: the TLS is ours, over the TCP stream it makes.
+        http.enforce_http(false);
         http.set_connect_timeout(Some(settings.timeout.min(Duration::from_secs(5))));
         let to = settings.connect_to.map(|a: SocketAddr| {
             format!("http://{a}")
@@ -169,7 +295,11 @@ impl Fetcher {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(settings.per_host_in_flight)
-            .build(ConnectTo { inner: http, to });
+            .build(ConnectTo {
+                inner: http,
+                to,
+                tls: TlsConnector::from(tls_config(&settings.extra_roots)),
+            });
         Self {
             client,
             settings: settings.clone(),
@@ -194,14 +324,17 @@ impl Fetcher {
                 .header(USER_AGENT, concat!("trawler/", env!("CARGO_PKG_VERSION")))
                 .body(Empty::new())
                 .map_err(|e| FetchError::Dead(DeadKind::InvalidUrl, e.to_string()))?;
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| FetchError::Retry {
-                    message: transport_message(&e),
-                    after: None,
-                })?;
+            let response =
+                self.client
+                    .request(request)
+                    .await
+                    .map_err(|e| match tls_failure(&e) {
+                        Some(tls) => FetchError::Dead(DeadKind::Tls, tls.to_string()),
+                        None => FetchError::Retry {
+                            message: transport_message(&e),
+                            after: None,
+                        },
+                    })?;
             let status = response.status();
             if status.is_redirection() {
                 let location = response
@@ -285,6 +418,18 @@ pub fn classify(status: StatusCode, after: Option<Duration>) -> FetchError {
     } else {
         FetchError::Dead(DeadKind::ClientError, format!("HTTP {code}"))
     }
+}
+
+/// The failed handshake behind a client error, if that is what it is.
+fn tls_failure(e: &hyper_util::client::legacy::Error) -> Option<&TlsFailed> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(tls) = s.downcast_ref::<TlsFailed>() {
+            return Some(tls);
+        }
+        source = s.source();
+    }
+    None
 }
 
 fn transport_message(e: &hyper_util::client::legacy::Error) -> String {

@@ -121,20 +121,14 @@ pub struct Target {
     pub host: String,
 }
 
-/// Checks a URL: absolute `http://` with a host and a valid port. `https`
-/// is recognised and refused as unsupported (no TLS in this build).
+/// Checks a URL: absolute `http://` or `https://` with a host and a valid
+/// port.
 pub fn check_url(url: &str) -> Result<Target, (DeadKind, String)> {
     let invalid = |why: &str| (DeadKind::InvalidUrl, format!("invalid URL: {why}"));
     let uri: Uri = url.parse().map_err(|e| invalid(&format!("{e}")))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err((
-                DeadKind::Unsupported,
-                "https is not supported yet (no TLS in this build)".into(),
-            ))
-        }
-        Some(other) => return Err(invalid(&format!("scheme {other:?}, not http"))),
+        Some("http" | "https") => {}
+        Some(other) => return Err(invalid(&format!("scheme {other:?}, not http or https"))),
         None => return Err(invalid("not an absolute URL")),
     }
     let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
@@ -390,9 +384,6 @@ mod tests {
             let (kind, _) = check_url(bad).unwrap_err();
             assert_eq!(kind, DeadKind::InvalidUrl, "{bad}");
         }
-        assert_eq!(
-            check_url("https://h/x").unwrap_err().0,
-            DeadKind::Unsupported
-        );
+        assert_eq!(check_url("https://H:8443/x").unwrap().host, "h:8443");
     }
 }

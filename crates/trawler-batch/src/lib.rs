@@ -17,7 +17,8 @@
 //! * [`output`]: Parquet results files, committed through
 //! * [`log`]: the state log (CRC-framed records, checkpoint) that makes
 //!   every outcome durable exactly once;
-//! * [`progress`]: counters, the status served by the API, `/metrics`.
+//! * [`progress`]: counters, the status served by the API, `/metrics`;
+//! * [`remote`]: `s3://` lists and results on S3-compatible storage.
 //!
 //! Cluster mode ([`run_cluster`]): several nodes share the list, each
 //! working on the segments it leases through NATS JetStream KV
@@ -47,6 +48,7 @@ pub mod log;
 pub mod output;
 pub mod process;
 pub mod progress;
+pub mod remote;
 mod run;
 pub mod spec;
 

@@ -45,7 +45,8 @@ pub const MAGIC: &[u8; 8] = b"TRWLBLG1";
 pub enum DeadKind {
     /// Not a valid http(s) URL.
     InvalidUrl,
-    /// A scheme the fetcher does not speak (https for now).
+    /// A scheme the fetcher did not speak: `https` before it had TLS. No
+    /// longer given; kept so that logs of earlier builds still read.
     Unsupported,
     /// A 4xx answer.
     ClientError,
@@ -59,11 +60,17 @@ pub enum DeadKind {
     NotAnImage,
     /// The detector failed `max_attempts` times.
     Detector,
+    /// The TLS handshake of an `https` URL failed: a certificate not
+    /// trusted (add its CA with `http.ca_file`), expired or for another
+    /// name, or a server that does not speak TLS. Not retried: it would
+    /// fail the same way.
+    Tls,
 }
 
 impl DeadKind {
     /// Every kind, in code order.
-    pub const ALL: [DeadKind; 8] = [
+    /// New kinds go at the end: the position is the code in the log.
+    pub const ALL: [DeadKind; 9] = [
         DeadKind::InvalidUrl,
         DeadKind::Unsupported,
         DeadKind::ClientError,
@@ -72,6 +79,7 @@ impl DeadKind {
         DeadKind::TooLarge,
         DeadKind::NotAnImage,
         DeadKind::Detector,
+        DeadKind::Tls,
     ];
 
     /// The name in exports, metrics and the summary.
@@ -85,6 +93,7 @@ impl DeadKind {
             DeadKind::TooLarge => "too_large",
             DeadKind::NotAnImage => "not_an_image",
             DeadKind::Detector => "detector",
+            DeadKind::Tls => "tls",
         }
     }
 

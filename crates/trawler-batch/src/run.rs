@@ -57,7 +57,8 @@ use crate::output::{self, OutputError, ResultRow};
 use crate::process::Pool;
 use crate::progress::hosts::HostTicket;
 use crate::progress::{Progress, Status};
-use crate::spec::{BatchJob, DetectorSettings};
+use crate::remote::{Remote, RemoteError};
+use crate::spec::{BatchJob, DetectorSettings, Input};
 
 /// Why a batch could not start or go on.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,9 @@ pub enum BatchError {
     /// NATS, in cluster mode.
     #[error(transparent)]
     Cluster(#[from] trawler_cluster::Error),
+    /// S3 input or output.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     /// The data folder is not usable for this job.
     #[error("data folder {path}: {message}")]
     Data {
@@ -282,7 +286,11 @@ async fn run_with(
     grace: Duration,
 ) -> Result<Summary, BatchError> {
     // Everything checked and opened before the first request.
-    let files = input::files(&job.inputs)?;
+    let files = input::files(&local_inputs(&job, data).await?)?;
+    let remote = match &job.output.remote {
+        Some(url) => Some(Remote::new(url, job.s3_endpoint.as_deref())?),
+        None => None,
+    };
     let _lock = claim(data, &job, &files)?;
     let total: u64 = files
         .iter()
@@ -297,6 +305,9 @@ async fn run_with(
             progress.log_bytes.store(log.bytes(), Ordering::Relaxed);
             let results_dir = data.join("results");
             let next_file = output::recover(&results_dir, &committed)?;
+            if let Some(r) = &remote {
+                upload_missing(r, &results_dir).await?;
+            }
             earlier = Earlier::replay(&records);
             let dead: HashMap<u128, Record> = records
                 .into_iter()
@@ -318,7 +329,14 @@ async fn run_with(
                 Manifest::of(&files)?.0,
                 job.segment_urls
             );
-            let shared = cluster::Shared::join(c, &job.name, &identity, files.clone()).await?;
+            let shared = cluster::Shared::join(
+                c,
+                &job.name,
+                &identity,
+                files.clone(),
+                job.s3_endpoint.as_deref(),
+            )
+            .await?;
             let results_dir = shared.results.clone();
             (None, Some(shared), results_dir, 0)
         }
@@ -358,12 +376,13 @@ async fn run_with(
     let (writer_tx, writer_rx) = mpsc::channel::<ToWriter>(4_096);
     let writer = {
         let ctx = ctx.clone();
+        let remote_w = remote.clone();
         let w = output::Writer::new(&results_dir, next_file);
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("batch-writer".into())
             .spawn(move || match &ctx.cluster {
-                None => writer_thread(&ctx, w, writer_rx),
+                None => writer_thread(&ctx, w, writer_rx, remote_w.as_ref(), &runtime),
                 Some(c) => cluster::writer_thread(&ctx, c, w, writer_rx, &runtime),
             })
             .expect("spawning the writer")
@@ -537,6 +556,9 @@ async fn run_with(
             message: format!("writing the dead letters: {e}"),
         })?;
     }
+    if let Some(r) = &remote {
+        r.put_file("dead.ndjson", &dead_letters).await?;
+    }
     if !interrupted && progress.input_complete.load(Ordering::Relaxed) == 0 {
         interrupted = true;
     }
@@ -554,11 +576,56 @@ async fn run_with(
         "hosts": progress.per_host.top(&progress.job, SUMMARY_HOSTS),
     });
     let _ = std::fs::write(data.join("summary.json"), format!("{json:#}\n"));
+    if let Some(r) = &remote {
+        r.put("summary.json", format!("{json:#}\n").into_bytes())
+            .await?;
+    }
     Ok(summary)
 }
 
 /// The busiest hosts written into `summary.json` (the rest in one row).
 const SUMMARY_HOSTS: usize = 100;
+
+/// The job's inputs as local files and folders: an `s3://` prefix is
+/// copied into `<data>/s3-input/<n>/` first (see [`crate::remote`]).
+async fn local_inputs(job: &BatchJob, data: &Path) -> Result<Vec<PathBuf>, BatchError> {
+    let mut out = Vec::new();
+    for (i, input) in job.inputs.iter().enumerate() {
+        match input {
+            Input::Local(p) => out.push(p.clone()),
+            Input::S3(url) => {
+                let dir = data.join("s3-input").join(i.to_string());
+                let remote = Remote::new(url, job.s3_endpoint.as_deref())?;
+                let n = remote.download_all(&dir).await?;
+                tracing::info!(%url, objects = n, folder = %dir.display(), "batch: S3 input ready");
+                out.push(dir);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Uploads the published results files that the remote output lacks (a
+/// run that stopped between a commit and its upload).
+async fn upload_missing(remote: &Remote, results: &Path) -> Result<(), BatchError> {
+    let there: std::collections::HashSet<String> = remote
+        .list("results")
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for path in output::result_files(results)? {
+        let name = format!(
+            "results/{}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        if !there.contains(&name) {
+            tracing::info!(object = %remote.url(&name), "batch: uploading a results file an earlier run committed");
+            remote.put_file(&name, &path).await?;
+        }
+    }
+    Ok(())
+}
 
 /// Locks the data folder (released when the process dies) and checks that
 /// it belongs to this job and this input.
@@ -1014,7 +1081,13 @@ pub fn parse_faces(body: &[u8], n: usize) -> Result<Vec<Vec<[u32; 4]>>, String> 
     Ok(a.results.into_iter().map(|o| o.faces).collect())
 }
 
-fn writer_thread(ctx: &Ctx, mut writer: output::Writer, mut rx: mpsc::Receiver<ToWriter>) {
+fn writer_thread(
+    ctx: &Ctx,
+    mut writer: output::Writer,
+    mut rx: mpsc::Receiver<ToWriter>,
+    remote: Option<&Remote>,
+    runtime: &tokio::runtime::Handle,
+) {
     let roll_bytes = ctx.job.output.roll_bytes;
     let roll_after = ctx.job.output.roll_after;
     // The open file and its URLs' places in the per-host table.
@@ -1030,7 +1103,16 @@ fn writer_thread(ctx: &Ctx, mut writer: output::Writer, mut rx: mpsc::Receiver<T
             })?;
             t.log.sync()?;
         }
-        finished.publish()?;
+        let published = finished.publish()?;
+        if let Some(r) = remote {
+            // After the commit: a crash before the upload is made good by
+            // the next start (`upload_missing`).
+            let name = format!(
+                "results/{}",
+                published.file_name().unwrap_or_default().to_string_lossy()
+            );
+            runtime.block_on(r.put_file(&name, &published))?;
+        }
         let mut t = ctx.tracker();
         for (segment, _) in &finished.urls {
             t.finish_one(*segment, &ctx.progress)?;

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper::Uri;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 
 /// A batch job file as written.
@@ -35,6 +37,9 @@ pub struct BatchJobConfig {
     /// `[output]`: the Parquet files.
     #[serde(default)]
     pub output: OutputSection,
+    /// `[s3]`: the S3-compatible server of `s3://` lists and output.
+    #[serde(default)]
+    pub s3: S3Section,
     /// Where the config came from, for messages.
     #[serde(skip)]
     pub source: String,
@@ -134,6 +139,11 @@ pub struct HttpSection {
     /// URL's host in the `Host` header (the image simulator's hosts).
     #[serde(default)]
     pub connect_to: Option<String>,
+    /// A PEM file of CA certificates trusted for `https` besides the
+    /// built-in (Mozilla's) roots: private hosts, test servers. Relative to
+    /// the job file.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn d_in_flight() -> usize {
@@ -170,6 +180,7 @@ impl Default for HttpSection {
             max_attempts: d_attempts(),
             backoff: d_backoff(),
             connect_to: None,
+            ca_file: None,
         }
     }
 }
@@ -259,6 +270,17 @@ impl DetectorSection {
     }
 }
 
+/// `[s3]`. Credentials and region come from the AWS environment
+/// variables, never from the job file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    /// An S3-compatible server (`http://127.0.0.1:9000`; http allowed);
+    /// absent: AWS (or `AWS_ENDPOINT`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
 /// `[output]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,6 +291,10 @@ pub struct OutputSection {
     /// …or this long after its first row, whichever comes first.
     #[serde(default = "d_roll_after")]
     pub roll_after: String,
+    /// `s3://bucket/prefix`: every committed results file is uploaded
+    /// there (`results/…`), and the dead letters and summary at the end.
+    #[serde(default)]
+    pub remote: Option<String>,
 }
 
 fn d_roll_bytes() -> String {
@@ -283,6 +309,7 @@ impl Default for OutputSection {
         Self {
             roll_bytes: d_roll_bytes(),
             roll_after: d_roll_after(),
+            remote: None,
         }
     }
 }
@@ -324,8 +351,10 @@ pub enum SpecError {
 pub struct BatchJob {
     /// The job's name.
     pub name: String,
-    /// Input files and folders, resolved.
-    pub inputs: Vec<PathBuf>,
+    /// Input files, folders and S3 prefixes, resolved.
+    pub inputs: Vec<Input>,
+    /// The endpoint of `s3://` locations (see [`S3Section::endpoint`]).
+    pub s3_endpoint: Option<String>,
     /// How lines are read.
     pub format: InputFormat,
     /// The NDJSON member holding the URL.
@@ -340,6 +369,15 @@ pub struct BatchJob {
     pub detector: Option<DetectorSettings>,
     /// Output files.
     pub output: OutputSettings,
+}
+
+/// One entry of `[input] urls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A file or folder.
+    Local(PathBuf),
+    /// `s3://bucket/prefix`: the objects under it, in key order.
+    S3(String),
 }
 
 /// How a line of input is read.
@@ -374,6 +412,8 @@ pub struct HttpSettings {
     pub backoff: Duration,
     /// See [`HttpSection::connect_to`].
     pub connect_to: Option<SocketAddr>,
+    /// The certificates of [`HttpSection::ca_file`], read and checked.
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 /// `[process]`, checked.
@@ -411,6 +451,33 @@ pub struct OutputSettings {
     pub roll_bytes: u64,
     /// See [`OutputSection::roll_after`].
     pub roll_after: Duration,
+    /// See [`OutputSection::remote`].
+    pub remote: Option<String>,
+}
+
+/// The CA certificates of a PEM file, each checked to be usable as a
+/// trust anchor.
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no CERTIFICATE block (a PEM file like ca.pem is expected)",
+            path.display()
+        ));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &certs {
+        store.add(cert.clone()).map_err(|e| {
+            format!(
+                "{}: a certificate is not usable as a CA: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(certs)
 }
 
 /// Parses `4MiB`, `512KiB`, `64MB`, `1GiB` or a plain number of bytes.
@@ -476,6 +543,16 @@ impl BatchJobConfig {
         }
     }
 
+    /// A path of the job file, relative to its folder.
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
     /// Checks every value.
     pub fn build(&self) -> Result<BatchJob, SpecError> {
         let bad = |key: &str, message: String| SpecError::Invalid {
@@ -512,19 +589,30 @@ impl BatchJobConfig {
                 "no URL list: give files or folders (or --urls on the command line)".into(),
             ));
         }
-        let inputs = self
-            .input
-            .urls
-            .iter()
-            .map(|u| {
-                let p = Path::new(u);
-                if p.is_absolute() {
-                    p.to_owned()
-                } else {
-                    self.base.join(p)
-                }
-            })
-            .collect();
+        let s3_endpoint = self.s3.endpoint.clone();
+        let s3 = |key: &str, url: &str| {
+            crate::remote::Remote::new(url, s3_endpoint.as_deref())
+                .map(|_| ())
+                .map_err(|e| bad(key, e.to_string()))
+        };
+        let mut inputs = Vec::new();
+        for u in &self.input.urls {
+            if crate::remote::is_s3(u) {
+                s3("input.urls", u)?;
+                inputs.push(Input::S3(u.clone()));
+            } else {
+                inputs.push(Input::Local(self.resolve(u)));
+            }
+        }
+        if let Some(r) = &self.output.remote {
+            if !crate::remote::is_s3(r) {
+                return Err(bad(
+                    "output.remote",
+                    format!("{r:?}: an s3://bucket/prefix URL"),
+                ));
+            }
+            s3("output.remote", r)?;
+        }
         let format = match self.input.format.as_str() {
             "auto" => InputFormat::Auto,
             "text" => InputFormat::Text,
@@ -566,6 +654,10 @@ impl BatchJobConfig {
                 )
             })?),
         };
+        let extra_roots = match &h.ca_file {
+            None => Vec::new(),
+            Some(f) => read_ca_file(&self.resolve(f)).map_err(|m| bad("http.ca_file", m))?,
+        };
         let http = HttpSettings {
             max_in_flight: h.max_in_flight,
             per_host_in_flight: h.per_host_in_flight,
@@ -576,6 +668,7 @@ impl BatchJobConfig {
             max_attempts: h.max_attempts,
             backoff: duration("http.backoff", &h.backoff)?,
             connect_to,
+            extra_roots,
         };
         let p = &self.process;
         if !(8..=1024).contains(&p.thumbnail) {
@@ -619,10 +712,12 @@ impl BatchJobConfig {
             roll_bytes: parse_size(&self.output.roll_bytes)
                 .map_err(|m| bad("output.roll_bytes", m))?,
             roll_after: duration("output.roll_after", &self.output.roll_after)?,
+            remote: self.output.remote.clone(),
         };
         Ok(BatchJob {
             name: name.clone(),
             inputs,
+            s3_endpoint,
             format,
             field: self.input.field.clone(),
             segment_urls: self.input.segment_urls,
@@ -650,7 +745,7 @@ mod tests {
     fn a_minimal_job_builds_with_defaults() {
         let job = build("[job]\nname = \"img\"\nkind = \"batch\"\n[input]\nurls = [\"u.txt\"]\n")
             .unwrap();
-        assert_eq!(job.inputs, vec![PathBuf::from("/jobs/u.txt")]);
+        assert_eq!(job.inputs, vec![Input::Local(PathBuf::from("/jobs/u.txt"))]);
         assert_eq!(job.http.max_body, 4 << 20);
         assert_eq!(job.http.per_host_in_flight, 8);
         assert!(job.detector.is_none());
@@ -677,11 +772,33 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_file_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = |ca: &str| {
+            let text = format!("[job]\nname = \"x\"\nkind = \"batch\"\n[input]\nurls = [\"u\"]\n[http]\nca_file = \"{ca}\"\n");
+            BatchJobConfig::parse(&text, "t.toml", dir.path())
+                .unwrap()
+                .build()
+        };
+        let e = job("nope.pem").unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml: http.ca_file: ") && e.contains("nope.pem"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("empty.pem"), "not pem\n").unwrap();
+        let e = job("empty.pem").unwrap_err().to_string();
+        assert!(e.contains("no CERTIFICATE block"), "{e}");
+        let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("../trawler/tests/fixtures/tls/ca.pem");
+        let built = job(&ca.display().to_string()).unwrap();
+        assert_eq!(built.http.extra_roots.len(), 1);
+    }
+
+    #[test]
     fn the_shipped_job_file_builds() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../jobs/images.toml");
         let job = BatchJobConfig::load(&path).unwrap().build().unwrap();
         assert_eq!(job.name, "images");
-        assert!(job.inputs[0].ends_with("urls.txt.gz"));
+        assert!(matches!(&job.inputs[0], Input::Local(p) if p.ends_with("urls.txt.gz")));
         assert_eq!(job.detector.unwrap().batch, 64);
     }
 

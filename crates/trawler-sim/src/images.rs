@@ -36,6 +36,12 @@
 //! answers `{"results":[{"faces":[[x,y,w,h],…]},…]}`, one entry per image
 //! in order, the faces a function of the image's bytes (0–3 boxes).
 //!
+//! **TLS** (`--tls-cert`, `--tls-key`): the same hosts and paths over
+//! `https://`, on the same port (a connection that opens with a TLS
+//! handshake gets TLS, any other plain HTTP), so one `--connect-to` serves
+//! both schemes. Tests use the certificate of
+//! `crates/trawler/tests/fixtures/tls` (`*.images.test`).
+//!
 //! `GET /_sim/images/stats` answers what tests check: requests, peak
 //! concurrent requests and answers per host, and the detector's calls.
 //!
@@ -46,6 +52,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,8 +63,11 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::rng::{fnv1a, hash, mix, unit};
 
@@ -87,6 +97,10 @@ pub struct ImagesConfig {
     pub detector_latency: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// A PEM certificate chain and its private key: the simulator then also
+    /// answers TLS (`https://` URLs) on the same port, told apart from
+    /// plain HTTP by the first byte a client sends.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for ImagesConfig {
@@ -100,6 +114,7 @@ impl Default for ImagesConfig {
             huge_bytes: 8 << 20,
             detector_latency: Duration::from_millis(20),
             max_connections: 8_192,
+            tls: None,
         }
     }
 }
@@ -130,6 +145,13 @@ impl ImagesConfig {
         if self.max_connections == 0 {
             return Err(bad("max_connections", "must be at least 1"));
         }
+        let tls = match &self.tls {
+            None => None,
+            Some((cert, key)) => Some(tls_acceptor(cert, key).map_err(|m| ImagesConfigError {
+                key: "tls",
+                message: m,
+            })?),
+        };
         let pool = Pool::generate(self.seed, self.size, self.pool);
         let huge = Bytes::from(vec![0xA5; self.huge_bytes]);
         Ok(ImageSim {
@@ -143,6 +165,7 @@ impl ImagesConfig {
                 detector_images: AtomicU64::new(0),
                 detector_peak_batch: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
+                tls,
             }),
         })
     }
@@ -233,6 +256,37 @@ struct Shared {
     detector_images: AtomicU64,
     detector_peak_batch: AtomicU64,
     requests: AtomicU64,
+    /// TLS for connections that open with a handshake.
+    tls: Option<Tls>,
+}
+
+/// The TLS acceptor (rustls's has no `Debug`).
+#[derive(Clone)]
+struct Tls(TlsAcceptor);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+/// The server side of TLS from a PEM chain and key (TLS 1.2 and 1.3, ring).
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<Tls, String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let chain = CertificateDer::pem_slice_iter(&read(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(key)?)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(Tls(TlsAcceptor::from(Arc::new(config))))
 }
 
 /// A running image simulator (cheap to clone).
@@ -343,18 +397,52 @@ impl ImageSim {
             let _ = stream.set_nodelay(true);
             let sim = self.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let sim = sim.clone();
-                    async move { sim.handle(req).await }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                // A TLS connection opens with a handshake record (0x16); an
+                // HTTP request with a method's letter.
+                let mut first = [0u8; 1];
+                let tls = match &sim.shared.tls {
+                    Some(acceptor) => {
+                        let peeked =
+                            tokio::time::timeout(Duration::from_secs(30), stream.peek(&mut first))
+                                .await;
+                        if !matches!(peeked, Ok(Ok(1))) {
+                            return;
+                        }
+                        (first[0] == 0x16).then(|| acceptor.clone())
+                    }
+                    None => None,
+                };
+                match tls {
+                    Some(acceptor) => {
+                        let accepting = tokio::time::timeout(
+                            Duration::from_secs(30),
+                            acceptor.0.accept(stream),
+                        );
+                        if let Ok(Ok(stream)) = accepting.await {
+                            sim.serve_connection(TokioIo::new(stream)).await;
+                        }
+                    }
+                    None => sim.serve_connection(TokioIo::new(stream)).await,
+                }
                 drop(permit);
             });
         }
+    }
+
+    async fn serve_connection<I>(&self, io: I)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    {
+        let sim = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let sim = sim.clone();
+            async move { sim.handle(req).await }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(io, service)
+            .await;
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, Reset> {

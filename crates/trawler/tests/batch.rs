@@ -236,6 +236,101 @@ fn every_url_once_with_duplicates_faults_and_per_host_limits() {
     check_outcomes(&data, &expect);
 }
 
+/// A file of `tests/fixtures/tls` (made by its `make.sh`).
+fn tls_fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn https_urls_are_done_once_with_the_ca_file_and_tls_dead_letters_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = (
+        tls_fixture("server.pem"),
+        tls_fixture("server-key.pem"),
+        tls_fixture("ca.pem"),
+    );
+    let sim = Proc::start(&[
+        "sim",
+        "images",
+        "--listen",
+        "127.0.0.1:0",
+        "--pool",
+        "4",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let sim = addr_of(&sim.wait_line("listening on ", MINUTE));
+    // https over 8 hosts in three formats, a redirect (relative, so it stays
+    // https), duplicates, and plain http on the same simulator port.
+    let mut lines: Vec<String> = (0..240)
+        .map(|i| {
+            let ext = ["jpg", "png", "webp"][i % 3];
+            format!("https://h{}.images.test/img/{i}.{ext}", i % 8)
+        })
+        .collect();
+    lines.push("https://h3.images.test/moved/7.jpg".into());
+    lines.push(lines[5].clone());
+    lines.push(lines[17].clone());
+    lines.push("http://h2.images.test/img/1000.jpg".into());
+    let list = dir.path().join("urls.txt");
+    std::fs::write(&list, lines.join("\n") + "\n").unwrap();
+    let (l, s, det) = (
+        list.display().to_string(),
+        sim.to_string(),
+        format!("http://{sim}/detect"),
+    );
+
+    let data = dir.path().join("trusted");
+    let d = data.display().to_string();
+    let mut args = crawl_args(&l, &d, &s, &det);
+    args.extend(["--ca-file", &ca]);
+    let out = trawler(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" duplicates=2 "), "{stdout}");
+    let expect: HashMap<String, String> =
+        lines.iter().map(|l| (l.clone(), "done".into())).collect();
+    check_outcomes(&data, &expect);
+
+    // Without the CA the certificate is not trusted: every https URL is a
+    // dead letter of kind tls after one attempt, the http one is done.
+    let data = dir.path().join("untrusted");
+    let d = data.display().to_string();
+    let out = trawler(&crawl_args(&l, &d, &s, &det));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expect: HashMap<String, String> = lines
+        .iter()
+        .map(|l| {
+            let kind = if l.starts_with("https://") {
+                "tls"
+            } else {
+                "done"
+            };
+            (l.clone(), kind.into())
+        })
+        .collect();
+    check_outcomes(&data, &expect);
+    let text = std::fs::read_to_string(data.join("dead.ndjson")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["attempts"], 1, "{first}");
+    let error = first["error"].as_str().unwrap();
+    assert!(error.contains("certificate"), "{error}");
+}
+
 #[test]
 fn kill_9_mid_crawl_then_restart_gives_each_url_once() {
     let dir = tempfile::tempdir().unwrap();

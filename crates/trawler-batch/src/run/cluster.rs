@@ -30,12 +30,16 @@
 //!   makes another pass in the same way when one is left.
 //! * A claim found with its results file already there (committed, not
 //!   marked) is marked done without redoing it.
+//! * **On S3** (`ClusterRun::remote`): the temporary files stay in the
+//!   node's folder; the commit is one `PUT` of the dead letters, then one
+//!   of the results (atomic per object, like a rename); "already there"
+//!   is a `HEAD`.
 //! * Failed attempts are not kept: a segment redone elsewhere starts its
 //!   URLs' attempts again.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +54,12 @@ use crate::input::Lines;
 use crate::log::Record;
 use crate::output::{self, OpenFile, OutputError};
 use crate::progress::hosts::HostTicket;
+use crate::remote::Remote;
+
+/// The key of a segment's results under an S3 output.
+fn remote_results(segment: u32) -> String {
+    format!("results/seg-{segment:06}.parquet")
+}
 
 /// Segments a node works on at once: the next one starts while the last
 /// URLs of the one before (slow hosts, retries) finish.
@@ -62,8 +72,12 @@ pub struct ClusterRun {
     /// shard and stream settings are not used).
     pub config: ClusterConfig,
     /// The output folder every node shares: `results/seg-*.parquet`,
-    /// `dead/seg-*.ndjson`.
+    /// `dead/seg-*.ndjson`. With `remote`, this node's folder of
+    /// temporary files instead.
     pub output: PathBuf,
+    /// `s3://bucket/prefix`: the shared output is there, each segment's
+    /// two files written with one `PUT` each.
+    pub remote: Option<String>,
 }
 
 impl ClusterRun {
@@ -87,7 +101,11 @@ impl ClusterRun {
             config.lease_ttl = ttl;
         }
         config.validate()?;
-        Ok(ClusterRun { config, output })
+        Ok(ClusterRun {
+            config,
+            output,
+            remote: None,
+        })
     }
 }
 
@@ -100,6 +118,9 @@ pub(super) struct Shared {
     pub(super) dead: PathBuf,
     /// The input files, read again by each pass.
     files: Vec<PathBuf>,
+    /// The shared output on S3 (`results`, `dead` then hold only this
+    /// node's temporary files).
+    remote: Option<Remote>,
 }
 
 impl Shared {
@@ -110,7 +131,12 @@ impl Shared {
         job: &str,
         identity: &str,
         files: Vec<PathBuf>,
+        s3_endpoint: Option<&str>,
     ) -> Result<Shared, BatchError> {
+        let remote = match &run.remote {
+            Some(url) => Some(Remote::new(url, s3_endpoint)?),
+            None => None,
+        };
         let results = run.output.join("results");
         let dead = run.output.join("dead");
         let suffix = format!(".{}.tmp", run.config.node_id);
@@ -134,7 +160,17 @@ impl Shared {
             results,
             dead,
             files,
+            remote,
         })
+    }
+
+    /// What the frontier needs to tell a committed segment.
+    fn clone_view(&self) -> CommitView {
+        CommitView {
+            results: self.results.clone(),
+            remote: self.remote.clone(),
+            node: self.leases.node_id().to_owned(),
+        }
     }
 
     fn dead_file(&self, segment: u32) -> (PathBuf, PathBuf) {
@@ -144,6 +180,26 @@ impl Shared {
                 .join(format!("{name}.{}.tmp", self.leases.node_id())),
             self.dead.join(name),
         )
+    }
+}
+
+/// Where a segment's committed results file would be.
+struct CommitView {
+    results: PathBuf,
+    remote: Option<Remote>,
+    node: String,
+}
+
+impl CommitView {
+    /// Whether `segment`'s results file is committed in the shared output.
+    fn committed(&self, segment: u32, runtime: &Handle) -> Result<bool, BatchError> {
+        match &self.remote {
+            Some(r) => Ok(runtime.block_on(r.exists(&remote_results(segment)))?),
+            None => {
+                let (_, committed) = output::segment_file(&self.results, segment, &self.node);
+                Ok(committed.exists())
+            }
+        }
     }
 }
 
@@ -162,7 +218,7 @@ pub(super) fn frontier_thread(
         let restart = Arc::new(AtomicBool::new(false));
         let decide: Decide = {
             let (leases, stop, runtime) = (c.leases.clone(), stop.clone(), runtime.clone());
-            let results = c.results.clone();
+            let shared = c.clone_view();
             let restart = restart.clone();
             let mut checked = std::time::Instant::now();
             Box::new(move |segment| {
@@ -177,7 +233,7 @@ pub(super) fn frontier_thread(
                         return Decision::Stop;
                     }
                 }
-                if claim(&leases, &runtime, &stop, &results, segment) {
+                if claim(&leases, &runtime, &stop, &shared, segment) {
                     Decision::Work
                 } else {
                     Decision::Skip
@@ -248,7 +304,7 @@ fn claim(
     leases: &SegmentLeases,
     runtime: &Handle,
     stop: &AtomicBool,
-    results: &Path,
+    shared: &CommitView,
     segment: u32,
 ) -> bool {
     while leases.held() >= HELD {
@@ -259,8 +315,11 @@ fn claim(
     }
     match runtime.block_on(leases.claim(segment)) {
         Ok(Claim::Mine) => {
-            let (_, committed) = output::segment_file(results, segment, leases.node_id());
-            if committed.exists() {
+            let committed = shared.committed(segment, runtime).unwrap_or_else(|e| {
+                tracing::warn!(segment, error = %e, "batch: could not check the shared output; redoing the segment");
+                false
+            });
+            if committed {
                 // Committed by a node that died before marking it done.
                 if let Some(claim) = leases.claim_of(segment) {
                     if let Err(e) = runtime.block_on(leases.finish(segment, claim)) {
@@ -492,10 +551,27 @@ fn commit(
         let _ = std::fs::remove_file(&dead_tmp);
         return Ok(());
     }
-    std::fs::rename(&dead_tmp, &dead_path)
-        .and_then(|_| crate::log::sync_dir(&dead_path))
-        .map_err(io("publishing"))?;
-    finished.publish_as(path)?;
+    match &c.remote {
+        Some(r) => {
+            // One PUT each, dead letters first: the results object's
+            // presence means the segment is committed.
+            let dead_name = format!("dead/seg-{segment:06}.ndjson");
+            let uploaded = runtime
+                .block_on(r.put_file(&dead_name, &dead_tmp))
+                .and_then(|_| {
+                    runtime.block_on(r.put_file(&remote_results(segment), finished.tmp()))
+                });
+            let _ = std::fs::remove_file(finished.tmp());
+            let _ = std::fs::remove_file(&dead_tmp);
+            uploaded?;
+        }
+        None => {
+            std::fs::rename(&dead_tmp, &dead_path)
+                .and_then(|_| crate::log::sync_dir(&dead_path))
+                .map_err(io("publishing"))?;
+            finished.publish_as(path)?;
+        }
+    }
     if let Err(e) = runtime.block_on(leases.finish(segment, o.claim)) {
         // The file stands and the lease is given back: a later pass
         // claims the segment, sees the file and marks it done.

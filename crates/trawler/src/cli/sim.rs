@@ -2,6 +2,7 @@
 //! (`trawler mockstagram` serves the flagship job's API.)
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -56,6 +57,13 @@ pub struct ImagesArgs {
     /// Connections served at once.
     #[arg(long, default_value_t = 8_192)]
     pub max_connections: usize,
+    /// A PEM certificate (chain) to serve `https://` too, on the same port
+    /// (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ImagesArgs {
@@ -70,6 +78,7 @@ impl ImagesArgs {
             huge_bytes: self.huge_bytes,
             detector_latency: self.detector_latency,
             max_connections: self.max_connections,
+            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
         }
     }
 }

@@ -49,7 +49,8 @@ use crate::cli::mockstagram::{parse_duration, shutdown_signal};
 /// stdout.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// URL lists: files or folders (plain text or NDJSON, gzip or not).
+    /// URL lists: files, folders or `s3://bucket/prefix` (every object
+    /// under it, in key order), plain text or NDJSON, gzip or not.
     #[arg(long)]
     pub urls: Vec<PathBuf>,
     /// A batch job file (`[job] kind = "batch"`, see jobs/images.toml);
@@ -70,6 +71,10 @@ pub struct Args {
     /// URL's host), e.g. a `trawler sim images` on 127.0.0.1:3100.
     #[arg(long)]
     pub connect_to: Option<SocketAddr>,
+    /// A PEM file of CA certificates trusted for `https://` URLs besides
+    /// the built-in roots (private hosts, a test server).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
     /// The batch detector's URL (`http://127.0.0.1:3100/detect`).
     #[arg(long, conflicts_with = "no_detector")]
     pub detector: Option<String>,
@@ -114,11 +119,18 @@ pub struct Args {
     /// and leases segments of it; needs --output.
     #[arg(long, help_heading = "Cluster mode", requires = "output")]
     pub cluster: Option<String>,
-    /// The output folder every node of the cluster shares
-    /// (`results/seg-*.parquet`, `dead/seg-*.ndjson`); --data keeps only
-    /// this node's lock and summary.
-    #[arg(long, help_heading = "Cluster mode", requires = "cluster")]
-    pub output: Option<PathBuf>,
+    /// Where results go besides --data: `s3://bucket/prefix` (each
+    /// committed results file uploaded to `results/`, then `dead.ndjson`
+    /// and `summary.json`). In cluster mode: the folder or `s3://` prefix
+    /// every node shares (`results/seg-*.parquet`, `dead/seg-*.ndjson`);
+    /// --data keeps only this node's lock, summary and temporary files.
+    #[arg(long)]
+    pub output: Option<String>,
+    /// The S3-compatible server of `s3://` lists and output (e.g.
+    /// `http://127.0.0.1:9000`; http is allowed). Credentials and region:
+    /// the AWS environment variables.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
     /// This node's name in the cluster (default: host name and pid).
     #[arg(long, help_heading = "Cluster mode", requires = "cluster")]
     pub node_id: Option<String>,
@@ -151,8 +163,19 @@ fn cluster_run(args: &Args) -> anyhow::Result<Option<trawler_batch::ClusterRun>>
             std::process::id()
         )
     });
-    let run = trawler_batch::ClusterRun::new(servers, node_id, args.lease_ttl, output.clone())
+    // On S3 the shared output is the bucket; the segments' temporary
+    // files stay in this node's data folder.
+    let s3 = trawler_batch::remote::is_s3(output);
+    let folder = if s3 {
+        args.data.join("segments")
+    } else {
+        PathBuf::from(output)
+    };
+    let mut run = trawler_batch::ClusterRun::new(servers, node_id, args.lease_ttl, folder)
         .map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+    if s3 {
+        run.remote = Some(output.clone());
+    }
     Ok(Some(run))
 }
 
@@ -201,11 +224,28 @@ fn resolve(args: &Args) -> anyhow::Result<(BatchJobConfig, bool)> {
     if let Some(a) = args.connect_to {
         h.connect_to = Some(a.to_string());
     }
+    if let Some(f) = &args.ca_file {
+        // Relative to the working directory, not to a job file.
+        let f = std::path::absolute(f).with_context(|| format!("--ca-file {}", f.display()))?;
+        h.ca_file = Some(f.display().to_string());
+    }
     if let Some(v) = args.segment_urls {
         config.input.segment_urls = v;
     }
     if let Some(v) = &args.roll_after {
         config.output.roll_after = v.clone();
+    }
+    if let Some(e) = &args.s3_endpoint {
+        config.s3.endpoint = Some(e.clone());
+    }
+    match (&args.output, &args.cluster) {
+        (Some(o), None) if trawler_batch::remote::is_s3(o) => {
+            config.output.remote = Some(o.clone())
+        }
+        (Some(o), None) => bail!(
+            "--output {o}: a folder output is for --cluster; one node writes its results into --data (or give --output s3://bucket/prefix)"
+        ),
+        _ => {}
     }
     if let Some(d) = &args.detector {
         config.detector = Some(match config.detector.take() {
