@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{addr_of, eventually, free_port, get, http, program, spawn, wait_port, Proc};
+use common::{addr_of, eventually, free_port, get, http, nats_server, Proc};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -481,20 +481,7 @@ fn a_cluster_of_three_with_one_killed_gives_each_url_once() {
     );
     let expect = expected(&lines, 3, 2);
     let nats_port = free_port();
-    let _nats = spawn(
-        &program("nats-server"),
-        &[
-            "-js".to_owned(),
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            nats_port.to_string(),
-            "-sd".into(),
-            dir.path().join("nats").display().to_string(),
-        ],
-        &dir.path().join("nats.log"),
-    );
-    wait_port(nats_port, "nats-server");
+    let _nats = nats_server(dir.path(), nats_port);
     let (_sim, sim) = start_sim("100ms");
     let shared = dir.path().join("shared");
     let (l, s, det, o, nats) = (
@@ -592,20 +579,7 @@ fn a_cluster_of_three_with_one_killed_gives_each_url_once() {
 fn a_cluster_node_over_another_input_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let nats_port = free_port();
-    let _nats = spawn(
-        &program("nats-server"),
-        &[
-            "-js".to_owned(),
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            nats_port.to_string(),
-            "-sd".into(),
-            dir.path().join("nats").display().to_string(),
-        ],
-        &dir.path().join("nats.log"),
-    );
-    wait_port(nats_port, "nats-server");
+    let _nats = nats_server(dir.path(), nats_port);
     let nats = format!("nats://127.0.0.1:{nats_port}");
     let output = dir.path().join("shared").display().to_string();
     let run = |list: &str, node: &str| {

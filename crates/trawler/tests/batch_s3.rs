@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{addr_of, free_port, http, program, spawn, wait_port, Proc};
+use common::{addr_of, free_port, http, nats_server, spawn, wait_port, Proc};
 use trawler_batch::remote::Remote;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -178,20 +178,7 @@ fn an_s3_list_crawled_into_s3_gives_each_url_once() {
     // Cluster mode: two nodes share the same S3 list through NATS; each
     // segment is committed with one PUT per file into the bucket.
     let nats_port = free_port();
-    let _nats = spawn(
-        &program("nats-server"),
-        &[
-            "-js".to_owned(),
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            nats_port.to_string(),
-            "-sd".into(),
-            dir.path().join("nats").display().to_string(),
-        ],
-        &dir.path().join("nats.log"),
-    );
-    wait_port(nats_port, "nats-server");
+    let _nats = nats_server(dir.path(), nats_port);
     let nats = format!("nats://127.0.0.1:{nats_port}");
     let node = |n: usize| {
         Command::new(env!("CARGO_BIN_EXE_trawler"))

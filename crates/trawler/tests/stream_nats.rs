@@ -17,28 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{addr_of, free_port, http, program, spawn, wait_port, Proc, Server};
+use common::{addr_of, free_port, http, nats_server, Proc};
 
 const START: i64 = 1_764_547_200_000;
 /// Events per second of event time.
 const TIME_RATE: f64 = 2_000.0;
-
-fn nats(dir: &Path, port: u16) -> Server {
-    let store = dir.join("nats").display().to_string();
-    let args = [
-        "-js",
-        "-a",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-sd",
-        &store,
-    ]
-    .map(str::to_owned);
-    let server = spawn(&program("nats-server"), &args, &dir.join("nats.log"));
-    wait_port(port, "nats-server");
-    server
-}
 
 /// Creates the job's stream (the node's configuration), so events can be
 /// published before the node runs.
@@ -178,7 +161,7 @@ fn stored_counts(api: SocketAddr, to: i64) -> HashMap<String, f64> {
 fn jetstream_events_count_exactly_once_across_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _nats = nats(dir.path(), port);
+    let _nats = nats_server(dir.path(), port);
     create_stream(port);
     let config = job(dir.path(), port);
     let data = dir.path().join("data");

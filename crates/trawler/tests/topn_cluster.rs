@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{addr_of, free_port, http, program, spawn, wait_port, Proc, Server};
+use common::{addr_of, free_port, http, nats_server, Proc};
 use serde_json::Value;
 
 const PARTITIONS: u32 = 8;
@@ -43,23 +43,6 @@ fn partition_of(key: &str) -> u32 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     (h % u64::from(PARTITIONS)) as u32
-}
-
-fn nats(dir: &Path, port: u16) -> Server {
-    let store = dir.join("nats").display().to_string();
-    let args = [
-        "-js",
-        "-a",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-sd",
-        &store,
-    ]
-    .map(str::to_owned);
-    let server = spawn(&program("nats-server"), &args, &dir.join("nats.log"));
-    wait_port(port, "nats-server");
-    server
 }
 
 fn job(dir: &Path, port: u16) -> std::path::PathBuf {
@@ -333,7 +316,7 @@ fn wait_lists(subs: &mut [(Subscriber, Vec<String>)], model: &Model, what: &str)
 fn a_killed_nodes_keys_are_rebuilt_and_subscribers_keep_receiving() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _nats = nats(dir.path(), port);
+    let _nats = nats_server(dir.path(), port);
     let job = job(dir.path(), port);
     let mut nodes: Vec<(Proc, SocketAddr)> = ["n1", "n2", "n3"]
         .iter()

@@ -342,6 +342,25 @@ pub fn wait_port(port: u16, what: &str) {
     }
 }
 
+/// A lone nats-server with JetStream on loopback `port`, its store and log
+/// under `dir`; returns once it listens.
+pub fn nats_server(dir: &Path, port: u16) -> Server {
+    let store = dir.join("nats").display().to_string();
+    let args = [
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-sd",
+        &store,
+    ]
+    .map(str::to_owned);
+    let server = spawn(&program("nats-server"), &args, &dir.join("nats.log"));
+    wait_port(port, "nats-server");
+    server
+}
+
 /// A server process killed when dropped.
 pub struct Server {
     pub child: Child,
